@@ -1,0 +1,529 @@
+//! The settings tree. Every field has a doc comment; `its config print` shows the effective
+//! values.
+
+use std::path::PathBuf;
+
+use its_proto::Priority;
+use serde::{Deserialize, Serialize};
+
+use crate::{CONFIG_VERSION, ConfigError};
+
+/// A secret string: never printed by `Debug`, redacted by [`Settings::redacted`].
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret's value, or `None` when empty.
+    pub fn get(&self) -> Option<&str> {
+        (!self.0.is_empty()).then_some(self.0.as_str())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Configuration schema version; this build reads 1.
+    pub version: u32,
+    /// This node.
+    pub node: NodeSettings,
+    /// Connection to NATS.
+    pub nats: NatsSettings,
+    /// Cameras this process runs.
+    pub cameras: CameraSettings,
+    /// Frame scheduling and batching.
+    pub scheduler: SchedulerSettings,
+    /// The detector.
+    pub engine: EngineSettings,
+    /// Status output.
+    pub status: StatusSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            version: CONFIG_VERSION,
+            node: NodeSettings::default(),
+            nats: NatsSettings::default(),
+            cameras: CameraSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            engine: EngineSettings::default(),
+            status: StatusSettings::default(),
+        }
+    }
+}
+
+/// Identity of this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSettings {
+    /// Node id, a NATS subject token (letters, digits, `-`, `_`; at most 64).
+    pub id: String,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            id: "node-1".into(),
+        }
+    }
+}
+
+/// Connection to NATS. With an empty `url`, `its run` starts a local nats-server child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated (`nats://host:4222`, `tls://…`); empty = embedded server.
+    pub url: String,
+    /// nats-server executable for the embedded server (a name on PATH or a path).
+    pub server_bin: String,
+    /// Store directory of the embedded server's JetStream; empty = a temporary directory.
+    pub embedded_store_dir: String,
+    /// User name for user/password authentication.
+    pub user: String,
+    /// Password for user/password authentication.
+    pub password: Secret,
+    /// Token authentication.
+    pub token: Secret,
+    /// NATS credentials file (JWT + nkey seed).
+    pub creds_file: String,
+    /// Nkey seed (`SU…`) for nkey authentication.
+    pub nkey_seed: Secret,
+    /// Require TLS to the server.
+    pub tls_required: bool,
+    /// PEM file of CA certificates to trust.
+    pub tls_ca_file: String,
+    /// PEM client certificate for mutual TLS.
+    pub tls_cert_file: String,
+    /// PEM private key of the client certificate.
+    pub tls_key_file: String,
+    /// Attempts to make the first connection before start-up fails (0 = forever).
+    pub connect_attempts: u32,
+    /// First delay between connection attempts, milliseconds; doubles up to 5 s, with jitter.
+    pub connect_backoff_ms: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: String::new(),
+            server_bin: "nats-server".into(),
+            embedded_store_dir: String::new(),
+            user: String::new(),
+            password: Secret::default(),
+            token: Secret::default(),
+            creds_file: String::new(),
+            nkey_seed: Secret::default(),
+            tls_required: false,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            connect_attempts: 10,
+            connect_backoff_ms: 200,
+        }
+    }
+}
+
+/// Cameras run by this process. Until the live registry exists, only synthetic ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraSettings {
+    /// Number of synthetic cameras to run (ids `<id_prefix>-<n>`); 0 = none.
+    pub synthetic_count: u32,
+    /// Explicit synthetic camera ids; when non-empty, overrides `synthetic_count`.
+    pub ids: Vec<String>,
+    /// Prefix of generated camera ids.
+    pub id_prefix: String,
+    /// Frames per second of each synthetic camera (0.1 to 120).
+    pub fps: f64,
+    /// Frame width, pixels (16 to 8192).
+    pub width: u32,
+    /// Frame height, pixels (16 to 8192).
+    pub height: u32,
+    /// JPEG quality, 1 to 100.
+    pub jpeg_quality: u8,
+    /// Seed of the synthetic scenes; camera n uses seed + n.
+    pub seed: u64,
+    /// Distinct frames pre-rendered per camera and replayed in a loop (1 to 1000).
+    pub loop_frames: u32,
+    /// Scheduling class of the frames.
+    pub priority: Priority,
+    /// Stop each camera after this many frames; 0 = run until shutdown.
+    pub max_frames: u64,
+}
+
+impl Default for CameraSettings {
+    fn default() -> Self {
+        CameraSettings {
+            synthetic_count: 4,
+            ids: Vec::new(),
+            id_prefix: "synth".into(),
+            fps: 10.0,
+            width: 1280,
+            height: 720,
+            jpeg_quality: 80,
+            seed: 1,
+            loop_frames: 30,
+            priority: Priority::Normal,
+            max_frames: 0,
+        }
+    }
+}
+
+impl CameraSettings {
+    /// The ids of the synthetic cameras to run.
+    pub fn camera_ids(&self) -> Vec<String> {
+        if self.ids.is_empty() {
+            (0..self.synthetic_count)
+                .map(|n| format!("{}-{n}", self.id_prefix))
+                .collect()
+        } else {
+            self.ids.clone()
+        }
+    }
+}
+
+/// Frame scheduling: priority queues, deadlines and adaptive batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// Deadline of Emergency frames after capture, milliseconds.
+    pub deadline_emergency_ms: u64,
+    /// Deadline of Urgent frames after capture, milliseconds.
+    pub deadline_urgent_ms: u64,
+    /// Deadline of Normal frames after capture, milliseconds.
+    pub deadline_normal_ms: u64,
+    /// Deadline of Background frames after capture, milliseconds.
+    pub deadline_background_ms: u64,
+    /// Batch sizes the engine is prepared for, ascending (each 1 to 256).
+    pub batch_sizes: Vec<u32>,
+    /// Shortest time a batch waits to fill, milliseconds.
+    pub min_batch_timeout_ms: u64,
+    /// Longest time a batch waits to fill, milliseconds.
+    pub max_batch_timeout_ms: u64,
+    /// Frames queued per priority class before new ones are dropped (`queue_full`).
+    pub queue_capacity: usize,
+    /// Largest FrameMsg accepted, bytes (at most 64 MiB; NATS' own limit applies too).
+    pub max_frame_bytes: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            deadline_emergency_ms: 20,
+            deadline_urgent_ms: 50,
+            deadline_normal_ms: 100,
+            deadline_background_ms: 500,
+            batch_sizes: vec![1, 4, 8, 16, 32],
+            min_batch_timeout_ms: 2,
+            max_batch_timeout_ms: 50,
+            queue_capacity: 1024,
+            max_frame_bytes: its_proto::limits::MAX_FRAME_BYTES,
+        }
+    }
+}
+
+impl SchedulerSettings {
+    /// Deadline of a class after capture, milliseconds.
+    pub fn deadline_ms(&self, p: Priority) -> u64 {
+        match p {
+            Priority::Emergency => self.deadline_emergency_ms,
+            Priority::Urgent => self.deadline_urgent_ms,
+            Priority::Normal => self.deadline_normal_ms,
+            Priority::Background => self.deadline_background_ms,
+        }
+    }
+}
+
+/// Execution providers of the ONNX Runtime engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// ONNX Runtime's CUDA provider (needs the GPU build of ONNX Runtime).
+    Cuda,
+    /// ONNX Runtime's TensorRT provider (needs TensorRT).
+    Tensorrt,
+}
+
+/// The detector and the workers that run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Model directory holding `model.toml` and the ONNX file.
+    pub model_dir: PathBuf,
+    /// libonnxruntime shared library; empty = `ORT_DYLIB_PATH`, then `.venv` near the binary.
+    pub ort_dylib: PathBuf,
+    /// ONNX Runtime execution providers in order of preference.
+    pub providers: Vec<Provider>,
+    /// Fall back to the CPU provider when a requested one is unavailable.
+    pub allow_fallback: bool,
+    /// Intra-op threads per worker; 0 = ONNX Runtime's default.
+    pub intra_threads: u32,
+    /// CPU workers (each one engine instance on its own thread), 1 to 64.
+    pub cpu_workers: u32,
+    /// Largest decoded frame side accepted, pixels.
+    pub max_frame_dim: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            model_dir: PathBuf::from("models/generated/tiny-yolo"),
+            ort_dylib: PathBuf::new(),
+            providers: vec![Provider::Cpu],
+            allow_fallback: true,
+            intra_threads: 0,
+            cpu_workers: 1,
+            max_frame_dim: its_proto::limits::MAX_FRAME_DIM,
+        }
+    }
+}
+
+/// Status output of `its run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusSettings {
+    /// Interval of the status line and the NodeStatus message, milliseconds (100 to 60000).
+    pub interval_ms: u64,
+    /// Print a status line to stderr at every interval.
+    pub print: bool,
+}
+
+impl Default for StatusSettings {
+    fn default() -> Self {
+        StatusSettings {
+            interval_ms: 1000,
+            print: true,
+        }
+    }
+}
+
+fn check<T: std::fmt::Debug>(
+    ok: bool,
+    key: &str,
+    value: T,
+    allowed: &str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, value, allowed))
+    }
+}
+
+impl Settings {
+    /// Checks every value; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use its_proto::subjects::is_valid_id;
+        check(
+            self.version == CONFIG_VERSION,
+            "version",
+            self.version,
+            "this build reads version 1",
+        )?;
+        check(
+            is_valid_id(&self.node.id),
+            "node.id",
+            &self.node.id,
+            "1-64 ASCII letters, digits, '-' or '_'",
+        )?;
+        let n = &self.nats;
+        check(
+            !n.server_bin.is_empty(),
+            "nats.server_bin",
+            &n.server_bin,
+            "a nats-server executable name or path",
+        )?;
+        check(
+            n.tls_cert_file.is_empty() == n.tls_key_file.is_empty(),
+            "nats.tls_key_file",
+            &n.tls_key_file,
+            "tls_cert_file and tls_key_file are set together",
+        )?;
+        check(
+            [
+                n.token.get().is_some(),
+                !n.user.is_empty(),
+                !n.creds_file.is_empty(),
+                n.nkey_seed.get().is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count()
+                <= 1,
+            "nats.user",
+            &n.user,
+            "at most one of user/password, token, creds_file and nkey_seed",
+        )?;
+        check(
+            (1..=60_000).contains(&n.connect_backoff_ms),
+            "nats.connect_backoff_ms",
+            n.connect_backoff_ms,
+            "1 to 60000",
+        )?;
+        let c = &self.cameras;
+        for id in c.camera_ids() {
+            check(
+                is_valid_id(&id),
+                "cameras.ids",
+                &id,
+                "1-64 ASCII letters, digits, '-' or '_' per id",
+            )?;
+        }
+        check(
+            is_valid_id(&c.id_prefix),
+            "cameras.id_prefix",
+            &c.id_prefix,
+            "1-50 ASCII letters, digits, '-' or '_'",
+        )?;
+        check(
+            c.synthetic_count <= 10_000,
+            "cameras.synthetic_count",
+            c.synthetic_count,
+            "0 to 10000",
+        )?;
+        check(
+            c.fps.is_finite() && (0.1..=120.0).contains(&c.fps),
+            "cameras.fps",
+            c.fps,
+            "0.1 to 120",
+        )?;
+        check(
+            (16..=8192).contains(&c.width),
+            "cameras.width",
+            c.width,
+            "16 to 8192",
+        )?;
+        check(
+            (16..=8192).contains(&c.height),
+            "cameras.height",
+            c.height,
+            "16 to 8192",
+        )?;
+        check(
+            (1..=100).contains(&c.jpeg_quality),
+            "cameras.jpeg_quality",
+            c.jpeg_quality,
+            "1 to 100",
+        )?;
+        check(
+            (1..=1000).contains(&c.loop_frames),
+            "cameras.loop_frames",
+            c.loop_frames,
+            "1 to 1000",
+        )?;
+        let s = &self.scheduler;
+        for (key, v) in [
+            ("scheduler.deadline_emergency_ms", s.deadline_emergency_ms),
+            ("scheduler.deadline_urgent_ms", s.deadline_urgent_ms),
+            ("scheduler.deadline_normal_ms", s.deadline_normal_ms),
+            ("scheduler.deadline_background_ms", s.deadline_background_ms),
+        ] {
+            check((1..=600_000).contains(&v), key, v, "1 to 600000 ms")?;
+        }
+        check(
+            !s.batch_sizes.is_empty()
+                && s.batch_sizes.windows(2).all(|w| w[0] < w[1])
+                && s.batch_sizes.iter().all(|b| (1..=256).contains(b)),
+            "scheduler.batch_sizes",
+            &s.batch_sizes,
+            "a non-empty strictly ascending list of sizes 1 to 256",
+        )?;
+        check(
+            (1..=1000).contains(&s.min_batch_timeout_ms),
+            "scheduler.min_batch_timeout_ms",
+            s.min_batch_timeout_ms,
+            "1 to 1000",
+        )?;
+        check(
+            s.max_batch_timeout_ms >= s.min_batch_timeout_ms && s.max_batch_timeout_ms <= 1000,
+            "scheduler.max_batch_timeout_ms",
+            s.max_batch_timeout_ms,
+            "min_batch_timeout_ms to 1000",
+        )?;
+        check(
+            (1..=1_000_000).contains(&s.queue_capacity),
+            "scheduler.queue_capacity",
+            s.queue_capacity,
+            "1 to 1000000",
+        )?;
+        check(
+            (1024..=64 * 1024 * 1024).contains(&s.max_frame_bytes),
+            "scheduler.max_frame_bytes",
+            s.max_frame_bytes,
+            "1024 to 67108864",
+        )?;
+        let e = &self.engine;
+        check(
+            !e.model_dir.as_os_str().is_empty(),
+            "engine.model_dir",
+            &e.model_dir,
+            "a model directory",
+        )?;
+        check(
+            !e.providers.is_empty(),
+            "engine.providers",
+            &e.providers,
+            "at least one of cpu, cuda, tensorrt",
+        )?;
+        check(
+            (1..=64).contains(&e.cpu_workers),
+            "engine.cpu_workers",
+            e.cpu_workers,
+            "1 to 64",
+        )?;
+        check(
+            e.intra_threads <= 256,
+            "engine.intra_threads",
+            e.intra_threads,
+            "0 (default) to 256",
+        )?;
+        check(
+            (16..=its_proto::limits::MAX_FRAME_DIM).contains(&e.max_frame_dim),
+            "engine.max_frame_dim",
+            e.max_frame_dim,
+            "16 to 8192",
+        )?;
+        check(
+            (100..=60_000).contains(&self.status.interval_ms),
+            "status.interval_ms",
+            self.status.interval_ms,
+            "100 to 60000",
+        )?;
+        Ok(())
+    }
+
+    /// A copy fit to print: secrets replaced by `<redacted>`.
+    pub fn redacted(&self) -> Settings {
+        let mut s = self.clone();
+        for secret in [
+            &mut s.nats.password,
+            &mut s.nats.token,
+            &mut s.nats.nkey_seed,
+        ] {
+            if secret.get().is_some() {
+                *secret = Secret("<redacted>".into());
+            }
+        }
+        s
+    }
+
+    /// The configuration as TOML, secrets redacted.
+    pub fn to_toml_redacted(&self) -> String {
+        toml::to_string_pretty(&self.redacted())
+            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

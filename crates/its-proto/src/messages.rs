@@ -1,0 +1,329 @@
+//! Message types. Encoded as MessagePack maps with named fields (see `codec`).
+//!
+//! Units: timestamps are unix nanoseconds (`*_ns`, u64), durations are nanoseconds
+//! (`*_ns`), boxes are pixels of the original frame with the origin at the top-left corner.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Scheduling class of a frame. Higher classes are served first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served first; never waits for a batch to fill.
+    Emergency,
+    /// Served before normal traffic.
+    Urgent,
+    /// The default class.
+    Normal,
+    /// Served when nothing else waits; shed first under overload.
+    Background,
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::Normal
+    }
+}
+
+impl Priority {
+    /// All classes, highest first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Emergency,
+        Priority::Urgent,
+        Priority::Normal,
+        Priority::Background,
+    ];
+
+    /// Index into per-priority arrays, 0 = Emergency.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name used on the wire and in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Emergency => "emergency",
+            Priority::Urgent => "urgent",
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+        }
+    }
+}
+
+/// Image encoding of a frame payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Baseline or progressive JPEG (JFIF/EXIF).
+    Jpeg,
+}
+
+/// One camera frame, published on `its.frames.<camera_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FrameMsg {
+    /// Schema version of this message (`SCHEMA_VERSION`).
+    pub v: u16,
+    /// Camera id: 1-64 ASCII letters, digits, `-` or `_`; equals the subject's last token.
+    pub camera_id: String,
+    /// Per-camera sequence number, starting at 0 and rising by one per published frame.
+    pub seq: u64,
+    /// Capture time, unix nanoseconds.
+    pub captured_at_ns: u64,
+    /// Scheduling class.
+    pub priority: Priority,
+    /// Absolute deadline, unix nanoseconds; absent means capture time + the class default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ns: Option<u64>,
+    /// Frame width in pixels, as encoded in the payload.
+    pub width: u32,
+    /// Frame height in pixels, as encoded in the payload.
+    pub height: u32,
+    /// Payload encoding.
+    pub encoding: Encoding,
+    /// Encoded image (MessagePack bin).
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub data: Vec<u8>,
+}
+
+/// One detected object. Box corners in pixels of the original frame, x1 <= x2, y1 <= y2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Detection {
+    /// Class index into the model's class list.
+    pub class_id: u32,
+    /// Class name from the model manifest.
+    pub class_name: String,
+    /// Confidence, 0..1.
+    pub score: f32,
+    /// Left edge, pixels.
+    pub x1: f32,
+    /// Top edge, pixels.
+    pub y1: f32,
+    /// Right edge, pixels.
+    pub x2: f32,
+    /// Bottom edge, pixels.
+    pub y2: f32,
+}
+
+/// Where the time of one frame went, nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Timings {
+    /// Frame arrival at the node to dispatch in a batch.
+    pub queue_ns: u64,
+    /// Decode and preprocessing of the batch.
+    pub preprocess_ns: u64,
+    /// Detector run of the batch.
+    pub infer_ns: u64,
+    /// Output decoding and NMS of the batch.
+    pub postprocess_ns: u64,
+    /// Capture time to result publication.
+    pub total_ns: u64,
+}
+
+/// Model that produced a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelRef {
+    /// Model name from its manifest.
+    pub name: String,
+    /// Model version from its manifest.
+    pub version: String,
+}
+
+/// Detections for one frame, published on `its.results.<camera_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DetectionMsg {
+    /// Schema version of this message.
+    pub v: u16,
+    /// Camera id.
+    pub camera_id: String,
+    /// Sequence number of the frame these detections belong to.
+    pub seq: u64,
+    /// Capture time of the frame, unix nanoseconds.
+    pub captured_at_ns: u64,
+    /// Publication time of this result, unix nanoseconds.
+    pub published_at_ns: u64,
+    /// Width of the original frame, pixels.
+    pub frame_width: u32,
+    /// Height of the original frame, pixels.
+    pub frame_height: u32,
+    /// Node that ran the detector.
+    pub node_id: String,
+    /// Worker (one per GPU, or the CPU worker) that ran the detector.
+    pub worker_id: String,
+    /// Model that ran.
+    pub model: ModelRef,
+    /// Number of frames in the batch this frame ran in.
+    pub batch_size: u32,
+    /// Detected objects, highest score first, at most `limits::MAX_DETECTIONS`.
+    pub detections: Vec<Detection>,
+    /// Latency breakdown.
+    pub timings: Timings,
+}
+
+/// Why an accepted frame did not produce a result.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// The message is not a FrameMsg MessagePack map.
+    MalformedEnvelope,
+    /// The message declares a schema version this node does not read.
+    UnsupportedVersion,
+    /// The message is larger than the configured frame limit.
+    PayloadTooLarge,
+    /// The envelope's camera id is invalid or differs from the subject.
+    BadCameraId,
+    /// The frame declares or decodes to zero or oversized dimensions.
+    BadDimensions,
+    /// The image payload could not be decoded.
+    Undecodable,
+    /// The frame's deadline passed before it could be dispatched.
+    DeadlineMissed,
+    /// The queue for its class was full (overload shedding).
+    QueueFull,
+    /// The worker failed while running the batch.
+    WorkerFailed,
+    /// The node shut down before the frame could be served.
+    Shutdown,
+}
+
+impl DropReason {
+    /// All reasons, in declaration order.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::MalformedEnvelope,
+        DropReason::UnsupportedVersion,
+        DropReason::PayloadTooLarge,
+        DropReason::BadCameraId,
+        DropReason::BadDimensions,
+        DropReason::Undecodable,
+        DropReason::DeadlineMissed,
+        DropReason::QueueFull,
+        DropReason::WorkerFailed,
+        DropReason::Shutdown,
+    ];
+
+    /// The name used on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::MalformedEnvelope => "malformed_envelope",
+            DropReason::UnsupportedVersion => "unsupported_version",
+            DropReason::PayloadTooLarge => "payload_too_large",
+            DropReason::BadCameraId => "bad_camera_id",
+            DropReason::BadDimensions => "bad_dimensions",
+            DropReason::Undecodable => "undecodable",
+            DropReason::DeadlineMissed => "deadline_missed",
+            DropReason::QueueFull => "queue_full",
+            DropReason::WorkerFailed => "worker_failed",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Kind of an event; the second token of `its.events.<kind>.<camera_id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A frame was dropped or a camera failed; `reason` and `message` say why.
+    Error,
+    /// A camera changed state; `message` holds the new state.
+    Camera,
+}
+
+impl EventKind {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Error => "error",
+            EventKind::Camera => "camera",
+        }
+    }
+}
+
+/// A derived event, published on `its.events.<kind>.<camera_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventMsg {
+    /// Schema version of this message.
+    pub v: u16,
+    /// Event kind.
+    pub kind: EventKind,
+    /// Camera the event is about (the subject's token when the envelope was unreadable).
+    pub camera_id: String,
+    /// Node that raised the event.
+    pub node_id: String,
+    /// Time of the event, unix nanoseconds.
+    pub at_ns: u64,
+    /// Sequence number of the frame concerned, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Drop reason, for error events about a frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DropReason>,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Load of one worker, on `its.status.worker.<node_id>.<worker_id>` about every 0.5 s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerStatus {
+    /// Schema version of this message.
+    pub v: u16,
+    /// Node the worker runs on.
+    pub node_id: String,
+    /// Worker id, unique on its node.
+    pub worker_id: String,
+    /// `cpu` or the GPU's name.
+    pub device: String,
+    /// Time of the report, unix nanoseconds.
+    pub at_ns: u64,
+    /// Concurrent batch slots (CUDA streams on a GPU).
+    pub slots_total: u32,
+    /// Slots running a batch now.
+    pub slots_busy: u32,
+    /// Frames processed since start.
+    pub frames_done: u64,
+    /// Batches processed since start.
+    pub batches_done: u64,
+    /// Median batch service time over the last window, nanoseconds.
+    pub batch_p50_ns: u64,
+    /// 99th percentile batch service time over the last window, nanoseconds.
+    pub batch_p99_ns: u64,
+    /// Device utilisation 0..1 when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilisation: Option<f32>,
+    /// Device memory in use, bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+}
+
+/// Counters of one node, on `its.status.node.<node_id>` every second.
+///
+/// Invariant once the node is idle: `frames_received = results_published + sum(drops)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeStatus {
+    /// Schema version of this message.
+    pub v: u16,
+    /// Node id.
+    pub node_id: String,
+    /// Time of the report, unix nanoseconds.
+    pub at_ns: u64,
+    /// Messages received on frame subjects since start (every one is accepted or dropped).
+    pub frames_received: u64,
+    /// DetectionMsg published since start.
+    pub results_published: u64,
+    /// Frames currently queued or running.
+    pub in_flight: u64,
+    /// Dropped frames since start, by reason (`DropReason` names).
+    pub drops: BTreeMap<String, u64>,
+    /// Queued frames per class, by `Priority` name.
+    pub queue_depth: BTreeMap<String, u64>,
+    /// Median capture-to-result latency over the last window, nanoseconds.
+    pub latency_p50_ns: u64,
+    /// 99th percentile capture-to-result latency over the last window, nanoseconds.
+    pub latency_p99_ns: u64,
+}

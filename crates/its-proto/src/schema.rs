@@ -1,0 +1,31 @@
+//! The machine-readable schema (`proto/schema.json`), generated from the Rust types.
+
+use schemars::schema_for;
+use serde_json::{Value, json};
+
+use crate::{DetectionMsg, EventMsg, FrameMsg, NodeStatus, SCHEMA_VERSION, WorkerStatus};
+
+/// JSON Schema (draft 2020-12) of every message, keyed by message name, with the subject each
+/// travels on. MessagePack maps decode to JSON-compatible values except `FrameMsg.data`, which is
+/// MessagePack bin (bytes).
+pub fn generate() -> Value {
+    json!({
+        "title": "ITS Camera AI wire messages",
+        "schema_version": SCHEMA_VERSION,
+        "encoding": "MessagePack map with named fields",
+        "messages": {
+            "FrameMsg": { "subject": "its.frames.<camera_id>", "schema": schema_for!(FrameMsg) },
+            "DetectionMsg": { "subject": "its.results.<camera_id>", "schema": schema_for!(DetectionMsg) },
+            "EventMsg": { "subject": "its.events.<kind>.<camera_id>", "schema": schema_for!(EventMsg) },
+            "WorkerStatus": { "subject": "its.status.worker.<node_id>.<worker_id>", "schema": schema_for!(WorkerStatus) },
+            "NodeStatus": { "subject": "its.status.node.<node_id>", "schema": schema_for!(NodeStatus) },
+        }
+    })
+}
+
+/// The schema as the pretty-printed text committed in `proto/schema.json`.
+pub fn generate_pretty() -> String {
+    let mut s = serde_json::to_string_pretty(&generate()).expect("schema serialises");
+    s.push('\n');
+    s
+}
