@@ -1,0 +1,100 @@
+//! Connecting with retry, backoff and every authentication NATS offers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use its_config::NatsSettings;
+use rand::RngExt;
+
+use crate::{Bus, BusError};
+
+async fn options(s: &NatsSettings, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        // After the first connection, async-nats reconnects forever with its own backoff.
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        });
+    if !s.user.is_empty() {
+        o = o.user_and_password(s.user.clone(), s.password.0.clone());
+    }
+    if let Some(token) = s.token.get() {
+        o = o.token(token.to_owned());
+    }
+    if let Some(seed) = s.nkey_seed.get() {
+        o = o.nkey(seed.to_owned());
+    }
+    if !s.creds_file.is_empty() {
+        o = o
+            .credentials_file(&s.creds_file)
+            .await
+            .map_err(|source| BusError::File {
+                what: "nats.creds_file",
+                path: s.creds_file.clone(),
+                source,
+            })?;
+    }
+    if s.tls_required {
+        o = o.require_tls(true);
+    }
+    if !s.tls_ca_file.is_empty() {
+        o = o.add_root_certificates(PathBuf::from(&s.tls_ca_file));
+    }
+    if !s.tls_cert_file.is_empty() {
+        o = o.add_client_certificate(
+            PathBuf::from(&s.tls_cert_file),
+            PathBuf::from(&s.tls_key_file),
+        );
+    }
+    Ok(o)
+}
+
+/// Connects to `url` (comma-separated list allowed) with the settings' authentication.
+///
+/// The first connection is retried `connect_attempts` times (0 = forever) with exponential
+/// backoff from `connect_backoff_ms`, capped at 5 s, with ±25 % jitter. An authentication
+/// refusal is returned at once. Once connected, the client reconnects on its own.
+pub async fn connect(s: &NatsSettings, url: &str, name: &str) -> Result<Bus, BusError> {
+    let mut delay = Duration::from_millis(s.connect_backoff_ms.max(1));
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let opts = options(s, name).await?;
+        match opts.connect(url).await {
+            Ok(client) => {
+                tracing::info!(url, attempt, "connected to nats");
+                return Ok(Bus {
+                    client,
+                    url: url.to_owned(),
+                });
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                ) || text.to_lowercase().contains("authorization")
+                {
+                    return Err(BusError::Auth {
+                        url: url.to_owned(),
+                        detail: text,
+                    });
+                }
+                if s.connect_attempts != 0 && attempt >= s.connect_attempts {
+                    return Err(BusError::Connect {
+                        url: url.to_owned(),
+                        attempts: attempt,
+                        last: text,
+                    });
+                }
+                let jitter = rand::rng().random_range(0.75..1.25);
+                let wait = delay.mul_f64(jitter);
+                tracing::warn!(url, attempt, error = %text, wait_ms = wait.as_millis() as u64, "nats connect failed; retrying");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The NATS layer.
+//!
+//! Architecture invariant: this is the only crate that imports `async-nats`. Everything else
+//! talks to NATS through [`Bus`], typed with the messages of `its-proto`.
+
+mod connect;
+mod kv;
+mod server;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+pub use async_nats::{Message, Subscriber};
+pub use connect::connect;
+pub use kv::{Kv, KvEntry};
+pub use server::LocalNatsServer;
+
+/// Errors of the NATS layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Could not connect within the configured attempts.
+    #[error("cannot connect to NATS at {url} after {attempts} attempt(s): {last}")]
+    Connect {
+        /// The URL(s) tried.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+    /// The server refused our credentials; retrying will not help.
+    #[error("NATS at {url} refused the credentials: {detail}")]
+    Auth {
+        /// The URL(s) tried.
+        url: String,
+        /// The server's answer.
+        detail: String,
+    },
+    /// A credentials, key or certificate file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        /// Which setting.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Publishing failed.
+    #[error("publish to {subject}: {detail}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// What failed.
+        detail: String,
+    },
+    /// Subscribing failed.
+    #[error("subscribe to {subject}: {detail}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A message could not be encoded or decoded.
+    #[error(transparent)]
+    Proto(#[from] its_proto::ProtoError),
+    /// A JetStream key-value operation failed.
+    #[error("key-value bucket {bucket}: {detail}")]
+    Kv {
+        /// The bucket.
+        bucket: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The local nats-server could not be started.
+    #[error("cannot start nats-server ({bin}): {detail}")]
+    Server {
+        /// The executable.
+        bin: String,
+        /// What failed.
+        detail: String,
+    },
+    /// Flushing or draining the connection failed.
+    #[error("NATS connection: {0}")]
+    Connection(String),
+}
+
+/// A connected NATS client: a cheap handle, clone it freely.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    url: String,
+}
+
+impl Bus {
+    /// The server URL(s) this bus connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Publishes a wire message encoded as a MessagePack map.
+    pub async fn publish_msg<T: Serialize>(
+        &self,
+        subject: String,
+        msg: &T,
+    ) -> Result<(), BusError> {
+        let bytes = its_proto::encode(msg)?;
+        self.publish_raw(subject, Bytes::from(bytes)).await
+    }
+
+    /// Publishes raw bytes.
+    pub async fn publish_raw(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish(subject.clone(), payload)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Subscribes to a subject (wildcards allowed).
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscriber, BusError> {
+        self.client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| BusError::Subscribe {
+                subject: subject.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Subscribes as a member of a queue group: each message goes to one member.
+    pub async fn queue_subscribe(
+        &self,
+        subject: &str,
+        group: &str,
+    ) -> Result<Subscriber, BusError> {
+        self.client
+            .queue_subscribe(subject.to_owned(), group.to_owned())
+            .await
+            .map_err(|e| BusError::Subscribe {
+                subject: subject.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Waits until everything published so far has reached the server.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Connection(e.to_string()))
+    }
+
+    /// Drains the connection: subscriptions stop, pending messages are delivered and
+    /// published ones flushed, then the connection closes.
+    pub async fn drain(&self) -> Result<(), BusError> {
+        self.client
+            .drain()
+            .await
+            .map_err(|e| BusError::Connection(e.to_string()))
+    }
+
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Largest payload the server accepts, bytes.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Opens (creating if absent) a JetStream key-value bucket of MessagePack values.
+    pub async fn kv<T>(&self, bucket: &str, history: i64) -> Result<Kv<T>, BusError> {
+        Kv::open(self.client.clone(), bucket, history).await
+    }
+}

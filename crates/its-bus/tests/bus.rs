@@ -1,0 +1,208 @@
+use futures::StreamExt;
+use its_bus::{BusError, connect};
+use its_config::{NatsSettings, Secret};
+use its_proto::{EventKind, EventMsg, SCHEMA_VERSION};
+use its_testkit::{TestNats, within};
+use serde::{Deserialize, Serialize};
+
+fn event(n: u64) -> EventMsg {
+    EventMsg {
+        v: SCHEMA_VERSION,
+        kind: EventKind::Camera,
+        camera_id: "c1".into(),
+        node_id: "n1".into(),
+        at_ns: n,
+        seq: Some(n),
+        reason: None,
+        message: "streaming".into(),
+    }
+}
+
+#[tokio::test]
+async fn typed_messages_travel_through_a_real_server() {
+    let nats = TestNats::start();
+    let bus = nats.bus().await;
+    let mut sub = bus
+        .subscribe(its_proto::subjects::EVENTS_ALL)
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    for n in 0..3 {
+        bus.publish_msg(
+            its_proto::subjects::events(EventKind::Camera, "c1"),
+            &event(n),
+        )
+        .await
+        .unwrap();
+    }
+    for n in 0..3 {
+        let msg = within(5, "event", sub.next()).await.unwrap();
+        assert_eq!(msg.subject.as_str(), "its.events.camera.c1");
+        let got: EventMsg = its_proto::decode(&msg.payload).unwrap();
+        assert_eq!(got, event(n));
+    }
+}
+
+#[tokio::test]
+async fn connect_retries_until_the_server_appears() {
+    // Reserve a port, then start connecting before any server listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let settings = NatsSettings {
+        connect_attempts: 0,
+        connect_backoff_ms: 50,
+        ..Default::default()
+    };
+    let task = tokio::spawn({
+        let url = url.clone();
+        async move { connect(&settings, &url, "retry-test").await }
+    });
+    // The server comes up on exactly that port, after the client started trying.
+    let child = std::process::Command::new(its_testkit::nats_server_bin())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    let bus = within(20, "connect with retry", task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bus.is_connected());
+}
+
+#[tokio::test]
+async fn connect_gives_up_after_the_configured_attempts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let settings = NatsSettings {
+        connect_attempts: 3,
+        connect_backoff_ms: 10,
+        ..Default::default()
+    };
+    let err = within(20, "connect failure", connect(&settings, &url, "t"))
+        .await
+        .unwrap_err();
+    match &err {
+        BusError::Connect {
+            attempts, url: u, ..
+        } => {
+            assert_eq!(*attempts, 3);
+            assert_eq!(u, &url);
+        }
+        other => panic!("expected a connect error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn token_auth_is_used_and_a_wrong_token_is_refused() {
+    let nats = TestNats::start_with_args(&["--auth", "right-token"]);
+    let good = NatsSettings {
+        token: Secret("right-token".into()),
+        ..Default::default()
+    };
+    let bus = within(10, "connect", connect(&good, &nats.url(), "t"))
+        .await
+        .unwrap();
+    assert!(bus.is_connected());
+    let bad = NatsSettings {
+        token: Secret("wrong".into()),
+        connect_attempts: 5,
+        ..Default::default()
+    };
+    let err = within(20, "refusal", connect(&bad, &nats.url(), "t"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Auth { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn user_and_password_auth() {
+    let nats = TestNats::start_with_args(&["--user", "ops", "--pass", "pw"]);
+    let good = NatsSettings {
+        user: "ops".into(),
+        password: Secret("pw".into()),
+        ..Default::default()
+    };
+    within(10, "connect", connect(&good, &nats.url(), "t"))
+        .await
+        .unwrap();
+    let anonymous = NatsSettings {
+        connect_attempts: 2,
+        connect_backoff_ms: 10,
+        ..Default::default()
+    };
+    assert!(
+        within(20, "refusal", connect(&anonymous, &nats.url(), "t"))
+            .await
+            .is_err()
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CameraEntry {
+    url: String,
+    fps: f64,
+}
+
+#[tokio::test]
+async fn kv_registry_put_get_cas_and_watch() {
+    let nats = TestNats::start();
+    let bus = nats.bus().await;
+    let kv = within(10, "open kv", bus.kv::<CameraEntry>("its_test_cameras", 1))
+        .await
+        .unwrap();
+    let a = CameraEntry {
+        url: "rtsp://a".into(),
+        fps: 10.0,
+    };
+    let rev = kv.create("cam-a", &a).await.unwrap();
+    assert!(
+        kv.create("cam-a", &a).await.is_err(),
+        "create must refuse an existing key"
+    );
+    let got = kv.get("cam-a").await.unwrap().unwrap();
+    assert_eq!(got.value.as_ref(), Some(&a));
+    assert_eq!(got.revision, rev);
+    let b = CameraEntry {
+        url: "rtsp://b".into(),
+        fps: 5.0,
+    };
+    let rev2 = kv.update("cam-a", &b, rev).await.unwrap();
+    assert!(
+        kv.update("cam-a", &a, rev).await.is_err(),
+        "stale revision must be refused"
+    );
+    let mut watch = kv.watch().await.unwrap();
+    let first = within(5, "watch initial", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.key.as_str(), first.value, first.revision),
+        ("cam-a", Some(b), rev2)
+    );
+    kv.delete("cam-a").await.unwrap();
+    let gone = within(5, "watch delete", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.value, None);
+    assert_eq!(kv.get("cam-a").await.unwrap(), None);
+    assert!(kv.keys().await.unwrap().is_empty());
+}
