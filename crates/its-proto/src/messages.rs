@@ -189,13 +189,15 @@ pub enum DropReason {
     QueueFull,
     /// The worker failed while running the batch.
     WorkerFailed,
+    /// The result could not be published to NATS.
+    PublishFailed,
     /// The node shut down before the frame could be served.
     Shutdown,
 }
 
 impl DropReason {
     /// All reasons, in declaration order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::MalformedEnvelope,
         DropReason::UnsupportedVersion,
         DropReason::PayloadTooLarge,
@@ -205,6 +207,7 @@ impl DropReason {
         DropReason::DeadlineMissed,
         DropReason::QueueFull,
         DropReason::WorkerFailed,
+        DropReason::PublishFailed,
         DropReason::Shutdown,
     ];
 
@@ -220,6 +223,7 @@ impl DropReason {
             DropReason::DeadlineMissed => "deadline_missed",
             DropReason::QueueFull => "queue_full",
             DropReason::WorkerFailed => "worker_failed",
+            DropReason::PublishFailed => "publish_failed",
             DropReason::Shutdown => "shutdown",
         }
     }

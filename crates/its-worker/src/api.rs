@@ -1,0 +1,74 @@
+//! The messages between the scheduler and any worker.
+
+use std::time::Instant;
+
+use actix::Message;
+use its_proto::{Detection, DropReason, FrameMsg, ModelRef};
+
+/// One frame handed to a worker.
+#[derive(Debug)]
+pub struct FrameJob {
+    /// The frame as received (envelope checked, payload not yet decoded).
+    pub frame: FrameMsg,
+    /// When the node received it.
+    pub received_at: Instant,
+    /// When the scheduler put it into a batch.
+    pub dispatched_at: Instant,
+}
+
+/// What became of one job.
+#[derive(Debug)]
+pub enum JobResult {
+    /// The detector ran.
+    Done {
+        /// Detections in original-frame pixels.
+        detections: Vec<Detection>,
+        /// Decoded width, pixels.
+        frame_width: u32,
+        /// Decoded height, pixels.
+        frame_height: u32,
+        /// Decode and preprocessing time of the batch, ns.
+        preprocess_ns: u64,
+        /// Inference time of the batch, ns.
+        infer_ns: u64,
+        /// Output decoding and NMS time of the batch, ns.
+        postprocess_ns: u64,
+    },
+    /// The frame could not be served.
+    Dropped {
+        /// Counted reason.
+        reason: DropReason,
+        /// Detail for the error event.
+        message: String,
+    },
+}
+
+/// Runs a batch; answered with a [`BatchOutcome`] holding every job.
+#[derive(Debug, Message)]
+#[rtype(result = "BatchOutcome")]
+pub struct RunBatch {
+    /// The frames, highest priority first.
+    pub jobs: Vec<FrameJob>,
+}
+
+/// Every job of a batch with its result, in the order given.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// The jobs and what became of them.
+    pub results: Vec<(FrameJob, JobResult)>,
+    /// Wall time the worker spent on the batch, ns.
+    pub service_ns: u64,
+}
+
+/// Static facts about a worker, for status reports and results.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Worker id, unique on the node.
+    pub id: String,
+    /// `cpu` or the GPU's name.
+    pub device: String,
+    /// Concurrent batches it runs.
+    pub slots: u32,
+    /// The model it runs.
+    pub model: ModelRef,
+}
