@@ -58,6 +58,11 @@ pub struct GetSnapshot;
 #[rtype(result = "CameraSnapshot")]
 pub struct StopCamera;
 
+/// Answers once the camera has stopped publishing (its frame budget used up, or stopped).
+#[derive(Debug, Message)]
+#[rtype(result = "CameraSnapshot")]
+pub struct WaitStopped;
+
 /// One camera: publishes the frames of its source on `its.frames.<camera_id>`.
 pub struct CameraActor {
     id: String,
@@ -73,6 +78,7 @@ pub struct CameraActor {
     publish_errors: u64,
     last_error: Option<String>,
     timer: Option<SpawnHandle>,
+    stop_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl CameraActor {
@@ -100,6 +106,7 @@ impl CameraActor {
             publish_errors: 0,
             last_error: None,
             timer: None,
+            stop_waiters: Vec::new(),
         }
     }
 
@@ -143,6 +150,9 @@ impl CameraActor {
             ctx.cancel_future(t);
         }
         self.set_state(CameraState::Stopped);
+        for w in self.stop_waiters.drain(..) {
+            let _ = w.send(());
+        }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -218,4 +228,23 @@ pub(crate) fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+impl Handler<WaitStopped> for CameraActor {
+    type Result = ResponseActFuture<Self, CameraSnapshot>;
+    fn handle(&mut self, _: WaitStopped, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.state == CameraState::Stopped {
+            let _ = tx.send(());
+        } else {
+            self.stop_waiters.push(tx);
+        }
+        Box::pin(
+            async move {
+                let _ = rx.await;
+            }
+            .into_actor(self)
+            .map(|(), act, _| act.snapshot()),
+        )
+    }
 }

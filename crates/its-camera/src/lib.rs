@@ -7,7 +7,7 @@
 mod actor;
 mod synthetic;
 
-pub use actor::{CameraActor, CameraSnapshot, CameraState, GetSnapshot, StopCamera};
+pub use actor::{CameraActor, CameraSnapshot, CameraState, GetSnapshot, StopCamera, WaitStopped};
 pub use synthetic::{SceneSpec, SyntheticScene};
 
 /// Errors of camera sources.

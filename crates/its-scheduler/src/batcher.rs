@@ -190,7 +190,7 @@ mod tests {
         Some(QueueView {
             queued,
             oldest_arrival: t0,
-            earliest_deadline: t0 + deadline_ms * MS,
+            earliest_deadline: t0 + Duration::from_millis(deadline_ms),
             has_emergency: emergency,
         })
     }
@@ -227,14 +227,14 @@ mod tests {
         let t0 = Instant::now();
         // 1000 frames/s: 3 more frames to reach 4 take 3 ms.
         for i in 0..50 {
-            b.on_arrival(t0 + i * MS);
+            b.on_arrival(t0 + Duration::from_millis(i));
         }
         let t = b.timeout(1);
         assert!(t >= 2 * MS && t <= 4 * MS, "{t:?}");
         // 10 frames/s: the wait is capped at 50 ms.
         let mut slow = batcher();
         for i in 0..10 {
-            slow.on_arrival(t0 + i * 100 * MS);
+            slow.on_arrival(t0 + Duration::from_millis(100 * i));
         }
         assert_eq!(slow.timeout(1), 50 * MS);
         // 1 000 000 frames/s: at least the 2 ms floor.

@@ -1,0 +1,28 @@
+//! The GPU path of ITS Camera AI: CUDA context and run-time compiled kernels (cudarc, NVRTC,
+//! loaded dynamically so the crate builds and runs on machines without CUDA), and the fused
+//! letterbox preprocessing kernel.
+//!
+//! Architecture invariant: this is the only crate that imports cudarc. Kernels are CUDA C in
+//! `kernels/`, embedded with `include_str!`, compiled once per device and cached.
+
+// Kernel launches, pinned allocations and cudarc's library probing are `unsafe` in cudarc's
+// API; each use carries a SAFETY comment. The rest of the workspace stays `deny(unsafe_code)`.
+#![allow(unsafe_code)]
+
+pub mod context;
+mod error;
+pub mod letterbox;
+
+pub use context::{GpuContext, KernelSource, compile_kernel, driver_available, nvrtc_available};
+pub use error::GpuError;
+pub use letterbox::{
+    FrameRef, HostFrame, LetterboxConfig, LetterboxKernels, LetterboxParams, Letterboxer,
+};
+
+/// Env var that turns "no GPU here" in GPU tests and the bench into a failure.
+pub const REQUIRE_GPU_ENV: &str = "ITS_REQUIRE_GPU";
+
+/// Whether [`REQUIRE_GPU_ENV`] is set to 1 (or "true").
+pub fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
