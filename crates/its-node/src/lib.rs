@@ -1,0 +1,283 @@
+//! One node of ITS Camera AI: the wiring of config, NATS, cameras, scheduler and workers.
+//!
+//! [`Node::start`] brings a node up inside an actix system; [`Node::shutdown`] takes it down in
+//! order: cameras stop, the frame subscription drains, queued and running frames finish, NATS
+//! drains. The `its` binary and the end-to-end tests both use this API.
+
+mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use its_bus::{Bus, LocalNatsServer};
+use its_camera::{CameraActor, CameraSnapshot, SceneSpec, StopCamera, SyntheticScene, WaitStopped};
+use its_config::{Provider, Settings};
+use its_engine::{ExecutionProviderKind, OrtOptions};
+use its_proto::{NodeStatus, Priority, subjects};
+use its_scheduler::{Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerHandle};
+use its_worker::{CpuWorker, CpuWorkerOptions};
+use tokio::sync::oneshot;
+
+pub use status::StatusLine;
+
+/// Errors of starting or stopping a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// NATS could not be reached or started.
+    #[error(transparent)]
+    Bus(#[from] its_bus::BusError),
+    /// The worker could not start (model or ONNX Runtime missing).
+    #[error(transparent)]
+    Worker(#[from] its_worker::CpuWorkerError),
+    /// A camera source could not be prepared.
+    #[error("camera {camera}: {source}")]
+    Camera {
+        /// Camera id.
+        camera: String,
+        /// Why.
+        source: its_camera::CameraError,
+    },
+    /// Shutdown did not complete in time.
+    #[error("shutdown: {0}")]
+    Shutdown(String),
+}
+
+/// What a node reports when it has stopped.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    /// Final state of each camera.
+    pub cameras: Vec<CameraSnapshot>,
+    /// Final counters.
+    pub status: NodeStatus,
+}
+
+/// A running node.
+pub struct Node {
+    settings: Settings,
+    bus: Bus,
+    acct: Accounting,
+    scheduler: Addr<SchedulerActor>,
+    cameras: Vec<Addr<CameraActor>>,
+    intake_stop: Option<oneshot::Sender<()>>,
+    intake_done: Option<tokio::task::JoinHandle<()>>,
+    status_task: Option<tokio::task::JoinHandle<()>>,
+    embedded: Option<LocalNatsServer>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.settings.node.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ort_options(s: &Settings) -> OrtOptions {
+    OrtOptions {
+        ort_dylib: (!s.engine.ort_dylib.as_os_str().is_empty()).then(|| s.engine.ort_dylib.clone()),
+        intra_threads: s.engine.intra_threads as usize,
+        execution_providers: s
+            .engine
+            .providers
+            .iter()
+            .map(|p| match p {
+                Provider::Cpu => ExecutionProviderKind::Cpu,
+                Provider::Cuda => ExecutionProviderKind::Cuda,
+                Provider::Tensorrt => ExecutionProviderKind::Tensorrt,
+            })
+            .collect(),
+        allow_fallback: s.engine.allow_fallback,
+        device_id: 0,
+    }
+}
+
+fn scheduler_options(s: &Settings) -> SchedulerOptions {
+    let sc = &s.scheduler;
+    SchedulerOptions {
+        deadlines: Priority::ALL.map(|p| Duration::from_millis(sc.deadline_ms(p))),
+        batch_sizes: sc.batch_sizes.iter().map(|b| *b as usize).collect(),
+        min_batch_timeout: Duration::from_millis(sc.min_batch_timeout_ms),
+        max_batch_timeout: Duration::from_millis(sc.max_batch_timeout_ms),
+        queue_capacity: sc.queue_capacity,
+    }
+}
+
+impl Node {
+    /// Starts a node: NATS (a local nats-server child when `nats.url` is empty), the CPU
+    /// worker, the scheduler and its frame intake, the synthetic cameras, and the status
+    /// reporter. Must run inside an actix system.
+    pub async fn start(settings: Settings) -> Result<Node, NodeError> {
+        let node_id = settings.node.id.clone();
+        let (url, embedded) = if settings.nats.url.trim().is_empty() {
+            let store = (!settings.nats.embedded_store_dir.is_empty())
+                .then(|| PathBuf::from(&settings.nats.embedded_store_dir));
+            let server = LocalNatsServer::start(&settings.nats.server_bin, store.as_deref())?;
+            tracing::info!(url = %server.url(), "started embedded nats-server (set nats.url to use your own)");
+            (server.url(), Some(server))
+        } else {
+            (settings.nats.url.clone(), None)
+        };
+        let bus = its_bus::connect(&settings.nats, &url, &format!("its-node-{node_id}")).await?;
+        let acct = Accounting::new(&node_id, bus.clone());
+
+        let (worker_addr, info) = CpuWorker::start(&CpuWorkerOptions {
+            id: "cpu-0".into(),
+            model_dir: settings.engine.model_dir.clone(),
+            ort: ort_options(&settings),
+            threads: settings.engine.cpu_workers,
+            max_frame_dim: settings.engine.max_frame_dim,
+        })?;
+        let scheduler = SchedulerActor::new(
+            scheduler_options(&settings),
+            acct.clone(),
+            vec![WorkerHandle {
+                info,
+                addr: worker_addr.recipient(),
+            }],
+        )
+        .start();
+
+        let sub = bus.subscribe(subjects::FRAMES_ALL).await?;
+        bus.flush().await?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let intake_done = actix::spawn(its_scheduler::run_intake(
+            sub,
+            scheduler.clone(),
+            acct.clone(),
+            settings.scheduler.max_frame_bytes,
+            stop_rx,
+        ));
+
+        let cameras = start_cameras(&settings, &bus).await?;
+        let status_task = actix::spawn(status::report(
+            settings.status.clone(),
+            acct.clone(),
+            scheduler.clone(),
+            bus.clone(),
+        ));
+        tracing::info!(node = %node_id, cameras = cameras.len(), "node running");
+        Ok(Node {
+            settings,
+            bus,
+            acct,
+            scheduler,
+            cameras,
+            intake_stop: Some(stop_tx),
+            intake_done: Some(intake_done),
+            status_task: Some(status_task),
+            embedded,
+        })
+    }
+
+    /// The bus this node uses.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The node's counters now.
+    pub fn status(&self) -> NodeStatus {
+        self.acct.status(false)
+    }
+
+    /// Waits until every camera has used up its frame budget (`cameras.max_frames`).
+    pub async fn cameras_finished(&self) -> Vec<CameraSnapshot> {
+        let waits = self.cameras.iter().map(|c| c.send(WaitStopped));
+        futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Stops the node in order and reports the final counters.
+    pub async fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
+        tracing::info!("shutting down: stopping cameras");
+        let stops = self.cameras.iter().map(|c| c.send(StopCamera));
+        let mut cameras: Vec<CameraSnapshot> = futures::future::join_all(stops)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        self.bus.flush().await?;
+        tracing::info!("draining the frame subscription");
+        if let Some(stop) = self.intake_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.intake_done.take() {
+            tokio::time::timeout(Duration::from_secs(30), done)
+                .await
+                .map_err(|_| NodeError::Shutdown("frame intake did not drain within 30 s".into()))?
+                .map_err(|e| NodeError::Shutdown(format!("frame intake failed: {e}")))?;
+        }
+        tracing::info!(
+            in_flight = self.acct.in_flight(),
+            "finishing queued and running frames"
+        );
+        tokio::time::timeout(Duration::from_secs(60), self.scheduler.send(Drain))
+            .await
+            .map_err(|_| NodeError::Shutdown("frames still in flight after 60 s".into()))?
+            .map_err(|e| NodeError::Shutdown(format!("scheduler: {e}")))?;
+        if let Some(t) = self.status_task.take() {
+            t.abort();
+        }
+        // Camera counters settle once their last publishes have returned.
+        let finals = self.cameras.iter().map(|c| c.send(its_camera::GetSnapshot));
+        let finals: Vec<CameraSnapshot> = futures::future::join_all(finals)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        if finals.len() == cameras.len() {
+            cameras = finals;
+        }
+        let status = self.acct.status(false);
+        self.bus
+            .publish_msg(subjects::node_status(&self.settings.node.id), &status)
+            .await?;
+        tracing::info!("draining nats");
+        self.bus.drain().await?;
+        drop(self.embedded.take());
+        Ok(ShutdownReport { cameras, status })
+    }
+}
+
+async fn start_cameras(
+    settings: &Settings,
+    bus: &Bus,
+) -> Result<Vec<Addr<CameraActor>>, NodeError> {
+    let c = &settings.cameras;
+    let ids = c.camera_ids();
+    let mut addrs = Vec::with_capacity(ids.len());
+    for (n, id) in ids.into_iter().enumerate() {
+        let spec = SceneSpec {
+            width: c.width,
+            height: c.height,
+            seed: c.seed + n as u64,
+            frames: c.loop_frames,
+            jpeg_quality: c.jpeg_quality,
+        };
+        // Rendering is CPU work: keep it off the actor threads.
+        let scene = tokio::task::spawn_blocking(move || SyntheticScene::render(&spec))
+            .await
+            .map_err(|e| NodeError::Shutdown(format!("scene renderer: {e}")))?
+            .map_err(|source| NodeError::Camera {
+                camera: id.clone(),
+                source,
+            })?;
+        addrs.push(
+            CameraActor::new(
+                id,
+                settings.node.id.clone(),
+                Arc::new(scene),
+                bus.clone(),
+                c.priority,
+                c.fps,
+                c.max_frames,
+            )
+            .start(),
+        );
+    }
+    Ok(addrs)
+}

@@ -1,0 +1,141 @@
+//! `its`: the ITS Camera AI node.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use its_config::{Settings, Sources};
+use its_node::Node;
+
+/// ITS Camera AI: live traffic-camera streams to object detections over NATS.
+#[derive(Debug, Parser)]
+#[command(name = "its", version, about)]
+struct Cli {
+    /// Configuration file (default: ./its.toml when present).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override a setting, e.g. `--set cameras.fps=5` (repeatable; lists comma-separated).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node. With no NATS URL configured it starts a local nats-server, runs the
+    /// synthetic cameras and the CPU worker, and prints a status line per second.
+    Run {
+        /// NATS server URL (overrides nats.url).
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Number of synthetic cameras (overrides cameras.synthetic_count).
+        #[arg(long)]
+        cameras: Option<u32>,
+        /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML,
+    /// secrets redacted.
+    Print,
+}
+
+fn load(cli: &Cli, extra: Vec<String>) -> anyhow::Result<Settings> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut overrides = cli.overrides.clone();
+    overrides.extend(extra);
+    Ok(its_config::load(&Sources {
+        file: cli.config.as_deref(),
+        env,
+        overrides,
+    })?)
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Config {
+            command: ConfigCommand::Print,
+        } => {
+            let settings = load(&cli, vec![])?;
+            print!("{}", settings.to_toml_redacted());
+            Ok(())
+        }
+        Command::Run {
+            nats_url,
+            cameras,
+            duration,
+        } => {
+            let mut extra = Vec::new();
+            if let Some(u) = nats_url {
+                extra.push(format!("nats.url={u}"));
+            }
+            if let Some(n) = cameras {
+                extra.push(format!("cameras.synthetic_count={n}"));
+            }
+            let settings = load(&cli, extra)?;
+            init_tracing();
+            let duration = duration.map(Duration::from_secs_f64);
+            actix::System::new().block_on(run(settings, duration))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ITS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,ort=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(settings: Settings, duration: Option<Duration>) -> anyhow::Result<()> {
+    let node = Node::start(settings)
+        .await
+        .context("cannot start the node")?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let until = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM"),
+        _ = until => tracing::info!("duration reached"),
+    }
+    let report = node.shutdown().await.context("shutdown")?;
+    let s = &report.status;
+    let drops: u64 = s.drops.values().sum();
+    eprintln!(
+        "stopped: {} frames received, {} results published, {} dropped {:?}, {} in flight",
+        s.frames_received, s.results_published, drops, s.drops, s.in_flight
+    );
+    Ok(())
+}
