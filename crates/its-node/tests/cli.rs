@@ -37,10 +37,16 @@ fn help_lists_the_subcommands() {
 
 #[test]
 fn a_bad_value_fails_start_up_naming_the_key() {
-    let out = its().args(["run", "--set", "cameras.fps=0"]).output().unwrap();
+    let out = its()
+        .args(["run", "--set", "cameras.fps=0"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cameras.fps") && err.contains("0.1 to 120"), "{err}");
+    assert!(
+        err.contains("cameras.fps") && err.contains("0.1 to 120"),
+        "{err}"
+    );
 
     let out = its()
         .args(["config", "print"])
@@ -49,9 +55,15 @@ fn a_bad_value_fails_start_up_naming_the_key() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("scheduler.batch_sizes") && err.contains("ascending"), "{err}");
+    assert!(
+        err.contains("scheduler.batch_sizes") && err.contains("ascending"),
+        "{err}"
+    );
 
-    let out = its().args(["run", "--set", "cameras.fsp=3"]).output().unwrap();
+    let out = its()
+        .args(["run", "--set", "cameras.fsp=3"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("fsp"));
 }
@@ -63,10 +75,20 @@ fn config_print_shows_effective_values_and_redacts_secrets() {
         .env("ITS__NATS__TOKEN", "tok-123-secret")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("[cameras]") && text.contains("fps = 7.5"), "{text}");
-    assert!(!text.contains("tok-123-secret") && text.contains("<redacted>"), "{text}");
+    assert!(
+        text.contains("[cameras]") && text.contains("fps = 7.5"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tok-123-secret") && text.contains("<redacted>"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -74,8 +96,16 @@ fn sigterm_stops_the_embedded_default_in_order() {
     let mut child = its()
         .args(["run", "--cameras", "2"])
         .args(["--set", "cameras.width=320", "--set", "cameras.height=240"])
-        .args(["--set", "status.interval_ms=200", "--set", "scheduler.deadline_normal_ms=60000"])
-        .args(["--set", &format!("engine.model_dir={}", model_dir().display())])
+        .args([
+            "--set",
+            "status.interval_ms=200",
+            "--set",
+            "scheduler.deadline_normal_ms=60000",
+        ])
+        .args([
+            "--set",
+            &format!("engine.model_dir={}", model_dir().display()),
+        ])
         .env("ITS_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -100,7 +130,10 @@ fn sigterm_stops_the_embedded_default_in_order() {
             break;
         }
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut rest = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
@@ -109,10 +142,19 @@ fn sigterm_stops_the_embedded_default_in_order() {
     let exit = child.wait().unwrap();
     let text = rest.join("\n");
     assert!(exit.success(), "exit {exit:?}; log:\n{text}");
-    let order = ["SIGTERM", "stopping cameras", "draining the frame subscription", "finishing queued", "draining nats", "stopped:"];
+    let order = [
+        "SIGTERM",
+        "stopping cameras",
+        "draining the frame subscription",
+        "finishing queued",
+        "draining nats",
+        "stopped:",
+    ];
     let mut at = 0;
     for step in order {
-        let pos = text[at..].find(step).unwrap_or_else(|| panic!("{step:?} missing or out of order in:\n{text}"));
+        let pos = text[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing or out of order in:\n{text}"));
         at += pos;
     }
     assert!(text.contains(", 0 in flight"), "{text}");

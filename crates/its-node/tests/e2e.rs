@@ -8,9 +8,9 @@ use futures::StreamExt;
 use its_config::{Settings, Sources};
 use its_node::Node;
 use its_proto::{
-    subjects, DetectionMsg, DropReason, Encoding, EventMsg, FrameMsg, Priority, SCHEMA_VERSION,
+    DetectionMsg, DropReason, Encoding, EventMsg, FrameMsg, Priority, SCHEMA_VERSION, subjects,
 };
-use its_testkit::{within, TestNats};
+use its_testkit::{TestNats, within};
 
 const CAMERAS: u32 = 3;
 const FRAMES: u64 = 12;
@@ -78,15 +78,22 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
     let mut errors = client.subscribe("its.events.error.*").await.unwrap();
     client.flush().await.unwrap();
 
-    let node = within(60, "node start", Node::start(settings(&nats.url()))).await.unwrap();
+    let node = within(60, "node start", Node::start(settings(&nats.url())))
+        .await
+        .unwrap();
 
     // Bad input next to the good cameras; each must become one counted drop with an event.
     let raw = |s: &str| s.to_owned();
     let mut bad: Vec<(String, Vec<u8>, DropReason)> = vec![
-        (raw("bad-garbage"), b"\x00\x01 not msgpack".to_vec(), DropReason::MalformedEnvelope),
+        (
+            raw("bad-garbage"),
+            b"\x00\x01 not msgpack".to_vec(),
+            DropReason::MalformedEnvelope,
+        ),
         (
             raw("bad-jpeg"),
-            its_proto::encode(&frame("bad-jpeg", 0, vec![0xff, 0xd8, 0xff, 0x00, 1, 2, 3])).unwrap(),
+            its_proto::encode(&frame("bad-jpeg", 0, vec![0xff, 0xd8, 0xff, 0x00, 1, 2, 3]))
+                .unwrap(),
             DropReason::Undecodable,
         ),
         (
@@ -97,17 +104,33 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
     ];
     let mut v99 = frame("bad-version", 0, vec![0xff, 0xd8]);
     v99.v = 99;
-    bad.push((raw("bad-version"), its_proto::encode(&v99).unwrap(), DropReason::UnsupportedVersion));
+    bad.push((
+        raw("bad-version"),
+        its_proto::encode(&v99).unwrap(),
+        DropReason::UnsupportedVersion,
+    ));
     let mut zero = frame("bad-zero", 0, vec![0xff, 0xd8]);
     zero.width = 0;
     zero.height = 0;
-    bad.push((raw("bad-zero"), its_proto::encode(&zero).unwrap(), DropReason::BadDimensions));
+    bad.push((
+        raw("bad-zero"),
+        its_proto::encode(&zero).unwrap(),
+        DropReason::BadDimensions,
+    ));
     for (camera, bytes, _) in &bad {
-        client.publish_raw(subjects::frames(camera), bytes.clone().into()).await.unwrap();
+        client
+            .publish_raw(subjects::frames(camera), bytes.clone().into())
+            .await
+            .unwrap();
     }
     client.flush().await.unwrap();
 
-    let cams = within(120, "cameras to publish their frames", node.cameras_finished()).await;
+    let cams = within(
+        120,
+        "cameras to publish their frames",
+        node.cameras_finished(),
+    )
+    .await;
     assert_eq!(cams.len(), CAMERAS as usize);
     let report = within(120, "shutdown", node.shutdown()).await.unwrap();
     let s = &report.status;
@@ -122,7 +145,12 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
     assert_eq!(s.results_published + drops, sent, "{s:?}");
     assert_eq!(s.in_flight, 0);
     for (_, _, reason) in &bad {
-        assert_eq!(s.drops.get(reason.as_str()), Some(&1), "{reason:?} in {:?}", s.drops);
+        assert_eq!(
+            s.drops.get(reason.as_str()),
+            Some(&1),
+            "{reason:?} in {:?}",
+            s.drops
+        );
     }
 
     // The results on the wire: all of them, per camera in rising sequence order.
@@ -142,7 +170,11 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
         }
         per_camera.entry(r.camera_id).or_default().push(r.seq);
     }
-    assert_eq!(per_camera.len(), CAMERAS as usize, "results for every camera: {per_camera:?}");
+    assert_eq!(
+        per_camera.len(),
+        CAMERAS as usize,
+        "results for every camera: {per_camera:?}"
+    );
     for (camera, seqs) in &per_camera {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{camera}: {seqs:?}");
     }
@@ -152,7 +184,10 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
     for _ in 0..drops {
         let msg = within(30, "error events", errors.next()).await.unwrap();
         let e: EventMsg = its_proto::decode(&msg.payload).unwrap();
-        assert_eq!(msg.subject.as_str(), format!("its.events.error.{}", e.camera_id));
+        assert_eq!(
+            msg.subject.as_str(),
+            format!("its.events.error.{}", e.camera_id)
+        );
         seen.insert(e.camera_id.clone(), e.reason);
     }
     for (camera, _, reason) in &bad {

@@ -10,7 +10,18 @@ use serde::{Deserialize, Serialize};
 
 /// Scheduling class of a frame. Higher classes are served first.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -19,15 +30,10 @@ pub enum Priority {
     /// Served before normal traffic.
     Urgent,
     /// The default class.
+    #[default]
     Normal,
     /// Served when nothing else waits; shed first under overload.
     Background,
-}
-
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Normal
-    }
 }
 
 impl Priority {
