@@ -7,15 +7,22 @@ use std::process::Stdio;
 
 use its_config::Sources;
 use its_node::Node;
-use its_testkit::{within, TestNats};
+use its_testkit::{TestNats, within};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn python() -> PathBuf {
     let venv = root().join(".venv/bin/python");
-    assert!(venv.exists(), "{} missing: run scripts/setup.sh", venv.display());
+    assert!(
+        venv.exists(),
+        "{} missing: run scripts/setup.sh",
+        venv.display()
+    );
     venv
 }
 
@@ -36,22 +43,38 @@ async fn python_subscriber_decodes_and_validates_live_results() {
             "cameras.loop_frames=3".into(),
             "scheduler.deadline_normal_ms=60000".into(),
             "status.print=false".into(),
-            format!("engine.model_dir={}", root().join("models/generated/tiny-yolo").display()),
+            format!(
+                "engine.model_dir={}",
+                root().join("models/generated/tiny-yolo").display()
+            ),
         ],
     })
     .unwrap();
-    let node = within(60, "node start", Node::start(settings)).await.unwrap();
+    let node = within(60, "node start", Node::start(settings))
+        .await
+        .unwrap();
 
     // The cameras run until the subscriber has what it asked for.
     let child = tokio::process::Command::new(python())
         .arg(root().join("proto/examples/subscribe.py"))
-        .args(["--url", &nats.url(), "--count", "8", "--json", "--validate", "--timeout", "90"])
+        .args([
+            "--url",
+            &nats.url(),
+            "--count",
+            "8",
+            "--json",
+            "--validate",
+            "--timeout",
+            "90",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let out = within(120, "python subscriber", child.wait_with_output()).await.unwrap();
+    let out = within(120, "python subscriber", child.wait_with_output())
+        .await
+        .unwrap();
     let report = within(60, "shutdown", node.shutdown()).await.unwrap();
     assert!(
         out.status.success(),
@@ -77,8 +100,16 @@ async fn python_subscriber_decodes_and_validates_live_results() {
         let dets = l["detections"].as_array().unwrap();
         assert_eq!(l["n_detections"].as_u64().unwrap() as usize, dets.len());
         for d in dets {
-            let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-            assert!(b[0] <= b[2] && b[2] <= 320.0 && b[1] <= b[3] && b[3] <= 240.0, "{d}");
+            let b: Vec<f64> = d["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(
+                b[0] <= b[2] && b[2] <= 320.0 && b[1] <= b[3] && b[3] <= 240.0,
+                "{d}"
+            );
         }
         assert!(l["latency_ms"].as_f64().unwrap() > 0.0);
     }
