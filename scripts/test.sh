@@ -10,4 +10,8 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] cargo test"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# One closing line over every test binary (cargo prints one result line per binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -74,7 +74,8 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn ort_options(s: &Settings) -> OrtOptions {
+/// The ONNX Runtime options of the `[engine]` settings.
+pub fn ort_options(s: &Settings) -> OrtOptions {
     OrtOptions {
         ort_dylib: (!s.engine.ort_dylib.as_os_str().is_empty()).then(|| s.engine.ort_dylib.clone()),
         intra_threads: s.engine.intra_threads as usize,

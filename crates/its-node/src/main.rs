@@ -38,6 +38,18 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
     },
+    /// Run the detector on JPEG images and print what it finds (boxes in original pixels).
+    Detect {
+        /// Model directory (model.toml + ONNX file); default engine.model_dir.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// One JSON object per image instead of text.
+        #[arg(long)]
+        json: bool,
+        /// JPEG files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -84,6 +96,17 @@ fn real_main() -> anyhow::Result<()> {
             print!("{}", settings.to_toml_redacted());
             Ok(())
         }
+        Command::Detect {
+            model,
+            json,
+            images,
+        } => {
+            let settings = load(&cli, vec![])?;
+            let model_dir = model
+                .clone()
+                .unwrap_or_else(|| settings.engine.model_dir.clone());
+            detect(&settings, &model_dir, images, *json)
+        }
         Command::Run {
             nats_url,
             cameras,
@@ -102,6 +125,63 @@ fn real_main() -> anyhow::Result<()> {
             actix::System::new().block_on(run(settings, duration))
         }
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn detect(
+    settings: &Settings,
+    model_dir: &std::path::Path,
+    images: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut detector = its_engine::Detector::load(model_dir, &its_node::ort_options(settings))
+        .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
+    let classes = detector.manifest().classes.clone();
+    for path in images {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let img = its_engine::decode_jpeg(&bytes)
+            .with_context(|| format!("cannot decode {}", path.display()))?;
+        let out = detector.detect(std::slice::from_ref(&img))?.remove(0);
+        let name = |id: u32| classes.get(id as usize).map(String::as_str).unwrap_or("?");
+        if json {
+            let dets: Vec<serde_json::Value> = out
+                .detections
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "class_id": d.class_id, "class_name": name(d.class_id), "score": d.score,
+                        "box": [d.x1, d.y1, d.x2, d.y2],
+                    })
+                })
+                .collect();
+            let line = serde_json::json!({
+                "image": path.display().to_string(), "width": img.width, "height": img.height,
+                "infer_ms": out.infer_ns as f64 / 1e6, "detections": dets,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{} ({}x{}): {} detection(s)",
+                path.display(),
+                img.width,
+                img.height,
+                out.detections.len()
+            );
+            for d in &out.detections {
+                println!(
+                    "  {:<14} {:.2}  [{:.0}, {:.0}, {:.0}, {:.0}]",
+                    name(d.class_id),
+                    d.score,
+                    d.x1,
+                    d.y1,
+                    d.x2,
+                    d.y2
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing() {

@@ -159,3 +159,78 @@ fn sigterm_stops_the_embedded_default_in_order() {
     }
     assert!(text.contains(", 0 in flight"), "{text}");
 }
+
+#[test]
+fn detect_prints_boxes_inside_each_image() {
+    let dir = tempfile_dir("detect");
+    let scene = its_camera::SyntheticScene::render(&its_camera::SceneSpec {
+        width: 480,
+        height: 272,
+        seed: 3,
+        frames: 2,
+        jpeg_quality: 85,
+    })
+    .unwrap();
+    let mut paths = Vec::new();
+    for (i, j) in scene.jpegs.iter().enumerate() {
+        let p = dir.join(format!("frame{i}.jpg"));
+        std::fs::write(&p, j).unwrap();
+        paths.push(p);
+    }
+    let out = its()
+        .args(["detect", "--json", "--model"])
+        .arg(model_dir())
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let classes = std::fs::read_to_string(model_dir().join("model.toml")).unwrap();
+    for l in &lines {
+        assert_eq!(
+            (l["width"].as_u64(), l["height"].as_u64()),
+            (Some(480), Some(272))
+        );
+        for d in l["detections"].as_array().unwrap() {
+            let b: Vec<f64> = d["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(0.0 <= b[0] && b[0] <= b[2] && b[2] <= 480.0, "{d}");
+            assert!(0.0 <= b[1] && b[1] <= b[3] && b[3] <= 272.0, "{d}");
+            let name = d["class_name"].as_str().unwrap();
+            assert!(
+                classes.contains(&format!("\"{name}\"")),
+                "{name} not in the manifest"
+            );
+        }
+    }
+
+    // A file that is not a JPEG: a clear error naming it, non-zero exit.
+    let bad = dir.join("not-a.jpg");
+    std::fs::write(&bad, b"hello").unwrap();
+    let out = its()
+        .args(["detect", "--model"])
+        .arg(model_dir())
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-a.jpg"));
+}
+
+fn tempfile_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("its-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
