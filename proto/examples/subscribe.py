@@ -132,7 +132,7 @@ def handle(subject: str, payload: bytes, args: argparse.Namespace, validator: An
     try:
         msg = msgpack.unpackb(payload, raw=False)
     except Exception as e:  # msgpack raises several exception types
-        problem = f"{subject}: not a MessagePack message: {e}"
+        problem = f"{subject}: not a MessagePack message ({type(e).__name__}: {e})"
         if args.validate:
             raise Fatal(problem) from e
         print(f"warning: {problem}; skipped", file=sys.stderr)
@@ -181,18 +181,40 @@ def handle(subject: str, payload: bytes, args: argparse.Namespace, validator: An
 async def run(args: argparse.Namespace) -> int:
     validator = load_validator() if args.validate else None
 
+    connected = False
+    last_error: list[Exception] = []
+
     async def on_error(e: Exception) -> None:
-        print(f"nats: {e}", file=sys.stderr)
+        if connected:
+            print(f"nats: {e}", file=sys.stderr)
+        else:  # reported once, below, if the first connection fails
+            last_error[:] = [e]
+
+    async def on_disconnect() -> None:
+        if connected:
+            print("nats: disconnected, reconnecting", file=sys.stderr)
+
+    async def on_reconnect() -> None:
+        print("nats: reconnected", file=sys.stderr)
 
     try:
-        nc = await nats.connect(
-            args.url,
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            error_cb=on_error,
+        # Reconnect forever once connected, but give up on the first connection after a while.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                args.url,
+                connect_timeout=2,
+                reconnect_time_wait=1,
+                max_reconnect_attempts=-1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            ),
+            timeout=10,
         )
-    except Exception as e:
-        raise Fatal(f"cannot connect to {args.url}: {e}", 2) from e
+    except (Exception, asyncio.TimeoutError) as e:
+        why = last_error[0] if last_error else e
+        raise Fatal(f"cannot connect to {args.url}: {why or type(why).__name__}", 2) from e
+    connected = True
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -242,6 +264,7 @@ async def run(args: argparse.Namespace) -> int:
         code = e.code
     finally:
         # Drain: unsubscribe, let in-flight callbacks finish, flush, close.
+        connected = False
         try:
             await nc.drain()
         except Exception as e:
