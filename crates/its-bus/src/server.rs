@@ -32,6 +32,16 @@ impl LocalNatsServer {
         store_dir: Option<&Path>,
         extra_args: &[&str],
     ) -> Result<Self, BusError> {
+        Self::start_on(bin, store_dir, 0, extra_args)
+    }
+
+    /// As [`start_with_args`](Self::start_with_args) on a given client port (0 = a free one).
+    pub fn start_on(
+        bin: &str,
+        store_dir: Option<&Path>,
+        port: u16,
+        extra_args: &[&str],
+    ) -> Result<Self, BusError> {
         let (temp, store) = match store_dir {
             Some(p) => (None, p.to_path_buf()),
             None => {
@@ -44,7 +54,12 @@ impl LocalNatsServer {
             }
         };
         let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, port) = spawn(bin, &store, "-1", &extra)?;
+        let port_arg = if port == 0 {
+            "-1".to_owned()
+        } else {
+            port.to_string()
+        };
+        let (child, port) = spawn(bin, &store, &port_arg, &extra)?;
         Ok(LocalNatsServer {
             child,
             port,

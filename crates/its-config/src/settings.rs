@@ -90,6 +90,8 @@ pub struct NatsSettings {
     pub server_bin: String,
     /// Store directory of the embedded server's JetStream; empty = a temporary directory.
     pub embedded_store_dir: String,
+    /// Client port of the embedded server on 127.0.0.1 (0 = any free port).
+    pub embedded_port: u16,
     /// User name for user/password authentication.
     pub user: String,
     /// Password for user/password authentication.
@@ -120,6 +122,7 @@ impl Default for NatsSettings {
             url: String::new(),
             server_bin: "nats-server".into(),
             embedded_store_dir: String::new(),
+            embedded_port: 4222,
             user: String::new(),
             password: Secret::default(),
             token: Secret::default(),

@@ -114,7 +114,12 @@ impl Node {
         let (url, embedded) = if settings.nats.url.trim().is_empty() {
             let store = (!settings.nats.embedded_store_dir.is_empty())
                 .then(|| PathBuf::from(&settings.nats.embedded_store_dir));
-            let server = LocalNatsServer::start(&settings.nats.server_bin, store.as_deref())?;
+            let server = LocalNatsServer::start_on(
+                &settings.nats.server_bin,
+                store.as_deref(),
+                settings.nats.embedded_port,
+                &[],
+            )?;
             tracing::info!(url = %server.url(), "started embedded nats-server (set nats.url to use your own)");
             (server.url(), Some(server))
         } else {
