@@ -66,24 +66,33 @@ pub fn decode_frame(bytes: &[u8], subject: &str, max_bytes: usize) -> Result<Fra
             format!("message is {} bytes, limit is {max_bytes}", bytes.len()),
         ));
     }
-    let probe: VersionProbe = rmp_serde::from_slice(bytes).map_err(|e| {
+    // The happy path parses once; only a message that fails to parse is probed for its
+    // version, so that a newer schema is reported as such rather than as garbage.
+    let unsupported = |v: u16| {
         ProtoError::rejected(
-            DropReason::MalformedEnvelope,
-            format!("not a FrameMsg map with a `v` field: {e}"),
-        )
-    })?;
-    if probe.v != SCHEMA_VERSION {
-        return Err(ProtoError::rejected(
             DropReason::UnsupportedVersion,
-            format!(
-                "schema version {} is not supported (this node reads {SCHEMA_VERSION})",
-                probe.v
-            ),
-        ));
+            format!("schema version {v} is not supported (this node reads {SCHEMA_VERSION})"),
+        )
+    };
+    let frame: FrameMsg = match rmp_serde::from_slice(bytes) {
+        Ok(frame) => frame,
+        Err(e) => {
+            return Err(match rmp_serde::from_slice::<VersionProbe>(bytes) {
+                Ok(probe) if probe.v != SCHEMA_VERSION => unsupported(probe.v),
+                Ok(_) => ProtoError::rejected(
+                    DropReason::MalformedEnvelope,
+                    format!("bad FrameMsg: {e}"),
+                ),
+                Err(_) => ProtoError::rejected(
+                    DropReason::MalformedEnvelope,
+                    format!("not a FrameMsg map with a `v` field: {e}"),
+                ),
+            });
+        }
+    };
+    if frame.v != SCHEMA_VERSION {
+        return Err(unsupported(frame.v));
     }
-    let frame: FrameMsg = rmp_serde::from_slice(bytes).map_err(|e| {
-        ProtoError::rejected(DropReason::MalformedEnvelope, format!("bad FrameMsg: {e}"))
-    })?;
     let from_subject = subjects::last_token(subject);
     if !subjects::is_valid_id(&frame.camera_id) || frame.camera_id != from_subject {
         return Err(ProtoError::rejected(
@@ -191,6 +200,29 @@ mod tests {
             reason(&encode(&f).unwrap(), "its.frames.cam-1", 1 << 20),
             DropReason::Undecodable
         );
+    }
+
+    #[test]
+    fn a_newer_version_with_another_shape_is_unsupported_not_malformed() {
+        #[derive(Serialize)]
+        struct V2 {
+            v: u16,
+            camera: String,
+        }
+        let bytes = encode(&V2 {
+            v: 2,
+            camera: "cam-1".into(),
+        })
+        .unwrap();
+        let err = decode_frame(&bytes, "its.frames.cam-1", 1 << 20).unwrap_err();
+        assert_eq!(err.drop_reason(), DropReason::UnsupportedVersion);
+        let v1_missing_fields = V2 {
+            v: SCHEMA_VERSION,
+            camera: "cam-1".into(),
+        };
+        let bytes = encode(&v1_missing_fields).unwrap();
+        let err = decode_frame(&bytes, "its.frames.cam-1", 1 << 20).unwrap_err();
+        assert_eq!(err.drop_reason(), DropReason::MalformedEnvelope);
     }
 
     #[test]
