@@ -75,8 +75,7 @@ pub async fn connect(s: &NatsSettings, url: &str, name: &str) -> Result<Bus, Bus
                 if matches!(
                     e.kind(),
                     async_nats::ConnectErrorKind::AuthorizationViolation
-                ) || text.to_lowercase().contains("authorization")
-                {
+                ) {
                     return Err(BusError::Auth {
                         url: url.to_owned(),
                         detail: text,

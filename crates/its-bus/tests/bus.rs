@@ -147,11 +147,10 @@ async fn user_and_password_auth() {
         connect_backoff_ms: 10,
         ..Default::default()
     };
-    assert!(
-        within(20, "refusal", connect(&anonymous, &nats.url(), "t"))
-            .await
-            .is_err()
-    );
+    let err = within(20, "refusal", connect(&anonymous, &nats.url(), "t"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Auth { .. }), "{err}");
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
