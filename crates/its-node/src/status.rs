@@ -68,7 +68,12 @@ pub(crate) async fn report(
         {
             tracing::warn!(error = %e, "cannot publish node status");
         }
-        if let Ok(snap) = scheduler.send(GetSchedulerSnapshot).await {
+        if let Ok(snap) = scheduler
+            .send(GetSchedulerSnapshot {
+                reset_windows: true,
+            })
+            .await
+        {
             for w in snap.workers {
                 if let Err(e) = bus
                     .publish_msg(subjects::worker_status(&w.node_id, &w.worker_id), &w)

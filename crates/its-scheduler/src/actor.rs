@@ -67,7 +67,10 @@ pub struct Drain;
 /// Asks for a [`SchedulerSnapshot`].
 #[derive(Debug, Message)]
 #[rtype(result = "SchedulerSnapshot")]
-pub struct GetSchedulerSnapshot;
+pub struct GetSchedulerSnapshot {
+    /// Start the per-worker latency windows anew (only the periodic status reporter does).
+    pub reset_windows: bool,
+}
 
 /// The scheduler's observable state.
 #[derive(Debug, Clone, Serialize)]
@@ -80,8 +83,7 @@ pub struct SchedulerSnapshot {
     pub batch_timeout_ms: f64,
     /// Measured arrival rate, frames/s.
     pub arrival_rate: Option<f64>,
-    /// Per-worker status (windowed percentiles reset by this call).
-    #[serde(skip)]
+    /// Per-worker status; percentiles over the window since the last reset.
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -388,7 +390,7 @@ impl Handler<Drain> for SchedulerActor {
 impl Handler<GetSchedulerSnapshot> for SchedulerActor {
     type Result = MessageResult<GetSchedulerSnapshot>;
 
-    fn handle(&mut self, _: GetSchedulerSnapshot, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: GetSchedulerSnapshot, _: &mut Context<Self>) -> Self::Result {
         let node_id = self.acct.node_id().to_owned();
         let workers = self
             .workers
@@ -409,7 +411,9 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                     utilisation: None,
                     memory_used_bytes: None,
                 };
-                w.service.reset();
+                if msg.reset_windows {
+                    w.service.reset();
+                }
                 s
             })
             .collect();

@@ -83,8 +83,9 @@ impl CpuWorker {
         };
         let pool = Arc::new(Mutex::new(detectors));
         let addr = SyncArbiter::start(threads as usize, move || {
-            // Each thread takes a preloaded detector. Should a thread ever be restarted after
-            // a panic, it loads a fresh one with the same options.
+            // Each thread takes one preloaded detector. A panic inside the detector is caught
+            // in `run` and reported as `worker_failed`, so the arbiter never restarts a thread
+            // (a restart would find the pool empty).
             let detector = pool.lock().ok().and_then(|mut p| p.pop());
             CpuWorker {
                 detector: detector.expect("one preloaded detector per worker thread"),
