@@ -371,6 +371,20 @@ impl LetterboxKernels {
     }
 }
 
+/// The output buffer in `slot`, allocated with `len` elements on first use.
+fn output_buffer<'a, T: cudarc::driver::DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'a mut CudaSlice<T>, GpuError> {
+    if slot.is_none() {
+        // SAFETY: every element of a batch's region is written by the kernel before it is read.
+        *slot = Some(unsafe { stream.alloc::<T>(len) }?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| GpuError::InvalidInput("no output buffer".into()))
+}
+
 /// Owns a device input buffer, a pinned staging buffer and the output buffers for one
 /// batch profile, on its own stream. Steady state allocates nothing.
 pub struct Letterboxer {
@@ -498,23 +512,14 @@ impl Letterboxer {
     /// Asynchronous; call [`Self::synchronize`] or order later work on [`Self::stream`].
     pub fn run_f16(&mut self, frames: &[FrameRef]) -> Result<Vec<LetterboxParams>, GpuError> {
         self.check_batch(frames)?;
-        if self.out_f16.is_none() {
-            // SAFETY: every element of a batch's region is written by the kernel.
-            self.out_f16 = Some(unsafe {
-                self.stream
-                    .alloc::<u16>(self.output_len(self.cfg.max_batch))
-            }?);
-        }
-        let out = self
-            .out_f16
-            .as_mut()
-            .ok_or_else(|| GpuError::InvalidInput("no output".into()))?;
-        let mut view = out.as_view_mut();
-        self.kernels.launch_f16(
+        let len = self.output_len(self.cfg.max_batch);
+        let out = output_buffer(&self.stream, &mut self.out_f16, len)?;
+        self.kernels.launch(
+            OutDtype::F16,
             &self.stream,
             &self.input.as_view(),
             frames,
-            &mut view,
+            &mut out.as_view_mut(),
             self.cfg.target_w,
             self.cfg.target_h,
         )
@@ -523,23 +528,14 @@ impl Letterboxer {
     /// As [`Self::run_f16`], into the FP32 output buffer.
     pub fn run_f32(&mut self, frames: &[FrameRef]) -> Result<Vec<LetterboxParams>, GpuError> {
         self.check_batch(frames)?;
-        if self.out_f32.is_none() {
-            // SAFETY: every element of a batch's region is written by the kernel.
-            self.out_f32 = Some(unsafe {
-                self.stream
-                    .alloc::<f32>(self.output_len(self.cfg.max_batch))
-            }?);
-        }
-        let out = self
-            .out_f32
-            .as_mut()
-            .ok_or_else(|| GpuError::InvalidInput("no output".into()))?;
-        let mut view = out.as_view_mut();
-        self.kernels.launch_f32(
+        let len = self.output_len(self.cfg.max_batch);
+        let out = output_buffer(&self.stream, &mut self.out_f32, len)?;
+        self.kernels.launch(
+            OutDtype::F32,
             &self.stream,
             &self.input.as_view(),
             frames,
-            &mut view,
+            &mut out.as_view_mut(),
             self.cfg.target_w,
             self.cfg.target_h,
         )
