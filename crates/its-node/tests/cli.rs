@@ -21,10 +21,7 @@ fn its() -> Command {
 }
 
 fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/generated/tiny-yolo")
-        .canonicalize()
-        .expect("models/generated/tiny-yolo: run scripts/setup.sh")
+    its_testkit::demo_model_dir()
 }
 
 #[test]

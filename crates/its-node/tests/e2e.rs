@@ -1,11 +1,10 @@
 //! End to end through a real nats-server: synthetic cameras -> NATS -> scheduler -> CPU worker
 //! running the generated ONNX model -> NATS.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use its_config::{Settings, Sources};
+use its_config::Settings;
 use its_node::Node;
 use its_proto::{
     DetectionMsg, DropReason, Encoding, EventMsg, FrameMsg, Priority, SCHEMA_VERSION, subjects,
@@ -15,16 +14,6 @@ use its_testkit::{TestNats, within};
 const CAMERAS: u32 = 3;
 const FRAMES: u64 = 12;
 const MAX_FRAME_BYTES: usize = 64 * 1024;
-
-fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/generated/tiny-yolo");
-    assert!(
-        dir.join("model.toml").exists(),
-        "{} is missing: run scripts/setup.sh (or python3 tools/gen_tiny_yolo.py)",
-        dir.display()
-    );
-    dir
-}
 
 fn settings(url: &str) -> Settings {
     let overrides = vec![
@@ -39,20 +28,12 @@ fn settings(url: &str) -> Settings {
         "scheduler.deadline_normal_ms=60000".into(),
         format!("scheduler.max_frame_bytes={MAX_FRAME_BYTES}"),
         "status.print=false".into(),
-        format!("engine.model_dir={}", model_dir().display()),
+        format!(
+            "engine.model_dir={}",
+            its_testkit::demo_model_dir().display()
+        ),
     ];
-    its_config::load(&Sources {
-        file: Some(&empty_file()),
-        env: HashMap::new(),
-        overrides,
-    })
-    .expect("valid test settings")
-}
-
-fn empty_file() -> PathBuf {
-    let p = std::env::temp_dir().join(format!("its-e2e-empty-{}.toml", std::process::id()));
-    std::fs::write(&p, "").unwrap();
-    p
+    its_testkit::settings(&overrides)
 }
 
 fn frame(camera: &str, seq: u64, data: Vec<u8>) -> FrameMsg {

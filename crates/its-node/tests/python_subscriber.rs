@@ -1,23 +1,15 @@
 //! The Python example subscriber (proto/examples/subscribe.py) decodes live results using only
 //! what proto/ specifies, and validates them against proto/schema.json.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use its_config::Sources;
 use its_node::Node;
 use its_testkit::{TestNats, within};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn python() -> PathBuf {
-    let venv = root().join(".venv/bin/python");
+    let venv = its_testkit::workspace_root().join(".venv/bin/python");
     assert!(
         venv.exists(),
         "{} missing: run scripts/setup.sh",
@@ -29,34 +21,27 @@ fn python() -> PathBuf {
 #[actix_rt::test]
 async fn python_subscriber_decodes_and_validates_live_results() {
     let nats = TestNats::start();
-    let empty = std::env::temp_dir().join(format!("its-py-empty-{}.toml", std::process::id()));
-    std::fs::write(&empty, "").unwrap();
-    let settings = its_config::load(&Sources {
-        file: Some(&empty),
-        env: HashMap::new(),
-        overrides: vec![
-            format!("nats.url={}", nats.url()),
-            "cameras.ids=py-a,py-b".into(),
-            "cameras.fps=20".into(),
-            "cameras.width=320".into(),
-            "cameras.height=240".into(),
-            "cameras.loop_frames=3".into(),
-            "scheduler.deadline_normal_ms=60000".into(),
-            "status.print=false".into(),
-            format!(
-                "engine.model_dir={}",
-                root().join("models/generated/tiny-yolo").display()
-            ),
-        ],
-    })
-    .unwrap();
+    let settings = its_testkit::settings(&[
+        format!("nats.url={}", nats.url()),
+        "cameras.ids=py-a,py-b".into(),
+        "cameras.fps=20".into(),
+        "cameras.width=320".into(),
+        "cameras.height=240".into(),
+        "cameras.loop_frames=3".into(),
+        "scheduler.deadline_normal_ms=60000".into(),
+        "status.print=false".into(),
+        format!(
+            "engine.model_dir={}",
+            its_testkit::demo_model_dir().display()
+        ),
+    ]);
     let node = within(60, "node start", Node::start(settings))
         .await
         .unwrap();
 
     // The cameras run until the subscriber has what it asked for.
     let child = tokio::process::Command::new(python())
-        .arg(root().join("proto/examples/subscribe.py"))
+        .arg(its_testkit::workspace_root().join("proto/examples/subscribe.py"))
         .args([
             "--url",
             &nats.url(),

@@ -56,3 +56,37 @@ pub async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
         Err(_) => panic!("timed out after {secs} s waiting for: {what}"),
     }
 }
+
+/// The workspace root.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The generated demo model (`models/generated/tiny-yolo`); fails the test with what to run
+/// when it is missing.
+pub fn demo_model_dir() -> std::path::PathBuf {
+    let dir = workspace_root().join("models/generated/tiny-yolo");
+    assert!(
+        dir.join("model.toml").exists(),
+        "{} is missing: run scripts/setup.sh (or python3 tools/gen_tiny_yolo.py)",
+        dir.display()
+    );
+    dir
+}
+
+/// Settings from the built-in defaults and `overrides` (`section.key=value`) only: no
+/// configuration file and no environment, so a developer's its.toml or ITS__ variables cannot
+/// change a test.
+pub fn settings(overrides: &[String]) -> its_config::Settings {
+    let empty = std::env::temp_dir().join(format!("its-test-empty-{}.toml", std::process::id()));
+    std::fs::write(&empty, "").expect("write an empty config file");
+    its_config::load(&its_config::Sources {
+        file: Some(&empty),
+        env: Default::default(),
+        overrides: overrides.to_vec(),
+    })
+    .unwrap_or_else(|e| panic!("test settings are invalid: {e}"))
+}
