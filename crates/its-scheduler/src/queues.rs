@@ -24,6 +24,10 @@ pub struct Queued<T> {
 pub struct Queues<T> {
     classes: [VecDeque<Queued<T>>; 4],
     capacity: usize,
+    /// The earliest deadline of everything queued (`None` when empty). Kept exact: lowered on
+    /// push, recomputed after removals, so the per-frame checks cost O(1) and only removals
+    /// (per batch, or when something did expire) scan the queues.
+    earliest: Option<Instant>,
 }
 
 /// Why a frame was not queued.
@@ -36,6 +40,7 @@ impl<T> Queues<T> {
         Queues {
             classes: Default::default(),
             capacity,
+            earliest: None,
         }
     }
 
@@ -45,6 +50,7 @@ impl<T> Queues<T> {
         if class.len() >= self.capacity {
             return Err((QueueFull, q));
         }
+        self.earliest = Some(self.earliest.map_or(q.deadline, |e| e.min(q.deadline)));
         class.push_back(q);
         Ok(())
     }
@@ -67,6 +73,9 @@ impl<T> Queues<T> {
     /// Removes and returns every item whose deadline is at or before `now`.
     pub fn take_expired(&mut self, now: Instant) -> Vec<Queued<T>> {
         let mut out = Vec::new();
+        if self.earliest.is_none_or(|e| e > now) {
+            return out;
+        }
         for class in &mut self.classes {
             let mut i = 0;
             while i < class.len() {
@@ -77,7 +86,17 @@ impl<T> Queues<T> {
                 }
             }
         }
+        self.recompute_earliest();
         out
+    }
+
+    fn recompute_earliest(&mut self) {
+        self.earliest = self
+            .classes
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|q| q.deadline)
+            .min();
     }
 
     /// Takes up to `n` items, highest class first, FIFO within a class.
@@ -91,6 +110,7 @@ impl<T> Queues<T> {
                 }
             }
         }
+        self.recompute_earliest();
         out
     }
 
@@ -105,11 +125,7 @@ impl<T> Queues<T> {
 
     /// The earliest deadline of all queued items.
     pub fn earliest_deadline(&self) -> Option<Instant> {
-        self.classes
-            .iter()
-            .flat_map(|c| c.iter())
-            .map(|q| q.deadline)
-            .min()
+        self.earliest
     }
 }
 
@@ -151,6 +167,25 @@ mod tests {
         qs.push(Priority::Urgent, q(4, t0, 100))
             .expect("other classes still accept");
         assert_eq!(qs.len(), 3);
+    }
+
+    #[test]
+    fn the_earliest_deadline_follows_pushes_and_takes() {
+        let t0 = Instant::now();
+        let mut qs = Queues::new(10);
+        assert_eq!(qs.earliest_deadline(), None);
+        qs.push(Priority::Normal, q(1, t0, 100)).unwrap();
+        qs.push(Priority::Normal, q(2, t0, 30)).unwrap();
+        qs.push(Priority::Background, q(3, t0, 500)).unwrap();
+        assert_eq!(qs.earliest_deadline(), Some(t0 + Duration::from_millis(30)));
+        assert!(qs.take_expired(t0 + Duration::from_millis(29)).is_empty());
+        qs.take(2);
+        assert_eq!(
+            qs.earliest_deadline(),
+            Some(t0 + Duration::from_millis(500))
+        );
+        qs.take(1);
+        assert_eq!(qs.earliest_deadline(), None);
     }
 
     #[test]
