@@ -20,8 +20,6 @@ use its_scheduler::{Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerH
 use its_worker::{CpuWorker, CpuWorkerOptions};
 use tokio::sync::oneshot;
 
-pub use status::StatusLine;
-
 /// Errors of starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -201,11 +199,7 @@ impl Node {
     pub async fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
         tracing::info!("shutting down: stopping cameras");
         let stops = self.cameras.iter().map(|c| c.send(StopCamera));
-        let mut cameras: Vec<CameraSnapshot> = futures::future::join_all(stops)
-            .await
-            .into_iter()
-            .filter_map(Result::ok)
-            .collect();
+        futures::future::join_all(stops).await;
         self.bus.flush().await?;
         tracing::info!("draining the frame subscription");
         if let Some(stop) = self.intake_stop.take() {
@@ -228,16 +222,13 @@ impl Node {
         if let Some(t) = self.status_task.take() {
             t.abort();
         }
-        // Camera counters settle once their last publishes have returned.
+        // Read the camera counters last: they settle once their final publishes have returned.
         let finals = self.cameras.iter().map(|c| c.send(its_camera::GetSnapshot));
-        let finals: Vec<CameraSnapshot> = futures::future::join_all(finals)
+        let cameras: Vec<CameraSnapshot> = futures::future::join_all(finals)
             .await
             .into_iter()
             .filter_map(Result::ok)
             .collect();
-        if finals.len() == cameras.len() {
-            cameras = finals;
-        }
         let status = self.acct.status(false);
         self.bus
             .publish_msg(subjects::node_status(&self.settings.node.id), &status)

@@ -10,11 +10,11 @@ use its_scheduler::{Accounting, GetSchedulerSnapshot, SchedulerActor};
 
 /// One status line, computed from two consecutive NodeStatus reports.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StatusLine(pub String);
+pub(crate) struct StatusLine(pub(crate) String);
 
 impl StatusLine {
     /// Formats the change from `prev` to `now` over `dt`.
-    pub fn new(prev: &NodeStatus, now: &NodeStatus, dt: Duration, uptime: Duration) -> Self {
+    pub(crate) fn new(prev: &NodeStatus, now: &NodeStatus, dt: Duration, uptime: Duration) -> Self {
         let secs = dt.as_secs_f64().max(1e-3);
         let fps_in = (now.frames_received - prev.frames_received) as f64 / secs;
         let fps_out = (now.results_published - prev.results_published) as f64 / secs;

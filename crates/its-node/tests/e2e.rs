@@ -64,21 +64,20 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
         .unwrap();
 
     // Bad input next to the good cameras; each must become one counted drop with an event.
-    let raw = |s: &str| s.to_owned();
     let mut bad: Vec<(String, Vec<u8>, DropReason)> = vec![
         (
-            raw("bad-garbage"),
+            String::from("bad-garbage"),
             b"\x00\x01 not msgpack".to_vec(),
             DropReason::MalformedEnvelope,
         ),
         (
-            raw("bad-jpeg"),
+            String::from("bad-jpeg"),
             its_proto::encode(&frame("bad-jpeg", 0, vec![0xff, 0xd8, 0xff, 0x00, 1, 2, 3]))
                 .unwrap(),
             DropReason::Undecodable,
         ),
         (
-            raw("bad-big"),
+            String::from("bad-big"),
             its_proto::encode(&frame("bad-big", 0, vec![0u8; MAX_FRAME_BYTES + 1])).unwrap(),
             DropReason::PayloadTooLarge,
         ),
@@ -86,7 +85,7 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
     let mut v99 = frame("bad-version", 0, vec![0xff, 0xd8]);
     v99.v = 99;
     bad.push((
-        raw("bad-version"),
+        String::from("bad-version"),
         its_proto::encode(&v99).unwrap(),
         DropReason::UnsupportedVersion,
     ));
@@ -94,7 +93,7 @@ async fn frames_flow_end_to_end_and_every_frame_is_accounted_for() {
     zero.width = 0;
     zero.height = 0;
     bad.push((
-        raw("bad-zero"),
+        String::from("bad-zero"),
         its_proto::encode(&zero).unwrap(),
         DropReason::BadDimensions,
     ));
