@@ -67,6 +67,9 @@ impl Priority {
 pub enum Encoding {
     /// Baseline or progressive JPEG (JFIF/EXIF).
     Jpeg,
+    /// One H.264 access unit in Annex B byte stream form. Reserved for nodes that decode on the
+    /// GPU (NVDEC); a node without such a decoder drops it as `unsupported_encoding`.
+    H264,
 }
 
 /// One camera frame, published on `its.frames.<camera_id>`.
@@ -169,6 +172,15 @@ pub struct DetectionMsg {
     pub detections: Vec<Detection>,
     /// Latency breakdown.
     pub timings: Timings,
+    /// The frame's deadline had passed when the result was published (delivered late by policy).
+    #[serde(default)]
+    pub late: bool,
+    /// The result left after a later frame of the same camera (the reorder window ran out).
+    #[serde(default)]
+    pub out_of_order: bool,
+    /// Frame quality 0..1 (sharpness, brightness, contrast), when the worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f32>,
 }
 
 /// Why an accepted frame did not produce a result.
@@ -199,11 +211,17 @@ pub enum DropReason {
     PublishFailed,
     /// The node shut down before the frame could be served.
     Shutdown,
+    /// The overload breaker shed the frame's class.
+    Shed,
+    /// The device (GPU) failed while running the batch, and a retry was not possible.
+    DeviceError,
+    /// The payload encoding is one this node cannot decode.
+    UnsupportedEncoding,
 }
 
 impl DropReason {
     /// All reasons, in declaration order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::MalformedEnvelope,
         DropReason::UnsupportedVersion,
         DropReason::PayloadTooLarge,
@@ -215,6 +233,9 @@ impl DropReason {
         DropReason::WorkerFailed,
         DropReason::PublishFailed,
         DropReason::Shutdown,
+        DropReason::Shed,
+        DropReason::DeviceError,
+        DropReason::UnsupportedEncoding,
     ];
 
     /// The name used on the wire and in metrics.
@@ -231,6 +252,9 @@ impl DropReason {
             DropReason::WorkerFailed => "worker_failed",
             DropReason::PublishFailed => "publish_failed",
             DropReason::Shutdown => "shutdown",
+            DropReason::Shed => "shed",
+            DropReason::DeviceError => "device_error",
+            DropReason::UnsupportedEncoding => "unsupported_encoding",
         }
     }
 }
@@ -243,6 +267,10 @@ pub enum EventKind {
     Error,
     /// A camera changed state; `message` holds the new state.
     Camera,
+    /// A frame was blurred, dark or overexposed; `message` says which.
+    Quality,
+    /// The node's overload breaker changed state; `message` holds the new state.
+    Breaker,
 }
 
 impl EventKind {
@@ -251,6 +279,8 @@ impl EventKind {
         match self {
             EventKind::Error => "error",
             EventKind::Camera => "camera",
+            EventKind::Quality => "quality",
+            EventKind::Breaker => "breaker",
         }
     }
 }
@@ -336,4 +366,20 @@ pub struct NodeStatus {
     pub latency_p50_ns: u64,
     /// 99th percentile capture-to-result latency over the last window, nanoseconds.
     pub latency_p99_ns: u64,
+}
+
+/// Raises a camera's priority for a while, on `its.control.priority.<camera_id>`.
+///
+/// Sent for example when a violation was detected; the camera falls back to its configured
+/// priority by itself when `duration_ms` has passed. A later boost replaces an earlier one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PriorityBoost {
+    /// Schema version of this message.
+    pub v: u16,
+    /// Camera to boost; equal to the subject's last token.
+    pub camera_id: String,
+    /// Priority for the window.
+    pub priority: Priority,
+    /// Length of the window, milliseconds.
+    pub duration_ms: u64,
 }

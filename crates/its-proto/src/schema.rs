@@ -3,7 +3,9 @@
 use schemars::schema_for;
 use serde_json::{Value, json};
 
-use crate::{DetectionMsg, EventMsg, FrameMsg, NodeStatus, SCHEMA_VERSION, WorkerStatus};
+use crate::{
+    DetectionMsg, EventMsg, FrameMsg, NodeStatus, PriorityBoost, SCHEMA_VERSION, WorkerStatus,
+};
 
 /// JSON Schema (draft 2020-12) of every message, keyed by message name, with the subject each
 /// travels on. MessagePack maps decode to JSON-compatible values except `FrameMsg.data`, which is
@@ -19,6 +21,7 @@ pub fn generate() -> Value {
             "EventMsg": { "subject": "its.events.<kind>.<camera_id>", "schema": schema_for!(EventMsg) },
             "WorkerStatus": { "subject": "its.status.worker.<node_id>.<worker_id>", "schema": schema_for!(WorkerStatus) },
             "NodeStatus": { "subject": "its.status.node.<node_id>", "schema": schema_for!(NodeStatus) },
+            "PriorityBoost": { "subject": "its.control.priority.<camera_id>", "schema": schema_for!(PriorityBoost) },
         }
     })
 }

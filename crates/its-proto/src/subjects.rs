@@ -37,6 +37,13 @@ pub fn node_status(node_id: &str) -> String {
 /// Wildcard over every status message.
 pub const STATUS_ALL: &str = "its.status.>";
 
+/// `its.control.priority.<camera_id>`: PriorityBoost for one camera.
+pub fn control_priority(camera_id: &str) -> String {
+    format!("{ROOT}.control.priority.{camera_id}")
+}
+/// Wildcard over the priority controls of every camera.
+pub const CONTROL_PRIORITY_ALL: &str = "its.control.priority.*";
+
 /// The last token of a subject (`its.frames.cam-1` gives `cam-1`).
 pub fn last_token(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or(subject)

@@ -306,6 +306,9 @@ impl SchedulerActor {
                             postprocess_ns,
                             total_ns: published_at_ns.saturating_sub(f.captured_at_ns),
                         },
+                        late: false,
+                        out_of_order: false,
+                        quality: None,
                     };
                     let acct = self.acct.clone();
                     actix::spawn(async move {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use its_engine::{DecodeLimits, Detector, EngineError, OrtOptions, RgbImage};
-use its_proto::{Detection, DropReason, ModelRef};
+use its_proto::{Detection, DropReason, Encoding, ModelRef};
 
 use crate::{BatchOutcome, FrameJob, JobResult, RunBatch, WorkerInfo};
 
@@ -102,6 +102,16 @@ impl CpuWorker {
         let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
         let mut decoded: Vec<Result<usize, JobResult>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
+            if job.frame.encoding != Encoding::Jpeg {
+                decoded.push(Err(JobResult::Dropped {
+                    reason: DropReason::UnsupportedEncoding,
+                    message: format!(
+                        "the CPU worker decodes JPEG only, this frame is {:?}",
+                        job.frame.encoding
+                    ),
+                }));
+                continue;
+            }
             match its_engine::decode_jpeg_with_limits(&job.frame.data, &self.limits) {
                 Ok(img) => {
                     decoded.push(Ok(images.len()));
