@@ -366,6 +366,13 @@ pub struct NodeStatus {
     pub latency_p50_ns: u64,
     /// 99th percentile capture-to-result latency over the last window, nanoseconds.
     pub latency_p99_ns: u64,
+    /// State of the node's overload breaker: `closed`, `shedding_background`,
+    /// `shedding_normal` or `half_open`.
+    #[serde(default)]
+    pub breaker: String,
+    /// Batches dispatched since start, by batch size (decimal string keys).
+    #[serde(default)]
+    pub batch_sizes: BTreeMap<String, u64>,
 }
 
 /// Raises a camera's priority for a while, on `its.control.priority.<camera_id>`.
@@ -382,4 +389,120 @@ pub struct PriorityBoost {
     pub priority: Priority,
     /// Length of the window, milliseconds.
     pub duration_ms: u64,
+}
+
+/// Life-cycle state of a camera actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraState {
+    /// Opening the source.
+    Connecting,
+    /// Frames are flowing.
+    Streaming,
+    /// The source failed; waiting before the next attempt (exponential, with jitter).
+    Backoff,
+    /// The source failed too often in a short time; parked for a longer while.
+    Quarantined,
+    /// Stopped on request, or the source ended.
+    Stopped,
+}
+
+impl CameraState {
+    /// The name used on the wire and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Connecting => "connecting",
+            CameraState::Streaming => "streaming",
+            CameraState::Backoff => "backoff",
+            CameraState::Quarantined => "quarantined",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Counters of one camera, on `its.status.camera.<camera_id>` about every second from the
+/// ingest process running it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CameraStatus {
+    /// Schema version of this message.
+    pub v: u16,
+    /// Camera id.
+    pub camera_id: String,
+    /// Ingest process running the camera.
+    pub ingest_id: String,
+    /// Time of the report, unix nanoseconds.
+    pub at_ns: u64,
+    /// Current state.
+    pub state: CameraState,
+    /// Frames read from the source since the actor started.
+    pub frames_captured: u64,
+    /// Frames published on `its.frames.<camera_id>`.
+    pub frames_published: u64,
+    /// Frames dropped at the source, by reason (`corrupt`, `behind`, `publish_failed`, …).
+    pub drops: BTreeMap<String, u64>,
+    /// Measured publish rate over the last window, frames per second.
+    pub fps_measured: f32,
+    /// Last error, when there was one (URLs redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Resolution of the last frame, pixels (0 before the first).
+    pub width: u32,
+    /// Resolution of the last frame, pixels (0 before the first).
+    pub height: u32,
+    /// Current priority (a boost included).
+    pub priority: Priority,
+}
+
+/// Run-time tuning of a node's scheduler. Absent fields keep their current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SchedulerTuning {
+    /// Preferred batch sizes, ascending, each 1..=256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_sizes: Option<Vec<u32>>,
+    /// Deadline per class from capture, ms, in `Priority::ALL` order (emergency first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadlines_ms: Option<[u64; 4]>,
+    /// Shortest batch wait, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_batch_timeout_ms: Option<u64>,
+    /// Longest batch wait, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_timeout_ms: Option<u64>,
+    /// Deadline-miss ratio over the breaker window above which the breaker sheds the next class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shed_miss_ratio: Option<f32>,
+    /// What happens to a frame whose deadline passed: `drop` or `deliver` (flagged late).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_policy: Option<String>,
+}
+
+/// A command to a node's scheduler, on `its.control.scheduler.<node_id>` (request/reply; the
+/// reply is a [`ControlReply`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SchedulerControl {
+    /// Apply tuning.
+    Tune {
+        /// The changes.
+        tuning: SchedulerTuning,
+    },
+    /// Stop sending batches to a worker; it finishes what it has.
+    DrainWorker {
+        /// Worker id on this node.
+        worker_id: String,
+    },
+    /// Send batches to a drained worker again.
+    ResumeWorker {
+        /// Worker id on this node.
+        worker_id: String,
+    },
+}
+
+/// Answer to a control request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ControlReply {
+    /// Whether the command was applied.
+    pub ok: bool,
+    /// What was done, or why not.
+    pub message: String,
 }

@@ -4,7 +4,8 @@ use schemars::schema_for;
 use serde_json::{Value, json};
 
 use crate::{
-    DetectionMsg, EventMsg, FrameMsg, NodeStatus, PriorityBoost, SCHEMA_VERSION, WorkerStatus,
+    CameraSpec, CameraStatus, ControlReply, DetectionMsg, EventMsg, FrameMsg, NodeStatus,
+    PriorityBoost, SCHEMA_VERSION, SchedulerControl, WorkerStatus,
 };
 
 /// JSON Schema (draft 2020-12) of every message, keyed by message name, with the subject each
@@ -22,6 +23,10 @@ pub fn generate() -> Value {
             "WorkerStatus": { "subject": "its.status.worker.<node_id>.<worker_id>", "schema": schema_for!(WorkerStatus) },
             "NodeStatus": { "subject": "its.status.node.<node_id>", "schema": schema_for!(NodeStatus) },
             "PriorityBoost": { "subject": "its.control.priority.<camera_id>", "schema": schema_for!(PriorityBoost) },
+            "CameraStatus": { "subject": "its.status.camera.<camera_id>", "schema": schema_for!(CameraStatus) },
+            "SchedulerControl": { "subject": "its.control.scheduler.<node_id> (request; reply ControlReply)", "schema": schema_for!(SchedulerControl) },
+            "ControlReply": { "subject": "reply to SchedulerControl", "schema": schema_for!(ControlReply) },
+            "CameraSpec": { "subject": "KV bucket its_cameras, key = camera id", "schema": schema_for!(CameraSpec) },
         }
     })
 }

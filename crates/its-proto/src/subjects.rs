@@ -34,6 +34,14 @@ pub fn worker_status(node_id: &str, worker_id: &str) -> String {
 pub fn node_status(node_id: &str) -> String {
     format!("{ROOT}.status.node.{node_id}")
 }
+/// `its.status.camera.<camera_id>`: CameraStatus, about every second.
+pub fn camera_status(camera_id: &str) -> String {
+    format!("{ROOT}.status.camera.{camera_id}")
+}
+/// `its.control.scheduler.<node_id>`: SchedulerControl requests.
+pub fn control_scheduler(node_id: &str) -> String {
+    format!("{ROOT}.control.scheduler.{node_id}")
+}
 /// Wildcard over every status message.
 pub const STATUS_ALL: &str = "its.status.>";
 

@@ -184,6 +184,8 @@ impl Accounting {
                 .collect(),
             latency_p50_ns: p50,
             latency_p99_ns: p99,
+            breaker: "closed".to_owned(),
+            batch_sizes: Default::default(),
         }
     }
 }
