@@ -108,6 +108,15 @@ impl Node {
     /// worker, the scheduler and its frame intake, the synthetic cameras, and the status
     /// reporter. Must run inside an actix system.
     pub async fn start(settings: Settings) -> Result<Node, NodeError> {
+        Self::start_with_workers(settings, None).await
+    }
+
+    /// As [`start`](Self::start), but the scheduler serves `workers` instead of the CPU worker
+    /// of `[engine]` when given (the load generator's simulated GPU workers use this hook).
+    pub async fn start_with_workers(
+        settings: Settings,
+        workers: Option<Vec<WorkerHandle>>,
+    ) -> Result<Node, NodeError> {
         let node_id = settings.node.id.clone();
         let (url, embedded) = if settings.nats.url.trim().is_empty() {
             let store = (!settings.nats.embedded_store_dir.is_empty())
@@ -126,22 +135,24 @@ impl Node {
         let bus = its_bus::connect(&settings.nats, &url, &format!("its-node-{node_id}")).await?;
         let acct = Accounting::new(&node_id, bus.clone());
 
-        let (worker_addr, info) = CpuWorker::start(&CpuWorkerOptions {
-            id: "cpu-0".into(),
-            model_dir: settings.engine.model_dir.clone(),
-            ort: ort_options(&settings),
-            threads: settings.engine.cpu_workers,
-            max_frame_dim: settings.engine.max_frame_dim,
-        })?;
-        let scheduler = SchedulerActor::new(
-            scheduler_options(&settings),
-            acct.clone(),
-            vec![WorkerHandle {
-                info,
-                addr: worker_addr.recipient(),
-            }],
-        )
-        .start();
+        let workers = match workers {
+            Some(workers) => workers,
+            None => {
+                let (worker_addr, info) = CpuWorker::start(&CpuWorkerOptions {
+                    id: "cpu-0".into(),
+                    model_dir: settings.engine.model_dir.clone(),
+                    ort: ort_options(&settings),
+                    threads: settings.engine.cpu_workers,
+                    max_frame_dim: settings.engine.max_frame_dim,
+                })?;
+                vec![WorkerHandle {
+                    info,
+                    addr: worker_addr.recipient(),
+                }]
+            }
+        };
+        let scheduler =
+            SchedulerActor::new(scheduler_options(&settings), acct.clone(), workers).start();
 
         let sub = bus.subscribe(subjects::FRAMES_ALL).await?;
         bus.flush().await?;
