@@ -571,7 +571,18 @@ impl Network {
             height,
             layers,
         };
-        net.shapes()?;
+        net.shapes().map_err(|e| match e {
+            ModelError::Cfg {
+                file: f,
+                line,
+                message,
+            } if f.is_empty() => ModelError::Cfg {
+                file: file.to_owned(),
+                line,
+                message,
+            },
+            other => other,
+        })?;
         Ok(net)
     }
 
@@ -1244,18 +1255,7 @@ pub fn import(
     out_dir: &Path,
 ) -> Result<ImportReport, ModelError> {
     let cfg_text = String::from_utf8_lossy(&read_file(cfg)?).into_owned();
-    let net = Network::parse(&cfg_text, &cfg.display().to_string()).map_err(|e| match e {
-        ModelError::Cfg {
-            file,
-            line,
-            message,
-        } if file.is_empty() => ModelError::Cfg {
-            file: cfg.display().to_string(),
-            line,
-            message,
-        },
-        other => other,
-    })?;
+    let net = Network::parse(&cfg_text, &cfg.display().to_string())?;
     let names_list = read_names(&String::from_utf8_lossy(&read_file(names)?));
     if names_list.len() != net.classes() {
         return Err(ModelError::Names {
