@@ -10,6 +10,8 @@ echo "[test] cargo fmt --check"
 cargo fmt --all -- --check
 echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "[test] fuzz targets (short run)"
+./scripts/fuzz.sh
 echo "[test] cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -6,16 +6,25 @@ use std::time::Duration;
 use its_config::NatsSettings;
 use rand::RngExt;
 
-use crate::{Bus, BusError};
+use crate::{Bus, BusError, ConnectionHealth};
 
-async fn options(s: &NatsSettings, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
+async fn options(
+    s: &NatsSettings,
+    name: &str,
+    health: &ConnectionHealth,
+) -> Result<async_nats::ConnectOptions, BusError> {
+    let health = health.clone();
     let mut o = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         // After the first connection, async-nats reconnects forever with its own backoff.
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            tracing::info!(%event, "nats connection event");
+        .event_callback(move |event| {
+            let health = health.clone();
+            async move {
+                tracing::info!(%event, "nats connection event");
+                health.record(&event);
+            }
         });
     if !s.user.is_empty() {
         o = o.user_and_password(s.user.clone(), s.password.0.clone());
@@ -61,13 +70,15 @@ pub async fn connect(s: &NatsSettings, url: &str, name: &str) -> Result<Bus, Bus
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let opts = options(s, name).await?;
+        let health = ConnectionHealth::default();
+        let opts = options(s, name, &health).await?;
         match opts.connect(url).await {
             Ok(client) => {
                 tracing::info!(url, attempt, "connected to nats");
                 return Ok(Bus {
                     client,
                     url: url.to_owned(),
+                    health,
                 });
             }
             Err(e) => {

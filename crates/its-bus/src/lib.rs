@@ -4,6 +4,7 @@
 //! talks to NATS through [`Bus`], typed with the messages of `its-proto`.
 
 mod connect;
+mod health;
 mod kv;
 mod server;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 pub use async_nats::{Message, Subscriber};
 pub use connect::connect;
+pub use health::{ConnectionHealth, HealthSnapshot};
 pub use kv::{Kv, KvEntry};
 pub use server::LocalNatsServer;
 
@@ -84,6 +86,15 @@ pub enum BusError {
     /// Flushing or draining the connection failed.
     #[error("NATS connection: {0}")]
     Connection(String),
+    /// A request got no reply: nobody listens on the subject, or the reply did not come in
+    /// time.
+    #[error("request to {subject}: {}", if *no_responders { "no responders" } else { "no reply in time" })]
+    Request {
+        /// The subject.
+        subject: String,
+        /// True when the server said nobody subscribes to the subject; false on a timeout.
+        no_responders: bool,
+    },
 }
 
 /// A connected NATS client: a cheap handle, clone it freely.
@@ -91,9 +102,15 @@ pub enum BusError {
 pub struct Bus {
     client: async_nats::Client,
     url: String,
+    health: ConnectionHealth,
 }
 
 impl Bus {
+    /// Counters of this connection's events (reconnects, slow consumers, refused permissions).
+    pub fn health(&self) -> &ConnectionHealth {
+        &self.health
+    }
+
     /// The server URL(s) this bus connected to.
     pub fn url(&self) -> &str {
         &self.url
@@ -176,5 +193,36 @@ impl Bus {
     /// Opens (creating if absent) a JetStream key-value bucket of MessagePack values.
     pub async fn kv<T>(&self, bucket: &str, history: i64) -> Result<Kv<T>, BusError> {
         Kv::open(self.client.clone(), bucket, history).await
+    }
+
+    /// Sends a request encoded as a MessagePack map and waits at most `timeout` for one reply,
+    /// decoded as `R`.
+    pub async fn request_msg<Q: Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        subject: String,
+        msg: &Q,
+        timeout: std::time::Duration,
+    ) -> Result<R, BusError> {
+        let payload = Bytes::from(its_proto::encode(msg)?);
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(reply) => Ok(its_proto::decode(&reply.payload)?),
+            Err(e) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => Err(BusError::Request {
+                    subject,
+                    no_responders: true,
+                }),
+                async_nats::RequestErrorKind::TimedOut => Err(BusError::Request {
+                    subject,
+                    no_responders: false,
+                }),
+                _ => Err(BusError::Publish {
+                    subject,
+                    detail: e.to_string(),
+                }),
+            },
+        }
     }
 }

@@ -111,5 +111,18 @@ pub fn load(sources: &Sources<'_>) -> Result<Settings, ConfigError> {
     Ok(settings)
 }
 
+/// Loads the built-in defaults overlaid with TOML `text` (no file, environment or overrides) and
+/// validates the result: what `--config FILE` does with the file's contents.
+pub fn from_toml_str(text: &str) -> Result<Settings, ConfigError> {
+    let defaults = config::Config::try_from(&Settings::default())?;
+    let settings: Settings = config::Config::builder()
+        .add_source(defaults)
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()?
+        .try_deserialize()?;
+    settings.validate()?;
+    Ok(settings)
+}
+
 /// Keys whose values are lists; in the environment and overrides they are comma-separated.
 const LIST_KEYS: [&str; 3] = ["scheduler.batch_sizes", "engine.providers", "cameras.ids"];

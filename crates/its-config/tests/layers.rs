@@ -115,3 +115,17 @@ fn printing_redacts_secrets() {
     assert!(printed.contains("<redacted>"), "{printed}");
     assert!(!format!("{s:?}").contains("s3cr3t-token"));
 }
+
+#[test]
+fn toml_text_layers_over_defaults_and_is_validated() {
+    let s = its_config::from_toml_str("[scheduler]\ndeadline_normal_ms = 250\n").unwrap();
+    assert_eq!(s.scheduler.deadline_normal_ms, 250);
+    assert_eq!(
+        s.node.id,
+        its_config::Settings::default().node.id,
+        "untouched keys keep their defaults"
+    );
+    let unknown = its_config::from_toml_str("[scheduler]\nno_such_key = 1\n").unwrap_err();
+    assert!(err_text(unknown).contains("no_such_key"));
+    assert!(its_config::from_toml_str("[scheduler\n").is_err());
+}
