@@ -15,7 +15,7 @@ pub mod subjects;
 
 pub use codec::{ProtoError, decode, decode_frame, encode};
 pub use messages::*;
-pub use registry::{CameraSpec, HttpMode, RtspTransport, SpecError, redact_url};
+pub use registry::{CAMERAS_BUCKET, CameraSpec, HttpMode, RtspTransport, SpecError, redact_url};
 
 /// Version of the message schema written by this build. See `proto/README.md` for the rule.
 pub const SCHEMA_VERSION: u16 = 1;
