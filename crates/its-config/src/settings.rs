@@ -219,6 +219,54 @@ pub struct SchedulerSettings {
     pub queue_capacity: usize,
     /// Largest FrameMsg accepted, bytes (at most 64 MiB; NATS' own limit applies too).
     pub max_frame_bytes: usize,
+    /// Named profile setting batching, late policy, shedding and reordering at once (see
+    /// [`SchedulerPreset`]); `custom` uses the individual keys.
+    pub preset: SchedulerPreset,
+    /// What happens to a frame whose deadline passed before its result was ready.
+    pub late_policy: LatePolicySetting,
+    /// Deadline-miss ratio over the breaker window above which the overload breaker sheds the
+    /// next class (Background, then Normal), more than 0 and at most 1.
+    pub shed_miss_ratio: f32,
+    /// Sliding window of the overload breaker, milliseconds.
+    pub breaker_window_ms: u64,
+    /// Fewest settled frames in the window before the breaker may open.
+    pub breaker_min_samples: u32,
+    /// Least time the breaker stays in a state, milliseconds.
+    pub breaker_hold_ms: u64,
+    /// Longest time a result waits for an earlier frame of its camera, milliseconds.
+    pub reorder_hold_ms: u64,
+    /// Most results held per camera while waiting for an earlier frame.
+    pub reorder_capacity: usize,
+    /// CPU workers on this node, each a separate worker id (`cpu-0`, `cpu-1`, ...) with
+    /// `engine.cpu_workers` threads.
+    pub workers: u32,
+}
+
+/// What happens to a frame whose deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicySetting {
+    /// Dropped (`deadline_missed`), before inference when possible; never published late.
+    Drop,
+    /// Published anyway with `late = true`.
+    Deliver,
+}
+
+/// Named scheduler profiles. Each sets `batch_sizes`, `min_batch_timeout_ms`,
+/// `max_batch_timeout_ms`, `late_policy`, `shed_miss_ratio` and `reorder_hold_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerPreset {
+    /// No preset: the individual keys apply.
+    Custom,
+    /// The defaults: sizes 1-32, waits 2-50 ms, drop late frames, shed above 20 % misses.
+    Balanced,
+    /// Large batches: sizes 4-32, waits 10-50 ms, deliver late frames flagged, shed above
+    /// 50 % misses, hold results 200 ms for ordering.
+    HighThroughput,
+    /// Small batches: sizes 1-4, waits 1-5 ms, drop late frames, shed above 10 % misses,
+    /// hold results 30 ms for ordering.
+    LowLatency,
 }
 
 impl Default for SchedulerSettings {
@@ -233,11 +281,48 @@ impl Default for SchedulerSettings {
             max_batch_timeout_ms: 50,
             queue_capacity: 1024,
             max_frame_bytes: its_proto::limits::MAX_FRAME_BYTES,
+            preset: SchedulerPreset::Custom,
+            late_policy: LatePolicySetting::Drop,
+            shed_miss_ratio: 0.2,
+            breaker_window_ms: 1000,
+            breaker_min_samples: 20,
+            breaker_hold_ms: 500,
+            reorder_hold_ms: 100,
+            reorder_capacity: 64,
+            workers: 1,
         }
     }
 }
 
 impl SchedulerSettings {
+    /// The keys a preset sets and their values: batch sizes, min and max batch wait (ms),
+    /// late policy, shed miss ratio, reorder hold (ms). `None` for `custom`.
+    pub fn preset_values(
+        p: SchedulerPreset,
+    ) -> Option<(Vec<u32>, u64, u64, LatePolicySetting, f32, u64)> {
+        use LatePolicySetting::{Deliver, Drop};
+        match p {
+            SchedulerPreset::Custom => None,
+            SchedulerPreset::Balanced => Some((vec![1, 4, 8, 16, 32], 2, 50, Drop, 0.2, 100)),
+            SchedulerPreset::HighThroughput => Some((vec![4, 8, 16, 32], 10, 50, Deliver, 0.5, 200)),
+            SchedulerPreset::LowLatency => Some((vec![1, 2, 4], 1, 5, Drop, 0.1, 30)),
+        }
+    }
+
+    /// These settings with the preset applied (the individual keys when `custom`).
+    pub fn effective(&self) -> SchedulerSettings {
+        let mut s = self.clone();
+        if let Some((sizes, min, max, late, ratio, hold)) = Self::preset_values(self.preset) {
+            s.batch_sizes = sizes;
+            s.min_batch_timeout_ms = min;
+            s.max_batch_timeout_ms = max;
+            s.late_policy = late;
+            s.shed_miss_ratio = ratio;
+            s.reorder_hold_ms = hold;
+        }
+        s
+    }
+
     /// Deadline of a class after capture, milliseconds.
     pub fn deadline_ms(&self, p: Priority) -> u64 {
         match p {
@@ -468,6 +553,73 @@ impl Settings {
             "scheduler.max_frame_bytes",
             s.max_frame_bytes,
             "1024 to 67108864",
+        )?;
+        if s.preset != SchedulerPreset::Custom {
+            // A preset owns its keys: a different explicit value would be silently overridden.
+            let d = SchedulerSettings::default();
+            for (key, changed) in [
+                ("scheduler.batch_sizes", s.batch_sizes != d.batch_sizes),
+                (
+                    "scheduler.min_batch_timeout_ms",
+                    s.min_batch_timeout_ms != d.min_batch_timeout_ms,
+                ),
+                (
+                    "scheduler.max_batch_timeout_ms",
+                    s.max_batch_timeout_ms != d.max_batch_timeout_ms,
+                ),
+                ("scheduler.late_policy", s.late_policy != d.late_policy),
+                ("scheduler.shed_miss_ratio", s.shed_miss_ratio != d.shed_miss_ratio),
+                ("scheduler.reorder_hold_ms", s.reorder_hold_ms != d.reorder_hold_ms),
+            ] {
+                check(
+                    !changed,
+                    key,
+                    format!("set together with scheduler.preset = {:?}", s.preset),
+                    "the preset's value: set scheduler.preset = \"custom\" to choose it yourself",
+                )?;
+            }
+        }
+        check(
+            s.shed_miss_ratio.is_finite() && s.shed_miss_ratio > 0.0 && s.shed_miss_ratio <= 1.0,
+            "scheduler.shed_miss_ratio",
+            s.shed_miss_ratio,
+            "more than 0, at most 1",
+        )?;
+        check(
+            (100..=60_000).contains(&s.breaker_window_ms),
+            "scheduler.breaker_window_ms",
+            s.breaker_window_ms,
+            "100 to 60000",
+        )?;
+        check(
+            (1..=100_000).contains(&s.breaker_min_samples),
+            "scheduler.breaker_min_samples",
+            s.breaker_min_samples,
+            "1 to 100000",
+        )?;
+        check(
+            (10..=60_000).contains(&s.breaker_hold_ms),
+            "scheduler.breaker_hold_ms",
+            s.breaker_hold_ms,
+            "10 to 60000",
+        )?;
+        check(
+            (1..=10_000).contains(&s.reorder_hold_ms),
+            "scheduler.reorder_hold_ms",
+            s.reorder_hold_ms,
+            "1 to 10000",
+        )?;
+        check(
+            (1..=4096).contains(&s.reorder_capacity),
+            "scheduler.reorder_capacity",
+            s.reorder_capacity,
+            "1 to 4096",
+        )?;
+        check(
+            (1..=16).contains(&s.workers),
+            "scheduler.workers",
+            s.workers,
+            "1 to 16",
         )?;
         let e = &self.engine;
         check(

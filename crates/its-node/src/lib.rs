@@ -61,6 +61,8 @@ pub struct Node {
     intake_stop: Option<oneshot::Sender<()>>,
     intake_done: Option<tokio::task::JoinHandle<()>>,
     status_task: Option<tokio::task::JoinHandle<()>>,
+    /// The scheduler control server and the worker status publisher.
+    scheduler_tasks: Vec<tokio::task::JoinHandle<()>>,
     embedded: Option<LocalNatsServer>,
 }
 
@@ -93,13 +95,26 @@ pub fn ort_options(s: &Settings) -> OrtOptions {
 }
 
 fn scheduler_options(s: &Settings) -> SchedulerOptions {
-    let sc = &s.scheduler;
+    let sc = &s.scheduler.effective();
     SchedulerOptions {
         deadlines: Priority::ALL.map(|p| Duration::from_millis(sc.deadline_ms(p))),
         batch_sizes: sc.batch_sizes.iter().map(|b| *b as usize).collect(),
         min_batch_timeout: Duration::from_millis(sc.min_batch_timeout_ms),
         max_batch_timeout: Duration::from_millis(sc.max_batch_timeout_ms),
         queue_capacity: sc.queue_capacity,
+        late_policy: match sc.late_policy {
+            its_config::LatePolicySetting::Drop => its_scheduler::LatePolicy::Drop,
+            its_config::LatePolicySetting::Deliver => its_scheduler::LatePolicy::Deliver,
+        },
+        breaker: its_scheduler::breaker::BreakerConfig {
+            window: Duration::from_millis(sc.breaker_window_ms),
+            min_samples: sc.breaker_min_samples,
+            shed_miss_ratio: sc.shed_miss_ratio,
+            hold: Duration::from_millis(sc.breaker_hold_ms),
+            ..Default::default()
+        },
+        reorder_hold: Duration::from_millis(sc.reorder_hold_ms),
+        reorder_capacity: sc.reorder_capacity,
     }
 }
 
@@ -138,21 +153,39 @@ impl Node {
         let workers = match workers {
             Some(workers) => workers,
             None => {
-                let (worker_addr, info) = CpuWorker::start(&CpuWorkerOptions {
-                    id: "cpu-0".into(),
-                    model_dir: settings.engine.model_dir.clone(),
-                    ort: ort_options(&settings),
-                    threads: settings.engine.cpu_workers,
-                    max_frame_dim: settings.engine.max_frame_dim,
-                })?;
-                vec![WorkerHandle {
-                    info,
-                    addr: worker_addr.recipient(),
-                }]
+                // scheduler.workers CPU workers, each its own worker id and threads.
+                let mut workers = Vec::new();
+                for n in 0..settings.scheduler.workers {
+                    let (worker_addr, info) = CpuWorker::start(&CpuWorkerOptions {
+                        id: format!("cpu-{n}"),
+                        model_dir: settings.engine.model_dir.clone(),
+                        ort: ort_options(&settings),
+                        threads: settings.engine.cpu_workers,
+                        max_frame_dim: settings.engine.max_frame_dim,
+                        faults: Default::default(),
+                    })?;
+                    workers.push(WorkerHandle {
+                        info,
+                        addr: worker_addr.recipient(),
+                    });
+                }
+                workers
             }
         };
         let scheduler =
             SchedulerActor::new(scheduler_options(&settings), acct.clone(), workers).start();
+        let scheduler_tasks = vec![
+            actix::spawn(its_scheduler::run_control(
+                bus.clone(),
+                node_id.clone(),
+                scheduler.clone(),
+            )),
+            actix::spawn(its_scheduler::run_worker_status(
+                bus.clone(),
+                scheduler.clone(),
+                Duration::from_millis(500),
+            )),
+        ];
 
         let sub = bus.subscribe(subjects::FRAMES_ALL).await?;
         bus.flush().await?;
@@ -169,7 +202,6 @@ impl Node {
         let status_task = actix::spawn(status::report(
             settings.status.clone(),
             acct.clone(),
-            scheduler.clone(),
             bus.clone(),
         ));
         tracing::info!(node = %node_id, cameras = cameras.len(), "node running");
@@ -182,6 +214,7 @@ impl Node {
             intake_stop: Some(stop_tx),
             intake_done: Some(intake_done),
             status_task: Some(status_task),
+            scheduler_tasks,
             embedded,
         })
     }
@@ -231,6 +264,9 @@ impl Node {
             .map_err(|_| NodeError::Shutdown("frames still in flight after 60 s".into()))?
             .map_err(|e| NodeError::Shutdown(format!("scheduler: {e}")))?;
         if let Some(t) = self.status_task.take() {
+            t.abort();
+        }
+        for t in self.scheduler_tasks.drain(..) {
             t.abort();
         }
         // Read the camera counters last: they settle once their final publishes have returned.

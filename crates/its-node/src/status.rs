@@ -1,12 +1,12 @@
-//! The status reporter: a line per interval on stderr, NodeStatus and WorkerStatus on NATS.
+//! The status reporter: a line per interval on stderr and NodeStatus on NATS (WorkerStatus is
+//! published every 500 ms by `its_scheduler::run_worker_status`).
 
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use its_bus::Bus;
 use its_config::StatusSettings;
 use its_proto::{NodeStatus, subjects};
-use its_scheduler::{Accounting, GetSchedulerSnapshot, SchedulerActor};
+use its_scheduler::Accounting;
 
 /// One status line, computed from two consecutive NodeStatus reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +42,7 @@ impl StatusLine {
     }
 }
 
-pub(crate) async fn report(
-    settings: StatusSettings,
-    acct: Accounting,
-    scheduler: Addr<SchedulerActor>,
-    bus: Bus,
-) {
+pub(crate) async fn report(settings: StatusSettings, acct: Accounting, bus: Bus) {
     let start = Instant::now();
     let interval = Duration::from_millis(settings.interval_ms);
     let mut ticker = tokio::time::interval(interval);
@@ -67,21 +62,6 @@ pub(crate) async fn report(
             .await
         {
             tracing::warn!(error = %e, "cannot publish node status");
-        }
-        if let Ok(snap) = scheduler
-            .send(GetSchedulerSnapshot {
-                reset_windows: true,
-            })
-            .await
-        {
-            for w in snap.workers {
-                if let Err(e) = bus
-                    .publish_msg(subjects::worker_status(&w.node_id, &w.worker_id), &w)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot publish worker status");
-                }
-            }
         }
         prev = now;
         prev_at = Instant::now();

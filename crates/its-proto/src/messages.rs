@@ -339,6 +339,19 @@ pub struct WorkerStatus {
     /// Device memory in use, bytes, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_used_bytes: Option<u64>,
+    /// Frames given to this worker and not yet returned, by `Priority` name.
+    #[serde(default)]
+    pub queue_depth: BTreeMap<String, u64>,
+    /// Estimated frames per second the worker can serve (all slots, largest batch size), when
+    /// a batch cost has been measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_fps: Option<f32>,
+    /// The worker is drained: it finishes what it has and gets no new batches.
+    #[serde(default)]
+    pub draining: bool,
+    /// Engine restarts (after a panic or a device error) since start.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// Counters of one node, on `its.status.node.<node_id>` every second.

@@ -1,5 +1,5 @@
-//! Scheduler cost per frame: intake message -> queue -> batch -> worker -> DetectionMsg encoded
-//! and published to a real nats-server -> accounted. The worker is a no-op (returns no
+//! Scheduler cost per frame: intake message -> breaker -> queue -> batch -> worker -> reorder
+//! buffer -> DetectionMsg encoded and published to a real nats-server -> accounted. The worker is a no-op (returns no
 //! detections at once), so what is measured is the scheduler and publication path only.
 //!
 //! Run: `cargo bench -p its-scheduler --bench scheduler_cost` (needs nats-server on PATH;
@@ -125,10 +125,8 @@ fn main() {
         let sched = SchedulerActor::new(
             SchedulerOptions {
                 deadlines: [Duration::from_secs(60); 4],
-                batch_sizes: vec![1, 4, 8, 16, 32],
-                min_batch_timeout: Duration::from_millis(2),
-                max_batch_timeout: Duration::from_millis(50),
                 queue_capacity: 100_000,
+                ..SchedulerOptions::with_defaults()
             },
             acct.clone(),
             vec![WorkerHandle {

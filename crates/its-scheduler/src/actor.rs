@@ -1,18 +1,24 @@
-//! The scheduler actor: queues, batch decisions, routing, and result publication.
+//! The scheduler actor: queues, overload breaker, batch decisions, routing, supervision of
+//! failed batches, per-camera ordering and result publication.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use hdrhistogram::Histogram;
 use its_proto::{
-    DetectionMsg, DropReason, FrameMsg, Priority, SCHEMA_VERSION, Timings, WorkerStatus, subjects,
+    ControlReply, DetectionMsg, DropReason, FrameMsg, Priority, SCHEMA_VERSION, SchedulerControl,
+    SchedulerTuning, Timings, WorkerStatus, subjects,
 };
 use its_worker::{BatchOutcome, FrameJob, JobResult, RunBatch, WorkerInfo};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::batcher::{Batcher, CostModel, Decision, QueueView};
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::control::{LatePolicy, validate_tuning};
 use crate::queues::{Queued, Queues};
+use crate::reorder::{Released, ReorderBuffer};
 use crate::stats::{Accounting, now_ns};
 
 /// Scheduler settings (from `its-config`'s `[scheduler]`).
@@ -28,6 +34,31 @@ pub struct SchedulerOptions {
     pub max_batch_timeout: Duration,
     /// Frames per class queue.
     pub queue_capacity: usize,
+    /// What happens to a frame whose deadline passed.
+    pub late_policy: LatePolicy,
+    /// The overload breaker.
+    pub breaker: BreakerConfig,
+    /// Longest time a result waits in the reorder buffer for an earlier frame of its camera.
+    pub reorder_hold: Duration,
+    /// Most results held per camera in the reorder buffer.
+    pub reorder_capacity: usize,
+}
+
+impl SchedulerOptions {
+    /// Defaults matching `its-config`'s defaults.
+    pub fn with_defaults() -> Self {
+        SchedulerOptions {
+            deadlines: [20, 50, 100, 500].map(Duration::from_millis),
+            batch_sizes: vec![1, 4, 8, 16, 32],
+            min_batch_timeout: Duration::from_millis(2),
+            max_batch_timeout: Duration::from_millis(50),
+            queue_capacity: 1024,
+            late_policy: LatePolicy::Drop,
+            breaker: BreakerConfig::default(),
+            reorder_hold: Duration::from_millis(100),
+            reorder_capacity: 64,
+        }
+    }
 }
 
 /// A worker as the scheduler sees it.
@@ -39,6 +70,12 @@ pub struct WorkerHandle {
     pub addr: Recipient<RunBatch>,
 }
 
+/// A queued frame and how often it already ran into a device error.
+struct Item {
+    frame: FrameMsg,
+    attempts: u8,
+}
+
 struct WorkerState {
     handle: WorkerHandle,
     busy: u32,
@@ -46,6 +83,22 @@ struct WorkerState {
     frames_done: u64,
     batches_done: u64,
     service: Histogram<u64>,
+    /// Drained by request: no new batches.
+    drained: bool,
+    /// The worker's mailbox is closed: it is gone for good.
+    down: bool,
+    restarts: u64,
+    /// Frames given to it and not yet returned, per class.
+    in_flight: [u64; 4],
+    /// Busy time summed over slots since `window_start`, ns.
+    busy_ns: u64,
+    window_start: Instant,
+}
+
+impl WorkerState {
+    fn usable(&self) -> bool {
+        !self.drained && !self.down
+    }
 }
 
 /// A frame that passed the envelope checks.
@@ -64,11 +117,17 @@ pub struct Enqueue {
 #[rtype(result = "()")]
 pub struct Drain;
 
+/// A control command (tuning, draining or resuming a worker), answered with a [`ControlReply`].
+#[derive(Debug, Message)]
+#[rtype(result = "ControlReply")]
+pub struct Control(pub SchedulerControl);
+
 /// Asks for a [`SchedulerSnapshot`].
 #[derive(Debug, Message)]
 #[rtype(result = "SchedulerSnapshot")]
 pub struct GetSchedulerSnapshot {
-    /// Start the per-worker latency windows anew (only the periodic status reporter does).
+    /// Start the per-worker latency and utilisation windows anew (only the periodic worker
+    /// status task does).
     pub reset_windows: bool,
 }
 
@@ -83,16 +142,31 @@ pub struct SchedulerSnapshot {
     pub batch_timeout_ms: f64,
     /// Measured arrival rate, frames/s.
     pub arrival_rate: Option<f64>,
+    /// The overload breaker's state.
+    pub breaker: &'static str,
+    /// Results held in the reorder buffer.
+    pub reorder_held: usize,
+    /// Frames waiting for a retry after a device error.
+    pub retry_queued: usize,
     /// Per-worker status; percentiles over the window since the last reset.
     pub workers: Vec<WorkerStatus>,
 }
+
+/// How often the scheduler checks held results and the breaker.
+const TICK: Duration = Duration::from_millis(10);
 
 /// Queues frames by priority and deadline, batches them, and routes batches to workers.
 pub struct SchedulerActor {
     opts: SchedulerOptions,
     acct: Accounting,
-    queues: Queues<FrameMsg>,
+    queues: Queues<Item>,
+    /// Frames to run again after a device error, each with the worker to avoid.
+    retry: VecDeque<(Queued<Item>, usize)>,
     batcher: Batcher,
+    breaker: Breaker,
+    reorder: ReorderBuffer<DetectionMsg>,
+    released: Vec<Released<DetectionMsg>>,
+    publisher: Option<mpsc::UnboundedSender<DetectionMsg>>,
     workers: Vec<WorkerState>,
     wake: Option<(Instant, SpawnHandle)>,
     draining: bool,
@@ -102,6 +176,7 @@ pub struct SchedulerActor {
 impl SchedulerActor {
     /// A scheduler over `workers` (at least one), accounting in `acct`.
     pub fn new(opts: SchedulerOptions, acct: Accounting, workers: Vec<WorkerHandle>) -> Self {
+        let now = Instant::now();
         let batcher = Batcher::new(
             opts.batch_sizes.clone(),
             opts.min_batch_timeout,
@@ -109,7 +184,12 @@ impl SchedulerActor {
         );
         SchedulerActor {
             queues: Queues::new(opts.queue_capacity),
+            retry: VecDeque::new(),
             batcher,
+            breaker: Breaker::new(opts.breaker, now),
+            reorder: ReorderBuffer::new(opts.reorder_hold, opts.reorder_capacity),
+            released: Vec::new(),
+            publisher: None,
             workers: workers
                 .into_iter()
                 .map(|handle| WorkerState {
@@ -119,6 +199,12 @@ impl SchedulerActor {
                     frames_done: 0,
                     batches_done: 0,
                     service: Histogram::new_with_bounds(1_000, 600_000_000_000, 2).expect("bounds"),
+                    drained: false,
+                    down: false,
+                    restarts: 0,
+                    in_flight: [0; 4],
+                    busy_ns: 0,
+                    window_start: now,
                 })
                 .collect(),
             wake: None,
@@ -144,13 +230,14 @@ impl SchedulerActor {
         })
     }
 
-    /// The worker with a free slot that should finish a batch of `n` first.
-    fn pick_worker(&self, n: usize) -> Option<usize> {
+    /// The usable worker with a free slot, other than `avoid`, that should finish a batch of
+    /// `n` first.
+    fn pick_worker(&self, n: usize, avoid: Option<usize>) -> Option<usize> {
         let bucket = self.batcher.bucket(n);
         self.workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.busy < w.handle.info.slots)
+            .filter(|(i, w)| w.usable() && w.busy < w.handle.info.slots && Some(*i) != avoid)
             .min_by_key(|(_, w)| {
                 let cost = w.cost.predict(bucket).as_nanos() as u64;
                 cost + cost * w.busy as u64 / w.handle.info.slots.max(1) as u64
@@ -158,16 +245,50 @@ impl SchedulerActor {
             .map(|(i, _)| i)
     }
 
-    /// Drops expired frames, then dispatches batches while a worker is free and the policy
-    /// says so; otherwise arms a wake-up.
+    /// A frame settled without a result: counted, and no longer holding its camera's order.
+    fn drop_frame(&mut self, f: &FrameMsg, reason: DropReason, message: String) {
+        self.acct
+            .dropped(&f.camera_id, Some(f.seq), reason, message);
+        self.reorder.settled(&f.camera_id, f.seq, &mut self.released);
+        self.flush_released();
+    }
+
+    /// Hands the results the reorder buffer let go to the publisher, in order.
+    fn flush_released(&mut self) {
+        for r in self.released.drain(..) {
+            let mut msg = r.item;
+            msg.out_of_order = r.out_of_order;
+            match &self.publisher {
+                Some(tx) => {
+                    if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
+                        self.acct.dropped(
+                            &msg.camera_id,
+                            Some(msg.seq),
+                            DropReason::Shutdown,
+                            "the result publisher has stopped".into(),
+                        );
+                    }
+                }
+                None => self.acct.dropped(
+                    &msg.camera_id,
+                    Some(msg.seq),
+                    DropReason::Shutdown,
+                    "the scheduler is not running".into(),
+                ),
+            }
+        }
+    }
+
+    /// Drops expired frames (drop policy), runs retries, then dispatches batches while a worker
+    /// is free and the policy says so; otherwise arms a wake-up.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        loop {
-            let now = Instant::now();
+        let now = Instant::now();
+        if self.opts.late_policy == LatePolicy::Drop {
             for q in self.queues.take_expired(now) {
                 let late = now.saturating_duration_since(q.deadline);
-                self.acct.dropped(
-                    &q.item.camera_id,
-                    Some(q.item.seq),
+                self.breaker.record(now, true);
+                self.drop_frame(
+                    &q.item.frame,
                     DropReason::DeadlineMissed,
                     format!(
                         "deadline passed {:.1} ms before dispatch",
@@ -175,15 +296,22 @@ impl SchedulerActor {
                     ),
                 );
             }
-            let Some(w) = self.pick_worker(self.queues.len().max(1)) else {
+        }
+        self.pump_retries(ctx);
+        loop {
+            let Some(w) = self.pick_worker(self.queues.len().max(1), None) else {
                 break;
             };
+            let now = Instant::now();
             match self
                 .batcher
                 .decide(now, self.view(), &self.workers[w].cost, self.draining)
             {
                 Decision::Idle => break,
-                Decision::Now(n) => self.dispatch(w, n, ctx),
+                Decision::Now(n) => {
+                    let items = self.queues.take(n);
+                    self.dispatch(w, items, ctx);
+                }
                 Decision::WaitUntil(at) => {
                     self.arm(at, ctx);
                     break;
@@ -191,6 +319,47 @@ impl SchedulerActor {
             }
         }
         self.publish_depths();
+    }
+
+    /// Sends frames waiting for a retry to a free worker other than the one that failed them.
+    fn pump_retries(&mut self, ctx: &mut Context<Self>) {
+        while let Some((_, avoid)) = self.retry.front() {
+            let avoid = *avoid;
+            if !self.another_worker(avoid) {
+                // Nobody else can run them: they are dropped as device errors.
+                while let Some((q, _)) = self.retry.pop_front() {
+                    self.drop_frame(
+                        &q.item.frame,
+                        DropReason::DeviceError,
+                        "the device failed and no other worker can retry the frame".into(),
+                    );
+                }
+                return;
+            }
+            let Some(w) = self.pick_worker(self.retry.len(), Some(avoid)) else {
+                return;
+            };
+            let max = self.batcher.max_batch();
+            let mut items = Vec::new();
+            let mut keep = VecDeque::new();
+            while let Some((q, a)) = self.retry.pop_front() {
+                if a != w && items.len() < max {
+                    items.push(q);
+                } else {
+                    keep.push_back((q, a));
+                }
+            }
+            self.retry = keep;
+            self.dispatch(w, items, ctx);
+        }
+    }
+
+    /// Whether a usable worker other than `w` exists.
+    fn another_worker(&self, w: usize) -> bool {
+        self.workers
+            .iter()
+            .enumerate()
+            .any(|(i, x)| i != w && x.usable())
     }
 
     fn arm(&mut self, at: Instant, ctx: &mut Context<Self>) {
@@ -208,55 +377,77 @@ impl SchedulerActor {
         self.wake = Some((at, handle));
     }
 
-    fn dispatch(&mut self, w: usize, n: usize, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let jobs: Vec<FrameJob> = self
-            .queues
-            .take(n)
-            .into_iter()
-            .map(|q| FrameJob {
-                frame: q.item,
-                received_at: q.arrived,
-                dispatched_at: now,
-            })
-            .collect();
-        if jobs.is_empty() {
+    fn dispatch(&mut self, w: usize, items: Vec<Queued<Item>>, ctx: &mut Context<Self>) {
+        if items.is_empty() {
             return;
         }
+        let now = Instant::now();
+        let worker = &mut self.workers[w];
+        let mut classes = [0u64; 4];
+        let jobs: Vec<FrameJob> = items
+            .into_iter()
+            .map(|q| {
+                classes[q.item.frame.priority.index()] += 1;
+                FrameJob {
+                    frame: q.item.frame,
+                    received_at: q.arrived,
+                    dispatched_at: now,
+                    deadline: q.deadline,
+                    attempts: q.item.attempts,
+                }
+            })
+            .collect();
         let ids: Vec<(String, u64)> = jobs
             .iter()
             .map(|j| (j.frame.camera_id.clone(), j.frame.seq))
             .collect();
         *self.batch_sizes.entry(jobs.len()).or_default() += 1;
+        self.acct.batch_dispatched(jobs.len());
         let bucket = self.batcher.bucket(jobs.len());
-        let worker = &mut self.workers[w];
         worker.busy += 1;
+        for (c, n) in worker.in_flight.iter_mut().zip(classes) {
+            *c += n;
+        }
         let addr = worker.handle.addr.clone();
         ctx.spawn(addr.send(RunBatch { jobs }).into_actor(self).map(
             move |res: Result<BatchOutcome, MailboxError>, act, ctx| {
                 let worker = &mut act.workers[w];
                 worker.busy -= 1;
+                for (c, n) in worker.in_flight.iter_mut().zip(classes) {
+                    *c -= n;
+                }
                 match res {
                     Ok(outcome) => {
-                        let service = Duration::from_nanos(outcome.service_ns);
-                        worker.cost.observe(bucket, service);
-                        worker.batches_done += 1;
-                        worker.frames_done += outcome.results.len() as u64;
-                        let _ = worker
-                            .service
-                            .record(outcome.service_ns.clamp(1_000, 600_000_000_000));
+                        worker.busy_ns += outcome.service_ns;
+                        if outcome.device_failed() {
+                            worker.restarts += 1;
+                        } else {
+                            let service = Duration::from_nanos(outcome.service_ns);
+                            worker.cost.observe(bucket, service);
+                            worker.batches_done += 1;
+                            worker.frames_done += outcome.results.len() as u64;
+                            let _ = worker
+                                .service
+                                .record(outcome.service_ns.clamp(1_000, 600_000_000_000));
+                        }
                         let info = worker.handle.info.clone();
-                        act.settle(outcome, &info);
+                        act.settle(outcome, w, &info);
                     }
                     Err(e) => {
+                        // The frames went with the message: they cannot be retried.
+                        worker.down = true;
+                        let id = worker.handle.info.id.clone();
+                        tracing::error!(worker = %id, error = %e, "worker is gone");
                         for (camera, seq) in ids {
                             act.acct.dropped(
                                 &camera,
                                 Some(seq),
-                                DropReason::WorkerFailed,
-                                format!("worker {} is gone: {e}", worker.handle.info.id),
+                                DropReason::DeviceError,
+                                format!("worker {id} is gone: {e}"),
                             );
+                            act.reorder.settled(&camera, seq, &mut act.released);
                         }
+                        act.flush_released();
                     }
                 }
                 act.pump(ctx);
@@ -264,15 +455,31 @@ impl SchedulerActor {
         ));
     }
 
-    /// Publishes the results of a batch and settles every frame.
-    fn settle(&mut self, outcome: BatchOutcome, info: &WorkerInfo) {
+    /// Settles every frame of a finished batch: results into the reorder buffer, drops counted,
+    /// device errors retried once on another worker.
+    fn settle(&mut self, outcome: BatchOutcome, w: usize, info: &WorkerInfo) {
         let batch_size = outcome.results.len() as u32;
+        let now = Instant::now();
         for (job, result) in outcome.results {
             let f = job.frame;
             match result {
                 JobResult::Dropped { reason, message } => {
-                    self.acct
-                        .dropped(&f.camera_id, Some(f.seq), reason, message);
+                    self.drop_frame(&f, reason, message);
+                }
+                JobResult::DeviceError { message } => {
+                    if job.attempts == 0 && self.another_worker(w) {
+                        let q = Queued {
+                            item: Item {
+                                frame: f,
+                                attempts: 1,
+                            },
+                            arrived: job.received_at,
+                            deadline: job.deadline,
+                        };
+                        self.retry.push_back((q, w));
+                    } else {
+                        self.drop_frame(&f, DropReason::DeviceError, message);
+                    }
                 }
                 JobResult::Done {
                     detections,
@@ -282,13 +489,26 @@ impl SchedulerActor {
                     infer_ns,
                     postprocess_ns,
                 } => {
-                    let published_at_ns = now_ns();
+                    let late = now > job.deadline;
+                    self.breaker.record(now, late);
+                    if late && self.opts.late_policy == LatePolicy::Drop {
+                        let by = now.saturating_duration_since(job.deadline);
+                        self.drop_frame(
+                            &f,
+                            DropReason::DeadlineMissed,
+                            format!(
+                                "result ready {:.1} ms after the deadline",
+                                by.as_secs_f64() * 1e3
+                            ),
+                        );
+                        continue;
+                    }
                     let msg = DetectionMsg {
                         v: SCHEMA_VERSION,
-                        camera_id: f.camera_id.clone(),
+                        camera_id: f.camera_id,
                         seq: f.seq,
                         captured_at_ns: f.captured_at_ns,
-                        published_at_ns,
+                        published_at_ns: 0,
                         frame_width,
                         frame_height,
                         node_id: self.acct.node_id().to_owned(),
@@ -304,28 +524,116 @@ impl SchedulerActor {
                             preprocess_ns,
                             infer_ns,
                             postprocess_ns,
-                            total_ns: published_at_ns.saturating_sub(f.captured_at_ns),
+                            total_ns: 0,
                         },
-                        late: false,
+                        late,
                         out_of_order: false,
                         quality: None,
                     };
-                    let acct = self.acct.clone();
-                    actix::spawn(async move {
-                        let subject = subjects::results(&msg.camera_id);
-                        match acct.bus().publish_msg(subject, &msg).await {
-                            Ok(()) => acct.published(msg.timings.total_ns),
-                            Err(e) => acct.dropped(
-                                &msg.camera_id,
-                                Some(msg.seq),
-                                DropReason::PublishFailed,
-                                e.to_string(),
-                            ),
-                        }
-                    });
+                    let (camera, seq) = (msg.camera_id.clone(), msg.seq);
+                    self.reorder
+                        .ready(&camera, seq, msg, now, &mut self.released);
+                    self.flush_released();
                 }
             }
         }
+    }
+
+    /// Periodic work: results held too long leave the reorder buffer, the breaker re-evaluates.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.reorder.expire(now, &mut self.released);
+        self.flush_released();
+        if let Some(state) = self.breaker.evaluate(now) {
+            self.on_breaker(state);
+            self.pump(ctx);
+        }
+    }
+
+    /// The breaker changed: frames of newly shed classes leave the queues (counted), and the
+    /// change is reported.
+    fn on_breaker(&mut self, state: BreakerState) {
+        let mut shed = 0usize;
+        for p in [Priority::Background, Priority::Normal] {
+            if self.breaker.sheds(p) {
+                for q in self.queues.take_class(p) {
+                    shed += 1;
+                    self.drop_frame(
+                        &q.item.frame,
+                        DropReason::Shed,
+                        format!("overload breaker {}", state.as_str()),
+                    );
+                }
+            }
+        }
+        let ratio = self.breaker.config().shed_miss_ratio;
+        let why = match state {
+            BreakerState::Closed => format!("deadline misses stayed at or below {}", ratio / 2.0),
+            BreakerState::HalfOpen => {
+                format!("deadline misses fell to {} or less; letting a trickle through", ratio / 2.0)
+            }
+            _ => format!("deadline-miss ratio above {ratio}; {shed} queued frames shed"),
+        };
+        self.acct.breaker_changed(state, why);
+    }
+
+    fn tune(&mut self, t: SchedulerTuning) -> Result<String, String> {
+        let v = validate_tuning(
+            &t,
+            self.opts.min_batch_timeout,
+            self.opts.max_batch_timeout,
+        )?;
+        let mut done = Vec::new();
+        if let Some(sizes) = v.batch_sizes {
+            self.opts.batch_sizes = sizes;
+            done.push("batch_sizes");
+        }
+        if let Some(d) = v.deadlines {
+            self.opts.deadlines = d;
+            done.push("deadlines_ms");
+        }
+        if let Some(m) = v.min_batch_timeout {
+            self.opts.min_batch_timeout = m;
+            done.push("min_batch_timeout_ms");
+        }
+        if let Some(m) = v.max_batch_timeout {
+            self.opts.max_batch_timeout = m;
+            done.push("max_batch_timeout_ms");
+        }
+        if let Some(r) = v.shed_miss_ratio {
+            self.opts.breaker.shed_miss_ratio = r;
+            self.breaker.set_shed_miss_ratio(r);
+            done.push("shed_miss_ratio");
+        }
+        if let Some(p) = v.late_policy {
+            self.opts.late_policy = p;
+            done.push("late_policy");
+        }
+        self.batcher.reconfigure(
+            self.opts.batch_sizes.clone(),
+            self.opts.min_batch_timeout,
+            self.opts.max_batch_timeout,
+        );
+        tracing::info!(changed = ?done, "scheduler tuned");
+        Ok(if done.is_empty() {
+            "nothing to change".to_owned()
+        } else {
+            format!("applied {}", done.join(", "))
+        })
+    }
+
+    fn worker_index(&self, id: &str) -> Result<usize, String> {
+        self.workers
+            .iter()
+            .position(|w| w.handle.info.id == id)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self
+                    .workers
+                    .iter()
+                    .map(|w| w.handle.info.id.as_str())
+                    .collect();
+                format!("no worker {id:?} on this node (workers: {})", known.join(", "))
+            })
     }
 }
 
@@ -335,6 +643,28 @@ impl Actor for SchedulerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Intake awaits each send, so a full mailbox slows intake instead of growing memory.
         ctx.set_mailbox_capacity(256);
+        // One publisher task keeps each camera's results in the order the reorder buffer
+        // released them.
+        let (tx, mut rx) = mpsc::unbounded_channel::<DetectionMsg>();
+        self.publisher = Some(tx);
+        let acct = self.acct.clone();
+        actix::spawn(async move {
+            while let Some(mut msg) = rx.recv().await {
+                msg.published_at_ns = now_ns();
+                msg.timings.total_ns = msg.published_at_ns.saturating_sub(msg.captured_at_ns);
+                let subject = subjects::results(&msg.camera_id);
+                match acct.bus().publish_msg(subject, &msg).await {
+                    Ok(()) => acct.published(msg.timings.total_ns),
+                    Err(e) => acct.dropped(
+                        &msg.camera_id,
+                        Some(msg.seq),
+                        DropReason::PublishFailed,
+                        e.to_string(),
+                    ),
+                }
+            }
+        });
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
     }
 }
 
@@ -358,22 +688,42 @@ impl Handler<Enqueue> for SchedulerActor {
                 .unwrap_or(msg.received_at)
         };
         self.batcher.on_arrival(msg.received_at);
+        if !self.breaker.admit(p) {
+            self.acct.dropped(
+                &f.camera_id,
+                Some(f.seq),
+                DropReason::Shed,
+                format!(
+                    "overload breaker {} sheds {} frames",
+                    self.breaker.state().as_str(),
+                    p.as_str()
+                ),
+            );
+            return;
+        }
+        let (camera, seq) = (f.camera_id.clone(), f.seq);
         let queued = Queued {
-            item: f,
+            item: Item {
+                frame: f,
+                attempts: 0,
+            },
             arrived: msg.received_at,
             deadline,
         };
-        if let Err((_, back)) = self.queues.push(p, queued) {
-            self.acct.dropped(
-                &back.item.camera_id,
-                Some(back.item.seq),
-                DropReason::QueueFull,
-                format!(
-                    "{} queue holds {} frames",
-                    p.as_str(),
-                    self.opts.queue_capacity
-                ),
-            );
+        match self.queues.push(p, queued) {
+            Ok(()) => self.reorder.expect(&camera, seq),
+            Err((_, back)) => {
+                self.acct.dropped(
+                    &back.item.frame.camera_id,
+                    Some(back.item.frame.seq),
+                    DropReason::QueueFull,
+                    format!(
+                        "{} queue holds {} frames",
+                        p.as_str(),
+                        self.opts.queue_capacity
+                    ),
+                );
+            }
         }
         self.pump(ctx);
     }
@@ -384,9 +734,57 @@ impl Handler<Drain> for SchedulerActor {
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        if !self.workers.iter().any(WorkerState::usable) {
+            // Shutting down with every worker drained would never finish: take them back.
+            for w in &mut self.workers {
+                w.drained = false;
+            }
+        }
         self.pump(ctx);
         let acct = self.acct.clone();
         Box::pin(async move { acct.wait_settled().await })
+    }
+}
+
+impl Handler<Control> for SchedulerActor {
+    type Result = MessageResult<Control>;
+
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
+        let r = match msg.0 {
+            SchedulerControl::Tune { tuning } => self.tune(tuning),
+            SchedulerControl::DrainWorker { worker_id } => {
+                self.worker_index(&worker_id).and_then(|i| {
+                    if self.workers.iter().filter(|w| w.usable()).count() == 1
+                        && self.workers[i].usable()
+                    {
+                        return Err(format!(
+                            "worker {worker_id} is the last one taking batches; resume another first"
+                        ));
+                    }
+                    self.workers[i].drained = true;
+                    tracing::info!(worker = %worker_id, "worker drained");
+                    Ok(format!(
+                        "worker {worker_id} drained; it finishes {} running batch(es)",
+                        self.workers[i].busy
+                    ))
+                })
+            }
+            SchedulerControl::ResumeWorker { worker_id } => {
+                self.worker_index(&worker_id).and_then(|i| {
+                    if self.workers[i].down {
+                        return Err(format!("worker {worker_id} is gone and cannot resume"));
+                    }
+                    self.workers[i].drained = false;
+                    tracing::info!(worker = %worker_id, "worker resumed");
+                    Ok(format!("worker {worker_id} takes batches again"))
+                })
+            }
+        };
+        self.pump(ctx);
+        MessageResult(match r {
+            Ok(message) => ControlReply { ok: true, message },
+            Err(message) => ControlReply { ok: false, message },
+        })
     }
 }
 
@@ -395,10 +793,20 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
 
     fn handle(&mut self, msg: GetSchedulerSnapshot, _: &mut Context<Self>) -> Self::Result {
         let node_id = self.acct.node_id().to_owned();
+        let now = Instant::now();
+        let max = self.batcher.max_batch();
         let workers = self
             .workers
             .iter_mut()
             .map(|w| {
+                let slots = w.handle.info.slots.max(1);
+                let window = now.saturating_duration_since(w.window_start).as_nanos() as f64;
+                let utilisation = (window > 0.0)
+                    .then(|| (w.busy_ns as f64 / (window * slots as f64)).min(1.0) as f32);
+                let capacity_fps = (w.batches_done > 0).then(|| {
+                    let cost = w.cost.predict(max).as_secs_f64().max(1e-6);
+                    (slots as f64 * max as f64 / cost) as f32
+                });
                 let s = WorkerStatus {
                     v: SCHEMA_VERSION,
                     node_id: node_id.clone(),
@@ -411,11 +819,20 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                     batches_done: w.batches_done,
                     batch_p50_ns: w.service.value_at_quantile(0.5),
                     batch_p99_ns: w.service.value_at_quantile(0.99),
-                    utilisation: None,
+                    utilisation,
                     memory_used_bytes: None,
+                    queue_depth: Priority::ALL
+                        .iter()
+                        .map(|p| (p.as_str().to_owned(), w.in_flight[p.index()]))
+                        .collect(),
+                    capacity_fps,
+                    draining: w.drained,
+                    restarts: w.restarts,
                 };
                 if msg.reset_windows {
                     w.service.reset();
+                    w.busy_ns = 0;
+                    w.window_start = now;
                 }
                 s
             })
@@ -428,6 +845,9 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
             batch_sizes: self.batch_sizes.clone(),
             batch_timeout_ms: self.batcher.timeout(1).as_secs_f64() * 1e3,
             arrival_rate: self.batcher.arrival_rate(),
+            breaker: self.breaker.state().as_str(),
+            reorder_held: self.reorder.held(),
+            retry_queued: self.retry.len(),
             workers,
         })
     }

@@ -97,6 +97,13 @@ impl Batcher {
         }
     }
 
+    /// Changes the preferred sizes and the wait bounds; the arrival-rate estimate stays.
+    pub fn reconfigure(&mut self, sizes: Vec<usize>, min_timeout: Duration, max_timeout: Duration) {
+        self.sizes = sizes;
+        self.min_timeout = min_timeout;
+        self.max_timeout = max_timeout;
+    }
+
     /// The largest preferred batch size.
     pub fn max_batch(&self) -> usize {
         *self.sizes.last().expect("non-empty")

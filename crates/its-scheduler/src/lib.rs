@@ -1,9 +1,12 @@
 //! The scheduler of a GPU node.
 //!
-//! Frames arrive on `its.frames.*` ([`intake`]), are checked, queued by priority with a
-//! deadline ([`queues`]), grouped into batches whose size and wait adapt to the arrival rate and
-//! the measured cost of each batch size ([`batcher`]), and sent to the worker that will finish
-//! them first ([`SchedulerActor`]). Results go out on `its.results.<camera>`.
+//! Frames arrive on `its.frames.*` ([`intake`]), are checked, admitted by the overload
+//! [`breaker`], queued by priority with a deadline ([`queues`]), grouped into batches whose size
+//! and wait adapt to the arrival rate and the measured cost of each batch size ([`batcher`]),
+//! and sent to the worker that will finish them first ([`SchedulerActor`]). A batch that fails
+//! on its device is retried once on another worker. Results pass a per-camera [`reorder`]
+//! buffer and go out on `its.results.<camera>`. [`run_control`] serves run-time tuning and
+//! worker drain/resume.
 //!
 //! Architecture invariant: every frame read from NATS is counted once in [`Accounting`] and
 //! settled once, as a published result or as a drop with a reason; `in_flight` is the
@@ -11,13 +14,17 @@
 
 mod actor;
 pub mod batcher;
+pub mod breaker;
+mod control;
 mod intake;
 pub mod queues;
+pub mod reorder;
 mod stats;
 
 pub use actor::{
-    Drain, Enqueue, GetSchedulerSnapshot, SchedulerActor, SchedulerOptions, SchedulerSnapshot,
-    WorkerHandle,
+    Control, Drain, Enqueue, GetSchedulerSnapshot, SchedulerActor, SchedulerOptions,
+    SchedulerSnapshot, WorkerHandle,
 };
+pub use control::{LatePolicy, ValidTuning, run_control, run_worker_status, validate_tuning};
 pub use intake::run_intake;
 pub use stats::{Accounting, now_ns};

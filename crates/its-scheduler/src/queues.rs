@@ -114,6 +114,15 @@ impl<T> Queues<T> {
         out
     }
 
+    /// Takes every item of one class.
+    pub fn take_class(&mut self, p: Priority) -> Vec<Queued<T>> {
+        let out: Vec<Queued<T>> = self.classes[p.index()].drain(..).collect();
+        if !out.is_empty() {
+            self.recompute_earliest();
+        }
+        out
+    }
+
     /// Arrival of the oldest queued item.
     pub fn oldest_arrival(&self) -> Option<Instant> {
         self.classes

@@ -1,7 +1,7 @@
 //! Frame accounting and latency windows.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +9,8 @@ use hdrhistogram::Histogram;
 use its_bus::Bus;
 use its_proto::{DropReason, EventKind, EventMsg, NodeStatus, Priority, SCHEMA_VERSION, subjects};
 use tokio::sync::Notify;
+
+use crate::breaker::BreakerState;
 
 /// Now, unix nanoseconds.
 pub fn now_ns() -> u64 {
@@ -27,7 +29,13 @@ struct Inner {
     queue_depth: [AtomicU64; 4],
     latency: Mutex<Histogram<u64>>,
     settled: Notify,
+    breaker: AtomicU8,
+    /// Batches dispatched, indexed by size (sizes are at most 256).
+    batch_sizes: Box<[AtomicU64]>,
 }
+
+/// Largest batch size counted in the batch-size histogram (larger ones count here).
+const MAX_COUNTED_BATCH: usize = 256;
 
 /// The node's frame ledger: received, published, dropped by reason. Cheap to clone.
 #[derive(Clone)]
@@ -39,6 +47,17 @@ impl std::fmt::Debug for Accounting {
             .field("node_id", &self.0.node_id)
             .finish()
     }
+}
+
+const BREAKER_STATES: [BreakerState; 4] = [
+    BreakerState::Closed,
+    BreakerState::SheddingBackground,
+    BreakerState::SheddingNormal,
+    BreakerState::HalfOpen,
+];
+
+fn breaker_code(s: BreakerState) -> u8 {
+    BREAKER_STATES.iter().position(|b| *b == s).unwrap_or(0) as u8
 }
 
 fn drop_index(reason: DropReason) -> usize {
@@ -62,7 +81,43 @@ impl Accounting {
                 Histogram::new_with_bounds(1_000, 600_000_000_000, 2).expect("bounds"),
             ),
             settled: Notify::new(),
+            breaker: AtomicU8::new(0),
+            batch_sizes: (0..=MAX_COUNTED_BATCH).map(|_| AtomicU64::new(0)).collect(),
         }))
+    }
+
+    /// A batch of `n` frames was dispatched.
+    pub fn batch_dispatched(&self, n: usize) {
+        self.0.batch_sizes[n.min(MAX_COUNTED_BATCH)].fetch_add(1, Relaxed);
+    }
+
+    /// The overload breaker changed state: kept for NodeStatus, logged, and reported as a
+    /// `breaker` event on `its.events.breaker.<node_id>`.
+    pub fn breaker_changed(&self, state: BreakerState, message: String) {
+        self.0.breaker.store(breaker_code(state), Relaxed);
+        tracing::warn!(node = %self.0.node_id, state = state.as_str(), %message, "overload breaker");
+        let event = EventMsg {
+            v: SCHEMA_VERSION,
+            kind: EventKind::Breaker,
+            camera_id: self.0.node_id.clone(),
+            node_id: self.0.node_id.clone(),
+            at_ns: now_ns(),
+            seq: None,
+            reason: None,
+            message: format!("{}: {message}", state.as_str()),
+        };
+        let bus = self.0.bus.clone();
+        let subject = subjects::events(EventKind::Breaker, &self.0.node_id);
+        actix::spawn(async move {
+            if let Err(e) = bus.publish_msg(subject, &event).await {
+                tracing::warn!(error = %e, "cannot publish breaker event");
+            }
+        });
+    }
+
+    /// The breaker's state as last reported.
+    pub fn breaker(&self) -> BreakerState {
+        BREAKER_STATES[self.0.breaker.load(Relaxed) as usize % BREAKER_STATES.len()]
     }
 
     /// The node id.
@@ -184,8 +239,16 @@ impl Accounting {
                 .collect(),
             latency_p50_ns: p50,
             latency_p99_ns: p99,
-            breaker: "closed".to_owned(),
-            batch_sizes: Default::default(),
+            breaker: self.breaker().as_str().to_owned(),
+            batch_sizes: self
+                .0
+                .batch_sizes
+                .iter()
+                .enumerate()
+                .map(|(n, c)| (n, c.load(Relaxed)))
+                .filter(|(_, c)| *c > 0)
+                .map(|(n, c)| (n.to_string(), c))
+                .collect(),
         }
     }
 }

@@ -14,6 +14,10 @@ pub struct FrameJob {
     pub received_at: Instant,
     /// When the scheduler put it into a batch.
     pub dispatched_at: Instant,
+    /// When its result is due (capture time plus its class deadline, on this process's clock).
+    pub deadline: Instant,
+    /// Runs before this one that ended in a device error (the scheduler retries once).
+    pub attempts: u8,
 }
 
 /// What became of one job.
@@ -33,6 +37,13 @@ pub enum JobResult {
         infer_ns: u64,
         /// Output decoding and NMS time of the batch, ns.
         postprocess_ns: u64,
+    },
+    /// The device failed while running the batch (the worker restarts its engine before it
+    /// answers); the frame itself may be fine, so the scheduler may retry it once on another
+    /// worker (else it is dropped as `device_error`).
+    DeviceError {
+        /// What failed.
+        message: String,
     },
     /// The frame could not be served.
     Dropped {
@@ -58,6 +69,16 @@ pub struct BatchOutcome {
     pub results: Vec<(FrameJob, JobResult)>,
     /// Wall time the worker spent on the batch, ns.
     pub service_ns: u64,
+}
+
+impl BatchOutcome {
+    /// Whether the device failed on this batch (some job came back as a device error); the
+    /// worker restarts its engine before answering such a batch.
+    pub fn device_failed(&self) -> bool {
+        self.results
+            .iter()
+            .any(|(_, r)| matches!(r, JobResult::DeviceError { .. }))
+    }
 }
 
 /// Static facts about a worker, for status reports and results.

@@ -9,4 +9,4 @@ mod api;
 mod cpu;
 
 pub use api::{BatchOutcome, FrameJob, JobResult, RunBatch, WorkerInfo};
-pub use cpu::{CpuWorker, CpuWorkerError, CpuWorkerOptions};
+pub use cpu::{CpuWorker, CpuWorkerError, CpuWorkerOptions, FaultHook};
