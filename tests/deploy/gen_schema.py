@@ -182,6 +182,7 @@ SCHEMA = obj(
                 "replicas": int_range(0, 10000),
                 "gpusPerPod": int_range(1, 16),
                 "runtimeClassName": STR,
+                "drainLabel": {"type": "string", "pattern": r"^([a-z0-9.-]+/)?[A-Za-z0-9_.-]{0,63}$"},
                 "maxUnavailable": {"anyOf": [int_range(1), {"type": "string", "pattern": "^[0-9]+%$"}]},
             },
             required=["kind", "gpusPerPod"],

@@ -292,6 +292,13 @@ readinessProbe:
     {{- end }}
   env:
     {{- include "its.env" $ | nindent 4 }}
+    {{- if eq $component "ingest" }}
+    # synthetic camera ids <pod name>-<n>: unique across ingest pods
+    - name: ITS__CAMERAS__ID_PREFIX
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -338,7 +345,13 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $v.affinity }}
+{{- $affinity := deepCopy (default (dict) $v.affinity) -}}
+{{- if and $v.drainLabel (not (hasKey $affinity "nodeAffinity")) -}}
+{{- /* a node labelled <drainLabel>=<anything> loses its pod: see README, Drain a GPU node */ -}}
+{{- $term := dict "matchExpressions" (list (dict "key" $v.drainLabel "operator" "DoesNotExist")) -}}
+{{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" (list $term))) -}}
+{{- end -}}
+{{- with $affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
