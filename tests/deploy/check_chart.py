@@ -161,7 +161,7 @@ class Checks:
 
     def schema_file_current(self) -> None:
         r = subprocess.run([sys.executable, str(ROOT / "tests/deploy/gen_schema.py"), "--check"])
-        assert r.returncode == 0, "values.schema.json is stale: run tests/deploy/gen_schema.py"
+        assert r.returncode == 0, "a values.schema.json is stale: run tests/deploy/gen_schema.py"
 
     def lint_strict(self, name: str) -> None:
         report = helm.lint(str(CHART), self.sets[name] or None, strict=True, namespace=NAMESPACE)
@@ -170,6 +170,11 @@ class Checks:
         ]
         assert not bad, f"helm lint --strict: {bad}"
         assert report["total_charts_linted"] == 1
+
+    def lint_subchart(self) -> None:
+        report = helm.lint(str(CHART / "charts/nats"), strict=True)
+        bad = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not bad, f"helm lint --strict charts/nats: {bad}"
 
     def kube_schemas(self, name: str) -> None:
         docs = self.rendered[name]
@@ -417,6 +422,7 @@ class Checks:
                 "existingSecret is required",
             ),
             ({"nats": {"auth": {"enabled": True}}}, "nats.auth.token or nats.auth.existingSecret"),
+            ({"nats": {"replicas": 2}}, "/replicas"),
         ]
         for values, expect in cases:
             try:
@@ -525,6 +531,7 @@ def main() -> int:
     args = ap.parse_args()
     checks = Checks(args.its.resolve())
     checks.run("values.schema.json matches gen_schema.py", checks.schema_file_current)
+    checks.run("[nats subchart] helm lint --strict", checks.lint_subchart)
     for name in checks.sets:
         checks.run(f"[{name}] helm lint --strict", lambda n=name: checks.lint_strict(n))
         checks.run(f"[{name}] Kubernetes schemas {'/'.join(KUBE_VERSIONS)} (strict)", lambda n=name: checks.kube_schemas(n))

@@ -277,12 +277,57 @@ SCHEMA = obj(
 )
 
 
-def render() -> str:
-    return json.dumps(SCHEMA, indent=2, sort_keys=False) + "\n"
+NATS_OUT = ROOT / "charts/its-camera-ai/charts/nats/values.schema.json"
+NATS_SIZE = {"type": "string", "pattern": r"^[0-9]+(K|M|G|T|KB|MB|GB|TB)?$"}
+NATS_SCHEMA = obj(
+    {
+        "global": ANY_OBJ,
+        "enabled": BOOL,
+        "image": obj(
+            {
+                "repository": {"type": "string", "minLength": 1},
+                "tag": {"type": "string", "minLength": 1},
+                "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            },
+            required=["repository", "tag"],
+        ),
+        "replicas": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 9,
+            "not": {"const": 2},
+            "description": "1, or 3 and more (a cluster of 2 loses JetStream quorum with either server)",
+        },
+        "maxPayload": int_range(1024, 64 * 1024 * 1024),
+        "auth": obj({"enabled": BOOL, "token": STR, "existingSecret": K8S_NAME}, required=["enabled"]),
+        "jetstream": obj(
+            {
+                "enabled": BOOL,
+                "storageSize": QUANTITY,
+                "storageClassName": STR,
+                "maxFileStore": NATS_SIZE,
+                "maxMemory": NATS_SIZE,
+            },
+            required=["enabled"],
+        ),
+        "resources": RESOURCES,
+        "nodeSelector": {"type": "object", "additionalProperties": STR},
+        "tolerations": {"type": "array", "items": ANY_OBJ},
+        "affinity": ANY_OBJ,
+    },
+    required=["image", "replicas", "auth", "jetstream"],
+    **{"$schema": "https://json-schema.org/draft-07/schema#", "title": "nats (its-camera-ai subchart) values"},
+)
+
+
+def render(schema: dict = SCHEMA) -> str:
+    return json.dumps(schema, indent=2, sort_keys=False) + "\n"
 
 
 if __name__ == "__main__":
+    outputs = {OUT: render(SCHEMA), NATS_OUT: render(NATS_SCHEMA)}
     if sys.argv[1:] == ["--check"]:
-        sys.exit(0 if OUT.read_text() == render() else 1)
-    OUT.write_text(render())
-    print(f"wrote {OUT.relative_to(ROOT)}")
+        sys.exit(0 if all(p.read_text() == text for p, text in outputs.items()) else 1)
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(ROOT)}")
