@@ -51,7 +51,11 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 
 
 # Rendered and checked like the ci/ sets: the HTTP side (probes, metrics, tokens) switched on.
-HTTP_SET = {"http": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}
+HTTP_SET = {
+    "http": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "admin": {"tokens": {"content": "viewer 0123456789abcdef01234567 prometheus\n"}},
+}
 
 
 def value_sets() -> dict[str, dict]:
@@ -423,6 +427,7 @@ class Checks:
             ),
             ({"nats": {"auth": {"enabled": True}}}, "nats.auth.token or nats.auth.existingSecret"),
             ({"nats": {"replicas": 2}}, "/replicas"),
+            ({"http": {"enabled": True}}, "needs tokens"),
         ]
         for values, expect in cases:
             try:

@@ -108,7 +108,7 @@ Layers: .Values.config, then the component's config, then what the chart compute
 {{- end -}}
 {{- $computed := dict "nats" $nats -}}
 {{- if include "its.adminApi" $ -}}
-{{- $_ := set $computed "admin" (dict "bind" (printf "0.0.0.0:%d" (int $.Values.http.port)) "tokens_file" (printf "/etc/its/tokens/%s" $.Values.admin.tokens.key)) -}}
+{{- $_ := set $computed "admin" (dict "enabled" true "bind" (printf "0.0.0.0:%d" (int $.Values.http.port)) "tokens_file" (printf "/etc/its/tokens/%s" $.Values.admin.tokens.key)) -}}
 {{- end -}}
 {{- if eq $component "ingest" -}}
 {{- $replicas := int (include "its.ingestReplicas" $) -}}
