@@ -490,12 +490,27 @@ impl ModelProto {
             .unwrap_or_else(|| EMPTY.get_or_init(GraphProto::default))
     }
 
-    /// Parameters: the total number of elements of the float initializers.
+    /// Parameters: elements of the float initializers that learned layers (`Conv`,
+    /// `ConvTranspose`, `Gemm`, `MatMul`, `BatchNormalization`) take as inputs, each counted
+    /// once. Constants such as anchor grids or reshape targets are not parameters.
     pub fn parameter_count(&self) -> usize {
-        self.graph()
-            .initializer
+        const LEARNED: [&str; 5] = [
+            "Conv",
+            "ConvTranspose",
+            "Gemm",
+            "MatMul",
+            "BatchNormalization",
+        ];
+        let g = self.graph();
+        let used: std::collections::HashSet<&str> = g
+            .node
             .iter()
-            .filter(|t| t.data_type == DataType::Float as i32)
+            .filter(|n| LEARNED.contains(&n.op_type.as_str()))
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
+        g.initializer
+            .iter()
+            .filter(|t| t.data_type == DataType::Float as i32 && used.contains(t.name.as_str()))
             .map(TensorProto::numel)
             .sum()
     }
@@ -542,7 +557,8 @@ mod tests {
         assert_eq!(back.graph().node[0].attribute[0].i, Some(0));
         assert_eq!(back.graph().initializer[0].to_f32().unwrap(), [1.5, -2.0]);
         assert_eq!(back.graph().input[0].dims(), Some(vec![None, Some(1)]));
-        assert_eq!(back.parameter_count(), 2);
+        // `w` feeds a Concat, not a learned layer.
+        assert_eq!(back.parameter_count(), 0);
         assert_eq!(back.op_counts().get("Concat"), Some(&1));
     }
 
