@@ -1,34 +1,65 @@
-//! The camera actor: a timer that publishes the next frame of its source.
+//! The camera actor: one per camera. It runs connection attempts of its source (each a task
+//! that can fail, stall or panic without harming anything else), restarts them with
+//! exponential backoff and jitter, quarantines a camera that keeps failing, publishes state
+//! changes and a [`CameraStatus`] about every second.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use its_bus::Bus;
-use its_proto::{Encoding, EventKind, EventMsg, FrameMsg, Priority, SCHEMA_VERSION, subjects};
+use its_proto::{
+    CameraSpec, CameraState, CameraStatus, Encoding, EventKind, EventMsg, FrameMsg, PriorityBoost,
+    SCHEMA_VERSION, subjects,
+};
+use rand::RngExt;
 use serde::Serialize;
 
-use crate::SyntheticScene;
+use crate::backoff::{Backoff, RestartPolicy, Verdict};
+use crate::capture::{self, CaptureCtx};
+use crate::source::{SourceError, SourceOptions};
+use crate::stats::{Counters, DROP_PUBLISH_FAILED, FrameQueue, LiveCounts, PriorityCell};
+use crate::synthetic::SceneCache;
 
-/// Life-cycle states of a camera, as published on `its.events.camera.<id>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CameraState {
-    /// Opening the source.
-    Connecting,
-    /// Publishing frames.
-    Streaming,
-    /// Stopped (shutdown, or its frame budget was used up).
-    Stopped,
+/// What every camera of one ingest process shares.
+#[derive(Debug, Clone)]
+pub struct CameraEnv {
+    /// The bus frames, events and status go to.
+    pub bus: Bus,
+    /// Id of this ingest process (in `CameraStatus` and events).
+    pub ingest_id: String,
+    /// Source timeouts, limits and tools.
+    pub source: SourceOptions,
+    /// Restart and quarantine policy.
+    pub restart: RestartPolicy,
+    /// Frames queued per camera between capture and publication; the oldest is dropped
+    /// beyond this.
+    pub queue_capacity: usize,
+    /// Interval of `CameraStatus` reports.
+    pub status_interval: Duration,
+    /// Stop each camera after this many frames (0 = never); for tests and demos.
+    pub max_frames: u64,
+    /// Rendered synthetic scenes, shared between cameras.
+    pub scenes: SceneCache,
+    /// Live actor and task counts.
+    pub live: Arc<LiveCounts>,
 }
 
-impl CameraState {
-    fn as_str(self) -> &'static str {
-        match self {
-            CameraState::Connecting => "connecting",
-            CameraState::Streaming => "streaming",
-            CameraState::Stopped => "stopped",
+impl CameraEnv {
+    /// Defaults for everything but the bus and the ingest id.
+    pub fn new(bus: Bus, ingest_id: impl Into<String>) -> Self {
+        CameraEnv {
+            bus,
+            ingest_id: ingest_id.into(),
+            source: SourceOptions::default(),
+            restart: RestartPolicy::default(),
+            queue_capacity: 4,
+            status_interval: Duration::from_secs(1),
+            max_frames: 0,
+            scenes: SceneCache::default(),
+            live: Arc::new(LiveCounts::default()),
         }
     }
 }
@@ -44,8 +75,10 @@ pub struct CameraSnapshot {
     pub frames_published: u64,
     /// Frames that could not be published.
     pub publish_errors: u64,
-    /// The last publish error.
+    /// The last error (URLs redacted).
     pub last_error: Option<String>,
+    /// The full status, as published on `its.status.camera.<id>`.
+    pub status: CameraStatus,
 }
 
 /// Asks for a [`CameraSnapshot`].
@@ -53,71 +86,138 @@ pub struct CameraSnapshot {
 #[rtype(result = "CameraSnapshot")]
 pub struct GetSnapshot;
 
-/// Stops publishing; answers with the final snapshot. The actor stays to answer snapshots.
+/// Stops the source and publishes what is queued; answers with the final snapshot. The actor
+/// stays to answer snapshots.
 #[derive(Debug, Message)]
 #[rtype(result = "CameraSnapshot")]
 pub struct StopCamera;
 
-/// Answers once the camera has stopped publishing (its frame budget used up, or stopped).
+/// Like [`StopCamera`], then the actor ends.
+#[derive(Debug, Message)]
+#[rtype(result = "CameraSnapshot")]
+pub struct Shutdown;
+
+/// Answers once the camera is stopped (its frame budget used up, its source ended, or stopped).
 #[derive(Debug, Message)]
 #[rtype(result = "CameraSnapshot")]
 pub struct WaitStopped;
 
-/// One camera: publishes the frames of its source on `its.frames.<camera_id>`.
+/// Raises the camera's priority for a while.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Boost(pub PriorityBoost);
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct FirstFrame(u64);
+
+/// One camera.
 pub struct CameraActor {
-    id: String,
-    node_id: String,
-    scene: Arc<SyntheticScene>,
-    bus: Bus,
-    priority: Priority,
-    interval: Duration,
-    max_frames: u64,
-    seq: u64,
+    spec: CameraSpec,
+    env: Arc<CameraEnv>,
+    counters: Arc<Counters>,
+    queue: Arc<FrameQueue>,
+    priority: Arc<PriorityCell>,
     state: CameraState,
-    published: u64,
-    publish_errors: u64,
-    last_error: Option<String>,
-    timer: Option<SpawnHandle>,
+    backoff: Backoff,
+    attempt: u64,
+    capture: Option<tokio::task::AbortHandle>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
+    retry: Option<SpawnHandle>,
+    streaming_since: Option<Instant>,
+    stopping: bool,
+    last_report: (Instant, u64),
     stop_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl std::fmt::Debug for CameraActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CameraActor")
+            .field("id", &self.spec.id)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CameraActor {
-    /// A camera replaying `scene` at `fps`, stopping after `max_frames` frames (0 = never).
-    pub fn new(
-        id: String,
-        node_id: String,
-        scene: Arc<SyntheticScene>,
-        bus: Bus,
-        priority: Priority,
-        fps: f64,
-        max_frames: u64,
-    ) -> Self {
+    /// A camera for `spec`; it starts connecting when the actor starts.
+    pub fn new(spec: CameraSpec, env: Arc<CameraEnv>) -> Self {
         CameraActor {
-            id,
-            node_id,
-            scene,
-            bus,
-            priority,
-            interval: Duration::from_secs_f64(1.0 / fps),
-            max_frames,
-            seq: 0,
+            counters: Arc::new(Counters::default()),
+            queue: Arc::new(FrameQueue::new(env.queue_capacity)),
+            priority: Arc::new(PriorityCell::new(spec.priority)),
             state: CameraState::Connecting,
-            published: 0,
-            publish_errors: 0,
-            last_error: None,
-            timer: None,
+            backoff: Backoff::new(env.restart.clone()),
+            attempt: 0,
+            capture: None,
+            publisher: None,
+            retry: None,
+            streaming_since: None,
+            stopping: false,
+            last_report: (Instant::now(), 0),
             stop_waiters: Vec::new(),
+            spec,
+            env,
+        }
+    }
+
+    fn status(&self) -> CameraStatus {
+        let c = &self.counters;
+        let published = c.published.load(Ordering::Relaxed);
+        let (t, p) = self.last_report;
+        let secs = t.elapsed().as_secs_f64();
+        let (width, height) = c.resolution();
+        CameraStatus {
+            v: SCHEMA_VERSION,
+            camera_id: self.spec.id.clone(),
+            ingest_id: self.env.ingest_id.clone(),
+            at_ns: now_ns(),
+            state: self.state,
+            frames_captured: c.captured.load(Ordering::Relaxed),
+            frames_published: published,
+            drops: c.drops(),
+            fps_measured: if secs > 0.0 {
+                (published.saturating_sub(p) as f64 / secs) as f32
+            } else {
+                0.0
+            },
+            last_error: c.last_error(),
+            width,
+            height,
+            priority: self.priority.current(),
         }
     }
 
     fn snapshot(&self) -> CameraSnapshot {
+        let status = self.status();
         CameraSnapshot {
-            camera_id: self.id.clone(),
+            camera_id: self.spec.id.clone(),
             state: self.state,
-            frames_published: self.published,
-            publish_errors: self.publish_errors,
-            last_error: self.last_error.clone(),
+            frames_published: status.frames_published,
+            publish_errors: self.counters.dropped(DROP_PUBLISH_FAILED),
+            last_error: status.last_error.clone(),
+            status,
         }
+    }
+
+    fn event(&self, kind: EventKind, message: String) {
+        let msg = EventMsg {
+            v: SCHEMA_VERSION,
+            kind,
+            camera_id: self.spec.id.clone(),
+            node_id: self.env.ingest_id.clone(),
+            at_ns: now_ns(),
+            seq: None,
+            reason: None,
+            message,
+        };
+        let bus = self.env.bus.clone();
+        let subject = subjects::events(kind, &self.spec.id);
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish_msg(subject, &msg).await {
+                tracing::debug!(error = %e, "cannot publish camera event");
+            }
+        });
     }
 
     fn set_state(&mut self, state: CameraState) {
@@ -125,76 +225,173 @@ impl CameraActor {
             return;
         }
         self.state = state;
-        tracing::info!(camera = %self.id, state = state.as_str(), "camera state");
-        let msg = EventMsg {
-            v: SCHEMA_VERSION,
-            kind: EventKind::Camera,
-            camera_id: self.id.clone(),
-            node_id: self.node_id.clone(),
-            at_ns: now_ns(),
-            seq: None,
-            reason: None,
-            message: state.as_str().to_owned(),
+        tracing::info!(camera = %self.spec.id, state = state.as_str(), "camera state");
+        self.event(EventKind::Camera, state.as_str().to_owned());
+        if state == CameraState::Stopped {
+            for w in self.stop_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        let error = error.replace(&self.spec.url, &self.spec.redacted_url());
+        tracing::warn!(camera = %self.spec.id, %error, "camera source failed");
+        self.counters.set_error(error.clone());
+        self.event(EventKind::Error, error);
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        self.retry = None;
+        self.attempt += 1;
+        let attempt = self.attempt;
+        self.streaming_since = None;
+        self.set_state(CameraState::Connecting);
+        let addr = ctx.address();
+        let cctx = CaptureCtx {
+            spec: self.spec.clone(),
+            opts: self.env.source.clone(),
+            scenes: self.env.scenes.clone(),
+            queue: self.queue.clone(),
+            counters: self.counters.clone(),
+            max_frames: self.env.max_frames,
+            on_streaming: Box::new(move || addr.do_send(FirstFrame(attempt))),
         };
-        let bus = self.bus.clone();
-        let subject = subjects::events(EventKind::Camera, &self.id);
-        actix::spawn(async move {
-            if let Err(e) = bus.publish_msg(subject, &msg).await {
-                tracing::warn!(error = %e, "cannot publish camera event");
+        let guard = self.env.live.task();
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            capture::run(cctx).await
+        });
+        self.capture = Some(handle.abort_handle());
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(handle)
+                .map(move |res, act, ctx| act.capture_ended(attempt, res, ctx)),
+        );
+    }
+
+    fn capture_ended(
+        &mut self,
+        attempt: u64,
+        res: Result<Result<(), SourceError>, tokio::task::JoinError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if attempt != self.attempt || self.stopping {
+            return;
+        }
+        self.capture = None;
+        let err = match res {
+            Ok(Ok(())) => {
+                tracing::info!(camera = %self.spec.id, "source ended");
+                self.finish(ctx);
+                return;
+            }
+            Ok(Err(SourceError::Config(m))) => {
+                self.fail(SourceError::Config(m).to_string());
+                self.finish(ctx);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) if e.is_panic() => format!("source task panicked: {e}"),
+            Err(e) => format!("source task ended: {e}"),
+        };
+        self.fail(err);
+        let streamed = self
+            .streaming_since
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let unit: f64 = rand::rng().random();
+        let (state, wait) = match self.backoff.on_failure(Instant::now(), streamed, unit) {
+            Verdict::Backoff(d) => (CameraState::Backoff, d),
+            Verdict::Quarantine(d) => (CameraState::Quarantined, d),
+        };
+        self.set_state(state);
+        self.retry = Some(ctx.run_later(wait, |act, ctx| act.connect(ctx)));
+    }
+
+    /// The source ended for good: publish what is queued, then stop.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        let fut = self.stop_sources(ctx);
+        ctx.spawn(fut.map(|(), act, _| act.set_state(CameraState::Stopped)));
+    }
+
+    /// Stops the capture and lets the publisher drain the queue (2 s at most).
+    fn stop_sources(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> impl ActorFuture<Self, Output = ()> + use<> {
+        self.stopping = true;
+        if let Some(r) = self.retry.take() {
+            ctx.cancel_future(r);
+        }
+        if let Some(c) = self.capture.take() {
+            c.abort();
+        }
+        self.queue.close();
+        let publisher = self.publisher.take();
+        actix::fut::wrap_future(async move {
+            if let Some(mut p) = publisher
+                && tokio::time::timeout(Duration::from_secs(2), &mut p)
+                    .await
+                    .is_err()
+            {
+                p.abort();
+            }
+        })
+    }
+
+    fn report(&mut self) {
+        let status = self.status();
+        self.last_report = (Instant::now(), status.frames_published);
+        let bus = self.env.bus.clone();
+        let subject = subjects::camera_status(&self.spec.id);
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish_msg(subject, &status).await {
+                tracing::debug!(error = %e, "cannot publish camera status");
             }
         });
     }
+}
 
-    fn stop_publishing(&mut self, ctx: &mut Context<Self>) {
-        if let Some(t) = self.timer.take() {
-            ctx.cancel_future(t);
-        }
-        self.set_state(CameraState::Stopped);
-        for w in self.stop_waiters.drain(..) {
-            let _ = w.send(());
-        }
-    }
-
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.max_frames > 0 && self.seq >= self.max_frames {
-            self.stop_publishing(ctx);
-            return;
-        }
-        let jpeg = &self.scene.jpegs[(self.seq % self.scene.jpegs.len() as u64) as usize];
-        let frame = FrameMsg {
+async fn publish_loop(
+    id: String,
+    bus: Bus,
+    queue: Arc<FrameQueue>,
+    counters: Arc<Counters>,
+    priority: Arc<PriorityCell>,
+) {
+    let subject = subjects::frames(&id);
+    let mut seq = 0u64;
+    while let Some(f) = queue.pop().await {
+        let msg = FrameMsg {
             v: SCHEMA_VERSION,
-            camera_id: self.id.clone(),
-            seq: self.seq,
-            captured_at_ns: now_ns(),
-            priority: self.priority,
+            camera_id: id.clone(),
+            seq,
+            captured_at_ns: f.captured_at_ns,
+            priority: priority.current(),
             deadline_ns: None,
-            width: self.scene.width,
-            height: self.scene.height,
+            width: f.width,
+            height: f.height,
             encoding: Encoding::Jpeg,
-            data: jpeg.clone(),
+            data: f.jpeg,
         };
-        self.seq += 1;
-        let bytes = match its_proto::encode(&frame) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                self.publish_errors += 1;
-                self.last_error = Some(e.to_string());
-                return;
+        let res = match its_proto::encode(&msg) {
+            Ok(b) => bus.publish_raw(subject.clone(), Bytes::from(b)).await,
+            Err(e) => Err(e.into()),
+        };
+        match res {
+            Ok(()) => {
+                seq += 1;
+                counters.published.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        let bus = self.bus.clone();
-        let subject = subjects::frames(&self.id);
-        ctx.spawn(
-            async move { bus.publish_raw(subject, bytes).await }
-                .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok(()) => act.published += 1,
-                    Err(e) => {
-                        act.publish_errors += 1;
-                        act.last_error = Some(e.to_string());
-                    }
-                }),
-        );
+            Err(e) => {
+                counters.drop_frame(DROP_PUBLISH_FAILED);
+                counters.set_error(e.to_string());
+            }
+        }
     }
 }
 
@@ -202,8 +399,46 @@ impl Actor for CameraActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.set_state(CameraState::Streaming);
-        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.tick(ctx)));
+        self.env.live.actor_started();
+        let guard = self.env.live.task();
+        let fut = publish_loop(
+            self.spec.id.clone(),
+            self.env.bus.clone(),
+            self.queue.clone(),
+            self.counters.clone(),
+            self.priority.clone(),
+        );
+        self.publisher = Some(tokio::spawn(async move {
+            let _guard = guard;
+            fut.await
+        }));
+        ctx.run_interval(self.env.status_interval, |act, _| act.report());
+        // The first Connecting is the initial state, so announce it here.
+        self.event(
+            EventKind::Camera,
+            CameraState::Connecting.as_str().to_owned(),
+        );
+        self.connect(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(c) = self.capture.take() {
+            c.abort();
+        }
+        if let Some(p) = self.publisher.take() {
+            p.abort();
+        }
+        self.env.live.actor_stopped();
+    }
+}
+
+impl Handler<FirstFrame> for CameraActor {
+    type Result = ();
+    fn handle(&mut self, FirstFrame(attempt): FirstFrame, _: &mut Context<Self>) {
+        if attempt == self.attempt && !self.stopping && self.state == CameraState::Connecting {
+            self.streaming_since = Some(Instant::now());
+            self.set_state(CameraState::Streaming);
+        }
     }
 }
 
@@ -214,20 +449,34 @@ impl Handler<GetSnapshot> for CameraActor {
     }
 }
 
-impl Handler<StopCamera> for CameraActor {
-    type Result = MessageResult<StopCamera>;
-    fn handle(&mut self, _: StopCamera, ctx: &mut Context<Self>) -> Self::Result {
-        self.stop_publishing(ctx);
-        MessageResult(self.snapshot())
+impl Handler<Boost> for CameraActor {
+    type Result = ();
+    fn handle(&mut self, Boost(b): Boost, _: &mut Context<Self>) {
+        let until = Instant::now() + Duration::from_millis(b.duration_ms);
+        self.priority.boost(b.priority, until);
+        tracing::info!(camera = %self.spec.id, priority = b.priority.as_str(), ms = b.duration_ms, "priority boost");
     }
 }
 
-/// Now, unix nanoseconds.
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+impl Handler<StopCamera> for CameraActor {
+    type Result = ResponseActFuture<Self, CameraSnapshot>;
+    fn handle(&mut self, _: StopCamera, ctx: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.stop_sources(ctx).map(|(), act, _| {
+            act.set_state(CameraState::Stopped);
+            act.snapshot()
+        }))
+    }
+}
+
+impl Handler<Shutdown> for CameraActor {
+    type Result = ResponseActFuture<Self, CameraSnapshot>;
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.stop_sources(ctx).map(|(), act, ctx| {
+            act.set_state(CameraState::Stopped);
+            ctx.stop();
+            act.snapshot()
+        }))
+    }
 }
 
 impl Handler<WaitStopped> for CameraActor {
@@ -247,4 +496,12 @@ impl Handler<WaitStopped> for CameraActor {
             .map(|(), act, _| act.snapshot()),
         )
     }
+}
+
+/// Now, unix nanoseconds.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -2,12 +2,15 @@
 //! above, deterministic by seed. Frames are rendered once and replayed, so hundreds of
 //! cameras cost little CPU.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::CameraError;
 
 /// What to render.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SceneSpec {
     /// Frame width, pixels.
     pub width: u32,
@@ -137,6 +140,31 @@ impl SyntheticScene {
             height: spec.height,
             jpegs,
         })
+    }
+}
+
+/// Rendered scenes shared between cameras with the same [`SceneSpec`]: a scene is rendered
+/// once (off the async threads) and dropped when no camera uses it any more.
+#[derive(Debug, Clone, Default)]
+pub struct SceneCache {
+    scenes: Arc<tokio::sync::Mutex<HashMap<SceneSpec, Weak<SyntheticScene>>>>,
+}
+
+impl SceneCache {
+    /// The scene for `spec`, rendering it if no camera holds it now.
+    pub async fn get(&self, spec: SceneSpec) -> Result<Arc<SyntheticScene>, CameraError> {
+        let mut map = self.scenes.lock().await;
+        if let Some(s) = map.get(&spec).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let key = spec.clone();
+        let scene = tokio::task::spawn_blocking(move || SyntheticScene::render(&spec))
+            .await
+            .map_err(|e| CameraError::Scene(format!("renderer failed: {e}")))??;
+        let scene = Arc::new(scene);
+        map.insert(key, Arc::downgrade(&scene));
+        Ok(scene)
     }
 }
 

@@ -138,7 +138,8 @@ impl Default for NatsSettings {
     }
 }
 
-/// Cameras run by this process. Until the live registry exists, only synthetic ones.
+/// Cameras run by this process: synthetic cameras named here, and (with `registry`) every
+/// camera of the live registry in NATS KV that this process holds the lease of.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraSettings {
@@ -164,6 +165,30 @@ pub struct CameraSettings {
     pub priority: Priority,
     /// Stop each camera after this many frames; 0 = run until shutdown.
     pub max_frames: u64,
+    /// Run the cameras of the live registry (NATS KV bucket `its_cameras`), sharing them with
+    /// the other ingest processes through leases.
+    pub registry: bool,
+    /// Lifetime of a camera lease, milliseconds (1000 to 600000); renewed every third of it.
+    pub lease_ttl_ms: u64,
+    /// Most registry cameras this process takes; 0 = no limit.
+    pub max_cameras: u32,
+    /// A source that delivers nothing for this long has stalled, milliseconds (100 to 600000).
+    pub read_timeout_ms: u64,
+    /// First wait before reconnecting a failed camera, milliseconds (10 to 600000).
+    pub backoff_initial_ms: u64,
+    /// Longest wait between reconnects, milliseconds (at least `backoff_initial_ms`).
+    pub backoff_max_ms: u64,
+    /// Failures within `quarantine_window_ms` that quarantine a camera; 0 = never.
+    pub quarantine_failures: u32,
+    /// Window over which failures are counted, milliseconds.
+    pub quarantine_window_ms: u64,
+    /// How long a quarantined camera waits before its next attempt, milliseconds.
+    pub quarantine_ms: u64,
+    /// Frames queued per camera while the bus is behind (1 to 1000); the oldest is dropped
+    /// beyond it.
+    pub queue_capacity: u32,
+    /// The ffmpeg executable used for RTSP and video-file sources.
+    pub ffmpeg_bin: String,
 }
 
 impl Default for CameraSettings {
@@ -180,6 +205,17 @@ impl Default for CameraSettings {
             loop_frames: 30,
             priority: Priority::Normal,
             max_frames: 0,
+            registry: false,
+            lease_ttl_ms: 6000,
+            max_cameras: 0,
+            read_timeout_ms: 10_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            quarantine_failures: 8,
+            quarantine_window_ms: 120_000,
+            quarantine_ms: 300_000,
+            queue_capacity: 4,
+            ffmpeg_bin: "ffmpeg".into(),
         }
     }
 }
@@ -512,6 +548,42 @@ impl Settings {
             "cameras.loop_frames",
             c.loop_frames,
             "1 to 1000",
+        )?;
+        check(
+            (1000..=600_000).contains(&c.lease_ttl_ms),
+            "cameras.lease_ttl_ms",
+            c.lease_ttl_ms,
+            "1000 to 600000",
+        )?;
+        check(
+            (100..=600_000).contains(&c.read_timeout_ms),
+            "cameras.read_timeout_ms",
+            c.read_timeout_ms,
+            "100 to 600000",
+        )?;
+        check(
+            (10..=600_000).contains(&c.backoff_initial_ms),
+            "cameras.backoff_initial_ms",
+            c.backoff_initial_ms,
+            "10 to 600000",
+        )?;
+        check(
+            c.backoff_max_ms >= c.backoff_initial_ms && c.backoff_max_ms <= 3_600_000,
+            "cameras.backoff_max_ms",
+            c.backoff_max_ms,
+            "backoff_initial_ms to 3600000",
+        )?;
+        check(
+            (1..=1000).contains(&c.queue_capacity),
+            "cameras.queue_capacity",
+            c.queue_capacity,
+            "1 to 1000",
+        )?;
+        check(
+            !c.ffmpeg_bin.trim().is_empty(),
+            "cameras.ffmpeg_bin",
+            &c.ffmpeg_bin,
+            "a program name or path",
         )?;
         let s = &self.scheduler;
         for (key, v) in [

@@ -7,15 +7,17 @@
 mod status;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use its_bus::{Bus, LocalNatsServer};
-use its_camera::{CameraActor, CameraSnapshot, SceneSpec, StopCamera, SyntheticScene, WaitStopped};
+use its_camera::{
+    ApplySpec, CameraEnv, CameraSnapshot, CameraSupervisor, Registry, RegistryOptions,
+    RestartPolicy, StopAll, WaitAllStopped,
+};
 use its_config::{Provider, Settings};
 use its_engine::{ExecutionProviderKind, OrtOptions};
-use its_proto::{NodeStatus, Priority, subjects};
+use its_proto::{CameraSpec, NodeStatus, Priority, subjects};
 use its_scheduler::{Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerHandle};
 use its_worker::{CpuWorker, CpuWorkerOptions};
 use tokio::sync::oneshot;
@@ -37,6 +39,9 @@ pub enum NodeError {
         /// Why.
         source: its_camera::CameraError,
     },
+    /// The admin API could not start.
+    #[error(transparent)]
+    Admin(#[from] its_admin::AdminError),
     /// Shutdown did not complete in time.
     #[error("shutdown: {0}")]
     Shutdown(String),
@@ -57,13 +62,15 @@ pub struct Node {
     bus: Bus,
     acct: Accounting,
     scheduler: Addr<SchedulerActor>,
-    cameras: Vec<Addr<CameraActor>>,
+    cameras: Addr<CameraSupervisor>,
+    registry: Option<Registry>,
     intake_stop: Option<oneshot::Sender<()>>,
     intake_done: Option<tokio::task::JoinHandle<()>>,
     status_task: Option<tokio::task::JoinHandle<()>>,
     /// The scheduler control server and the worker status publisher.
     scheduler_tasks: Vec<tokio::task::JoinHandle<()>>,
     embedded: Option<LocalNatsServer>,
+    admin: Option<its_admin::AdminServer>,
 }
 
 impl std::fmt::Debug for Node {
@@ -148,6 +155,12 @@ impl Node {
             (settings.nats.url.clone(), None)
         };
         let bus = its_bus::connect(&settings.nats, &url, &format!("its-node-{node_id}")).await?;
+        // The admin API first: an unsafe admin setting stops start-up before anything runs.
+        let admin = if settings.admin.enabled {
+            Some(its_admin::AdminServer::start(&settings.admin, bus.clone()).await?)
+        } else {
+            None
+        };
         let acct = Accounting::new(&node_id, bus.clone());
 
         let workers = match workers {
@@ -198,25 +211,32 @@ impl Node {
             stop_rx,
         ));
 
-        let cameras = start_cameras(&settings, &bus).await?;
+        let (cameras, registry) = start_cameras(&settings, &bus).await?;
         let status_task = actix::spawn(status::report(
             settings.status.clone(),
             acct.clone(),
             bus.clone(),
         ));
-        tracing::info!(node = %node_id, cameras = cameras.len(), "node running");
+        tracing::info!(node = %node_id, registry = registry.is_some(), "node running");
         Ok(Node {
             settings,
             bus,
             acct,
             scheduler,
             cameras,
+            registry,
             intake_stop: Some(stop_tx),
             intake_done: Some(intake_done),
             status_task: Some(status_task),
             scheduler_tasks,
             embedded,
+            admin,
         })
+    }
+
+    /// Where the admin API listens, when `admin.enabled`.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
     }
 
     /// The bus this node uses.
@@ -231,19 +251,16 @@ impl Node {
 
     /// Waits until every camera has used up its frame budget (`cameras.max_frames`).
     pub async fn cameras_finished(&self) -> Vec<CameraSnapshot> {
-        let waits = self.cameras.iter().map(|c| c.send(WaitStopped));
-        futures::future::join_all(waits)
-            .await
-            .into_iter()
-            .filter_map(Result::ok)
-            .collect()
+        self.cameras.send(WaitAllStopped).await.unwrap_or_default()
     }
 
     /// Stops the node in order and reports the final counters.
     pub async fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
         tracing::info!("shutting down: stopping cameras");
-        let stops = self.cameras.iter().map(|c| c.send(StopCamera));
-        futures::future::join_all(stops).await;
+        let cameras = self.cameras.send(StopAll).await.unwrap_or_default();
+        if let Some(r) = self.registry.take() {
+            r.stop().await;
+        }
         self.bus.flush().await?;
         tracing::info!("draining the frame subscription");
         if let Some(stop) = self.intake_stop.take() {
@@ -269,17 +286,14 @@ impl Node {
         for t in self.scheduler_tasks.drain(..) {
             t.abort();
         }
-        // Read the camera counters last: they settle once their final publishes have returned.
-        let finals = self.cameras.iter().map(|c| c.send(its_camera::GetSnapshot));
-        let cameras: Vec<CameraSnapshot> = futures::future::join_all(finals)
-            .await
-            .into_iter()
-            .filter_map(Result::ok)
-            .collect();
+        // StopAll answered once every camera's queue was published, so its counters are final.
         let status = self.acct.status(false);
         self.bus
             .publish_msg(subjects::node_status(&self.settings.node.id), &status)
             .await?;
+        if let Some(admin) = self.admin.take() {
+            admin.stop().await;
+        }
         tracing::info!("draining nats");
         self.bus.drain().await?;
         drop(self.embedded.take());
@@ -287,41 +301,52 @@ impl Node {
     }
 }
 
+/// The camera environment of the `[cameras]` settings.
+pub fn camera_env(settings: &Settings, bus: &Bus) -> CameraEnv {
+    let c = &settings.cameras;
+    let mut env = CameraEnv::new(bus.clone(), settings.node.id.clone());
+    env.source.read_timeout = Duration::from_millis(c.read_timeout_ms);
+    env.source.ffmpeg_bin = c.ffmpeg_bin.clone();
+    env.source.synthetic_loop_frames = c.loop_frames;
+    env.restart = RestartPolicy {
+        initial: Duration::from_millis(c.backoff_initial_ms),
+        max: Duration::from_millis(c.backoff_max_ms),
+        quarantine_failures: c.quarantine_failures,
+        quarantine_window: Duration::from_millis(c.quarantine_window_ms),
+        quarantine_for: Duration::from_millis(c.quarantine_ms),
+        ..RestartPolicy::default()
+    };
+    env.queue_capacity = c.queue_capacity as usize;
+    env.max_frames = c.max_frames;
+    env
+}
+
+/// Starts the camera supervisor with the synthetic cameras of the settings, and the registry
+/// watcher when `cameras.registry` is set.
 async fn start_cameras(
     settings: &Settings,
     bus: &Bus,
-) -> Result<Vec<Addr<CameraActor>>, NodeError> {
+) -> Result<(Addr<CameraSupervisor>, Option<Registry>), NodeError> {
     let c = &settings.cameras;
-    let ids = c.camera_ids();
-    let mut addrs = Vec::with_capacity(ids.len());
-    for (n, id) in ids.into_iter().enumerate() {
-        let spec = SceneSpec {
-            width: c.width,
-            height: c.height,
-            seed: c.seed + n as u64,
-            frames: c.loop_frames,
-            jpeg_quality: c.jpeg_quality,
-        };
-        // Rendering is CPU work: keep it off the actor threads.
-        let scene = tokio::task::spawn_blocking(move || SyntheticScene::render(&spec))
-            .await
-            .map_err(|e| NodeError::Shutdown(format!("scene renderer: {e}")))?
-            .map_err(|source| NodeError::Camera {
-                camera: id.clone(),
-                source,
-            })?;
-        addrs.push(
-            CameraActor::new(
-                id,
-                settings.node.id.clone(),
-                Arc::new(scene),
-                bus.clone(),
-                c.priority,
-                c.fps,
-                c.max_frames,
-            )
-            .start(),
-        );
+    let supervisor = CameraSupervisor::new(camera_env(settings, bus)).start();
+    for (n, id) in c.camera_ids().into_iter().enumerate() {
+        let mut spec = CameraSpec::new(id, "synthetic://road", c.fps as f32);
+        spec.width = Some(c.width);
+        spec.height = Some(c.height);
+        spec.seed = c.seed + n as u64;
+        spec.jpeg_quality = c.jpeg_quality;
+        spec.priority = c.priority;
+        supervisor.do_send(ApplySpec(spec));
     }
-    Ok(addrs)
+    let registry = if c.registry {
+        let opts = RegistryOptions {
+            ingest_id: settings.node.id.clone(),
+            lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+            max_cameras: c.max_cameras as usize,
+        };
+        Some(Registry::start(bus, supervisor.clone(), opts).await?)
+    } else {
+        None
+    };
+    Ok((supervisor, registry))
 }
