@@ -249,7 +249,8 @@ impl SchedulerActor {
     fn drop_frame(&mut self, f: &FrameMsg, reason: DropReason, message: String) {
         self.acct
             .dropped(&f.camera_id, Some(f.seq), reason, message);
-        self.reorder.settled(&f.camera_id, f.seq, &mut self.released);
+        self.reorder
+            .settled(&f.camera_id, f.seq, &mut self.released);
         self.flush_released();
     }
 
@@ -298,10 +299,7 @@ impl SchedulerActor {
             }
         }
         self.pump_retries(ctx);
-        loop {
-            let Some(w) = self.pick_worker(self.queues.len().max(1), None) else {
-                break;
-            };
+        while let Some(w) = self.pick_worker(self.queues.len().max(1), None) {
             let now = Instant::now();
             match self
                 .batcher
@@ -570,7 +568,10 @@ impl SchedulerActor {
         let why = match state {
             BreakerState::Closed => format!("deadline misses stayed at or below {}", ratio / 2.0),
             BreakerState::HalfOpen => {
-                format!("deadline misses fell to {} or less; letting a trickle through", ratio / 2.0)
+                format!(
+                    "deadline misses fell to {} or less; letting a trickle through",
+                    ratio / 2.0
+                )
             }
             _ => format!("deadline-miss ratio above {ratio}; {shed} queued frames shed"),
         };
@@ -578,11 +579,7 @@ impl SchedulerActor {
     }
 
     fn tune(&mut self, t: SchedulerTuning) -> Result<String, String> {
-        let v = validate_tuning(
-            &t,
-            self.opts.min_batch_timeout,
-            self.opts.max_batch_timeout,
-        )?;
+        let v = validate_tuning(&t, self.opts.min_batch_timeout, self.opts.max_batch_timeout)?;
         let mut done = Vec::new();
         if let Some(sizes) = v.batch_sizes {
             self.opts.batch_sizes = sizes;
@@ -632,7 +629,10 @@ impl SchedulerActor {
                     .iter()
                     .map(|w| w.handle.info.id.as_str())
                     .collect();
-                format!("no worker {id:?} on this node (workers: {})", known.join(", "))
+                format!(
+                    "no worker {id:?} on this node (workers: {})",
+                    known.join(", ")
+                )
             })
     }
 }

@@ -129,7 +129,7 @@ impl Breaker {
             BreakerState::HalfOpen => {
                 if matches!(p, Priority::Background | Priority::Normal) {
                     self.trickle_count = self.trickle_count.wrapping_add(1);
-                    self.trickle_count % self.cfg.trickle.max(1) != 0
+                    !self.trickle_count.is_multiple_of(self.cfg.trickle.max(1))
                 } else {
                     false
                 }

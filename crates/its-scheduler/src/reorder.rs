@@ -93,7 +93,14 @@ impl<T> ReorderBuffer<T> {
 
     /// A result for a registered frame; what can leave now is appended to `out`. A result for a
     /// frame never registered leaves at once.
-    pub fn ready(&mut self, camera: &str, seq: u64, item: T, now: Instant, out: &mut Vec<Released<T>>) {
+    pub fn ready(
+        &mut self,
+        camera: &str,
+        seq: u64,
+        item: T,
+        now: Instant,
+        out: &mut Vec<Released<T>>,
+    ) {
         let Some(cam) = self.cameras.get_mut(camera) else {
             out.push(Released {
                 item,
