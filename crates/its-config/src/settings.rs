@@ -48,6 +48,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// Status output.
     pub status: StatusSettings,
+    /// The admin REST API (role `admin` of `its run`).
+    pub admin: AdminSettings,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
             scheduler: SchedulerSettings::default(),
             engine: EngineSettings::default(),
             status: StatusSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }
@@ -435,6 +438,101 @@ impl Default for StatusSettings {
     }
 }
 
+/// What a bearer token of the admin API may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Read-only: every GET.
+    Viewer,
+    /// Viewer, plus camera changes and scheduler tuning.
+    Operator,
+    /// Everything, worker drain and model changes included.
+    Admin,
+}
+
+impl AdminRole {
+    /// The name used in config and token files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::Operator => "operator",
+            AdminRole::Admin => "admin",
+        }
+    }
+}
+
+/// One bearer token of the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// A name for logs (the token itself is never logged).
+    #[serde(default)]
+    pub name: String,
+    /// What the token may do.
+    pub role: AdminRole,
+    /// The token (at least 16 characters).
+    pub token: Secret,
+}
+
+/// The admin REST API: cameras, workers, scheduler tuning, probes, metrics, OpenAPI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Run the admin API in this process.
+    pub enabled: bool,
+    /// Listen address `host:port` (port 0 = any free port). A non-loopback address needs
+    /// at least one token.
+    pub bind: String,
+    /// HTTP worker threads, 1 to 16.
+    pub workers: u32,
+    /// Bearer tokens (`[[admin.tokens]]` tables of name, role, token).
+    pub tokens: Vec<AdminToken>,
+    /// A file of more tokens (e.g. a mounted secret): one `role token [name]` per line, `#`
+    /// starts a comment. Read at start-up.
+    pub tokens_file: String,
+    /// Require a token (any role) for `/healthz` and `/readyz`.
+    pub protect_health: bool,
+    /// Require a token (any role) for `/metrics`.
+    pub protect_metrics: bool,
+    /// Export per-camera metric series (turn off for very large fleets).
+    pub per_camera_metrics: bool,
+    /// Most distinct cameras with their own metric series; further ones are summed under
+    /// `camera="_other"`.
+    pub max_camera_series: usize,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Time a node's scheduler has to answer a control request (drain, tuning), milliseconds.
+    pub control_timeout_ms: u64,
+    /// `/readyz` needs a status report from at least one node.
+    pub ready_requires_status: bool,
+    /// A node, worker or camera whose last status is older than this is reported stale,
+    /// milliseconds.
+    pub stale_after_ms: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: false,
+            bind: "127.0.0.1:8080".into(),
+            workers: 2,
+            tokens: Vec::new(),
+            tokens_file: String::new(),
+            protect_health: false,
+            protect_metrics: false,
+            per_camera_metrics: true,
+            max_camera_series: 10_000,
+            max_body_bytes: 64 * 1024,
+            request_timeout_ms: 5_000,
+            control_timeout_ms: 2_000,
+            ready_requires_status: true,
+            stale_after_ms: 10_000,
+        }
+    }
+}
+
 fn check<T: std::fmt::Debug>(
     ok: bool,
     key: &str,
@@ -730,6 +828,46 @@ impl Settings {
             self.status.interval_ms,
             "100 to 60000",
         )?;
+        let a = &self.admin;
+        check(
+            a.bind.parse::<std::net::SocketAddr>().is_ok(),
+            "admin.bind",
+            &a.bind,
+            "an IP address and port, e.g. 127.0.0.1:8080",
+        )?;
+        check(
+            (1..=16).contains(&a.workers),
+            "admin.workers",
+            a.workers,
+            "1 to 16",
+        )?;
+        for t in &a.tokens {
+            check(
+                t.token.0.len() >= 16 && !t.token.0.chars().any(char::is_whitespace),
+                "admin.tokens.token",
+                &t.name,
+                "a token of at least 16 characters without whitespace",
+            )?;
+        }
+        check(
+            (1024..=16 * 1024 * 1024).contains(&a.max_body_bytes),
+            "admin.max_body_bytes",
+            a.max_body_bytes,
+            "1024 to 16777216",
+        )?;
+        check(
+            (1..=1_000_000).contains(&a.max_camera_series),
+            "admin.max_camera_series",
+            a.max_camera_series,
+            "1 to 1000000",
+        )?;
+        for (key, v) in [
+            ("admin.request_timeout_ms", a.request_timeout_ms),
+            ("admin.control_timeout_ms", a.control_timeout_ms),
+            ("admin.stale_after_ms", a.stale_after_ms),
+        ] {
+            check((100..=600_000).contains(&v), key, v, "100 to 600000 ms")?;
+        }
         Ok(())
     }
 
@@ -740,7 +878,10 @@ impl Settings {
             &mut s.nats.password,
             &mut s.nats.token,
             &mut s.nats.nkey_seed,
-        ] {
+        ]
+        .into_iter()
+        .chain(s.admin.tokens.iter_mut().map(|t| &mut t.token))
+        {
             if secret.get().is_some() {
                 *secret = Secret("<redacted>".into());
             }
