@@ -209,6 +209,13 @@ pub struct Network {
     pub layers: Vec<Layer>,
 }
 
+/// Largest integer accepted for any cfg option.
+pub const MAX_VALUE: usize = 16_384;
+/// Largest channel count, height or width of any layer output.
+pub const MAX_DIM: usize = 1 << 20;
+/// Largest number of output rows (all heads together).
+pub const MAX_ROWS: usize = 1 << 24;
+
 /// Shape `(channels, height, width)` of a layer's output.
 pub type Chw = (usize, usize, usize);
 
@@ -317,8 +324,20 @@ impl<'a> Opts<'a> {
         }
     }
 
+    /// An integer option, at most [`MAX_VALUE`] (so shape arithmetic cannot overflow).
     fn usize_or(&mut self, key: &'a str, default: usize) -> Result<usize, ModelError> {
-        Ok(self.parse::<usize>(key)?.unwrap_or(default))
+        let v = self.parse::<usize>(key)?.unwrap_or(default);
+        if v > MAX_VALUE {
+            let line = self.raw(key).map_or(self.section.line, |(_, l)| l);
+            return Err(self.err(
+                line,
+                format!(
+                    "[{}] `{key}={v}` is larger than {MAX_VALUE}",
+                    self.section.kind
+                ),
+            ));
+        }
+        Ok(v)
     }
 
     fn required(&mut self, key: &'a str) -> Result<usize, ModelError> {
@@ -700,7 +719,28 @@ impl Network {
                     prev
                 }
             };
+            if shape.0 > MAX_DIM || shape.1 > MAX_DIM || shape.2 > MAX_DIM {
+                return Err(err(format!(
+                    "output {shape:?} is larger than {MAX_DIM} in some dimension"
+                )));
+            }
             shapes.push(shape);
+        }
+        let rows: usize = self
+            .layers
+            .iter()
+            .zip(&shapes)
+            .filter_map(|(l, &(_, h, w))| match l {
+                Layer::Yolo { anchors, .. } => Some(anchors.len() * h * w),
+                _ => None,
+            })
+            .sum();
+        if rows > MAX_ROWS {
+            return Err(ModelError::Cfg {
+                file: String::new(),
+                line: 0,
+                message: format!("{rows} output rows is more than {MAX_ROWS}"),
+            });
         }
         let classes: Vec<usize> = self
             .layers
@@ -823,7 +863,8 @@ pub fn read_weights(
     }
     let (major, minor, revision) = (i32_at(0), i32_at(4), i32_at(8));
     // Darknet: `seen` is a size_t from format 0.2 on, an int before.
-    let long_seen = major * 10 + minor >= 2 && major < 1000 && minor < 1000;
+    let long_seen =
+        (0..1000).contains(&major) && (0..1000).contains(&minor) && major * 10 + minor >= 2;
     let mut offset = if long_seen { 20 } else { 16 };
     if bytes.len() < offset {
         return Err(err(format!(
@@ -857,7 +898,7 @@ pub fn read_weights(
         let need = count * 4;
         if bytes.len() - offset < need {
             return Err(err(format!(
-                "truncated: layer {i} (convolutional, {filters} filters) needs {count} floats at byte {offset}, only {} bytes left",
+                "truncated: layer {i} (convolutional, {filters} filters) needs {count} floats ({need} bytes) at byte {offset}, only {} bytes left",
                 bytes.len() - offset
             )));
         }
@@ -1208,16 +1249,16 @@ pub struct ImportReport {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
-    std::fs::read(path).map_err(|source| ModelError::Io {
+    std::fs::read(path).map_err(|io| ModelError::Io {
         path: path.to_owned(),
-        source,
+        io,
     })
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), ModelError> {
-    std::fs::write(path, data).map_err(|source| ModelError::Io {
+    std::fs::write(path, data).map_err(|io| ModelError::Io {
         path: path.to_owned(),
-        source,
+        io,
     })
 }
 
@@ -1285,9 +1326,9 @@ pub fn import(
     );
     ModelManifest::parse(&toml_text)
         .map_err(|e| ModelError::Onnx(format!("the written manifest does not load: {e}")))?;
-    std::fs::create_dir_all(out_dir).map_err(|source| ModelError::Io {
+    std::fs::create_dir_all(out_dir).map_err(|io| ModelError::Io {
         path: out_dir.to_owned(),
-        source,
+        io,
     })?;
     let onnx_path = out_dir.join("model.onnx");
     let manifest_path = out_dir.join(its_engine::manifest::MANIFEST_FILE);

@@ -475,9 +475,9 @@ impl ModelProto {
 
     /// Reads an ONNX file.
     pub fn read(path: &std::path::Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = std::fs::read(path).map_err(|io| ModelError::Io {
             path: path.to_owned(),
-            source,
+            io,
         })?;
         Self::from_bytes(&bytes)
     }

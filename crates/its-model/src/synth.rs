@@ -702,9 +702,9 @@ pub fn write(spec: &SynthSpec, out_dir: &Path) -> Result<SynthReport, ModelError
         &toml::to_string(&manifest)
             .map_err(|e| ModelError::Synth(format!("cannot write the manifest: {e}")))?,
     );
-    std::fs::create_dir_all(out_dir).map_err(|source| ModelError::Io {
+    std::fs::create_dir_all(out_dir).map_err(|io| ModelError::Io {
         path: out_dir.to_owned(),
-        source,
+        io,
     })?;
     let onnx_path = out_dir.join("model.onnx");
     for (path, data) in [
@@ -714,7 +714,7 @@ pub fn write(spec: &SynthSpec, out_dir: &Path) -> Result<SynthReport, ModelError
             text.into_bytes(),
         ),
     ] {
-        std::fs::write(&path, data).map_err(|source| ModelError::Io { path, source })?;
+        std::fs::write(&path, data).map_err(|io| ModelError::Io { path, io })?;
     }
     Ok(SynthReport {
         onnx_path,

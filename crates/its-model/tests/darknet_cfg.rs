@@ -164,6 +164,10 @@ fn malformed_structure_is_an_error() {
 
     let (_, msg) = cfg_err(&SMALL.replace("channels=3", "channels=1"));
     assert!(msg.contains("only 3-channel"), "{msg}");
+
+    let (line, msg) = cfg_err(&SMALL.replace("filters=4", "filters=99999999999999"));
+    assert_eq!(line, 12);
+    assert!(msg.contains("is larger than 16384"), "{msg}");
 }
 
 #[test]
@@ -254,8 +258,10 @@ fn weights_must_match_the_cfg_exactly() {
     let (header, convs_old) = read_weights(&old, &path, &net).unwrap();
     assert_eq!(header.seen, 7);
     assert_eq!(convs_old, convs);
-    // Too short for any header.
+    // Too short for any header; text instead of weights.
     assert!(read_weights(&bytes[..10], &path, &net).is_err());
+    let err = read_weights(SMALL.as_bytes(), &path, &net).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
 }
 
 #[test]

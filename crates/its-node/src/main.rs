@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use its_config::{Settings, Sources};
 use its_node::Node;
 
+mod model_cmd;
+
 /// ITS Camera AI: live traffic-camera streams to object detections over NATS.
 #[derive(Debug, Parser)]
 #[command(name = "its", version, about)]
@@ -49,6 +51,11 @@ enum Command {
         /// JPEG files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Model files: import a Darknet model, write synthetic YOLO graphs.
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
     },
     /// Inspect the configuration.
     Config {
@@ -96,6 +103,7 @@ fn real_main() -> anyhow::Result<()> {
             print!("{}", settings.to_toml_redacted());
             Ok(())
         }
+        Command::Model { command } => model_cmd::run(command),
         Command::Detect {
             model,
             json,
