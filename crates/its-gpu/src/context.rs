@@ -24,8 +24,20 @@ pub const LETTERBOX_SRC: KernelSource = KernelSource {
     source: include_str!("../../../kernels/letterbox.cu"),
 };
 
+/// `kernels/postprocess.cu`.
+pub const POSTPROCESS_SRC: KernelSource = KernelSource {
+    name: "postprocess.cu",
+    source: include_str!("../../../kernels/postprocess.cu"),
+};
+
+/// `kernels/quality.cu`.
+pub const QUALITY_SRC: KernelSource = KernelSource {
+    name: "quality.cu",
+    source: include_str!("../../../kernels/quality.cu"),
+};
+
 /// Every kernel file of the crate (the compile test walks this list).
-pub const ALL_KERNELS: &[KernelSource] = &[LETTERBOX_SRC];
+pub const ALL_KERNELS: &[KernelSource] = &[LETTERBOX_SRC, POSTPROCESS_SRC, QUALITY_SRC];
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

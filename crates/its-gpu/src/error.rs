@@ -27,6 +27,12 @@ pub enum GpuError {
         /// The compiler's log.
         log: String,
     },
+    /// The nvJPEG library (libnvjpeg.so.13) or one of its symbols could not be loaded.
+    #[error("no nvjpeg library: {0}")]
+    NoNvjpeg(String),
+    /// nvJPEG refused a frame or a batch.
+    #[error("jpeg decode: {0}")]
+    Jpeg(String),
     /// A CUDA driver call failed.
     #[error("cuda driver: {0}")]
     Driver(#[from] DriverError),

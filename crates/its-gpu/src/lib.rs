@@ -1,6 +1,7 @@
 //! The GPU path of ITS Camera AI: CUDA context and run-time compiled kernels (cudarc, NVRTC,
 //! loaded dynamically so the crate builds and runs on machines without CUDA), and the fused
-//! letterbox preprocessing kernel.
+//! letterbox preprocessing kernel, GPU post-processing (decode + NMS), frame quality, nvJPEG
+//! batched decode, bounded device / pinned pools, and [`GpuPipeline`] tying them together.
 //!
 //! Architecture invariant: this is the only crate that imports cudarc. Kernels are CUDA C in
 //! `kernels/`, embedded with `include_str!`, compiled once per device and cached.
@@ -12,12 +13,23 @@
 pub mod context;
 mod error;
 pub mod letterbox;
+pub mod nvjpeg;
+pub mod pipeline;
+pub mod pool;
+pub mod postprocess;
+pub mod quality;
+pub mod testdata;
 
 pub use context::{GpuContext, KernelSource, compile_kernel, driver_available, nvrtc_available};
 pub use error::GpuError;
 pub use letterbox::{
     FrameRef, HostFrame, LetterboxConfig, LetterboxKernels, LetterboxParams, Letterboxer,
 };
+pub use nvjpeg::{JpegBackend, JpegDecoder};
+pub use pipeline::{GpuPipeline, PipelineConfig, PreparedBatch, PreparedFrame, StageTimings};
+pub use pool::{DevicePool, PinnedPool, PoolStats};
+pub use postprocess::{Detection, FrameGeometry, PostprocessConfig, Postprocessor};
+pub use quality::{QualityIssue, QualityKernel, QualityReport};
 
 /// Env var that turns "no GPU here" in GPU tests and the bench into a failure.
 pub const REQUIRE_GPU_ENV: &str = "ITS_REQUIRE_GPU";

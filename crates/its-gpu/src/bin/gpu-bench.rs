@@ -1,11 +1,17 @@
-//! GPU letterbox benchmark: correctness against the CPU reference, then time per batch for
-//! every kernel variant, FP16 and FP32 output, batch 1 / 8 / 32 of 1280x720 frames.
-//! Prints markdown tables. Usage: `gpu-bench [ITERS]` (default 200 launches per timing).
+//! GPU benchmark: fused letterbox (correctness against the CPU reference, then time per batch
+//! for every kernel variant, FP16 and FP32, batch 1 / 8 / 32 of 1280x720), GPU decode + NMS
+//! of YOLO11n-shaped outputs, nvJPEG batched decode of q85 720p JPEGs, and the whole
+//! ORT-free pipeline. Prints markdown tables and a summary table; with `--json`, also one
+//! JSON line (prefixed `JSON `) with the summary figures.
+//! Usage: `gpu-bench [ITERS] [--json]` (default 200 launches per timing).
 
 // A bench binary reports on stdout.
 #![allow(clippy::print_stdout)]
 
 use std::process::ExitCode;
+
+#[path = "gpu-bench/extra.rs"]
+mod extra;
 
 use cudarc::driver::{CudaSlice, CudaStream, sys::CUevent_flags};
 use its_gpu::letterbox::reference::{letterbox_batch, max_abs_err, random_bytes};
@@ -22,10 +28,9 @@ const FRAME_BYTES: usize = W as usize * H as usize * 3;
 const POOL: usize = 32;
 
 fn main() -> ExitCode {
-    let iters: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(200);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let iters: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200);
     let gpu = match GpuContext::new(0) {
         Ok(g) => g,
         Err(e) => {
@@ -37,16 +42,35 @@ fn main() -> ExitCode {
             };
         }
     };
-    match run(&gpu, iters) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            println!("FAILED: correctness check");
-            ExitCode::FAILURE
-        }
+    let mut summary = extra::Summary::default();
+    let mut ok = match run(&gpu, iters, &mut summary) {
+        Ok(ok) => ok,
         Err(e) => {
-            println!("FAILED: {e}");
-            ExitCode::FAILURE
+            println!("FAILED: letterbox: {e}");
+            false
         }
+    };
+    match extra::postprocess(&gpu, iters, &mut summary) {
+        Ok(pass) => ok &= pass,
+        Err(e) => {
+            println!("FAILED: postprocess: {e}");
+            ok = false;
+        }
+    }
+    if let Err(e) = extra::jpeg(&gpu, &mut summary) {
+        println!("FAILED: nvjpeg: {e}");
+        ok = false;
+    }
+    if let Err(e) = extra::pipeline(&gpu, &mut summary) {
+        println!("FAILED: pipeline: {e}");
+        ok = false;
+    }
+    summary.print(&gpu, json);
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        println!("FAILED: correctness check");
+        ExitCode::FAILURE
     }
 }
 
@@ -263,7 +287,7 @@ fn mixed_sizes(
     Ok(())
 }
 
-fn run(gpu: &GpuContext, iters: usize) -> Result<bool, GpuError> {
+fn run(gpu: &GpuContext, iters: usize, summary: &mut extra::Summary) -> Result<bool, GpuError> {
     let (maj, min) = gpu.compute_capability();
     println!("# gpu-bench: fused letterbox, {W}x{H} RGB u8 -> [B,3,{TW},{TH}]");
     println!(
@@ -369,6 +393,9 @@ fn run(gpu: &GpuContext, iters: usize) -> Result<bool, GpuError> {
     println!("| batch | dtype | ms per batch | GB/s effective | % of 3.35 TB/s peak |");
     println!("| --- | --- | --- | --- | --- |");
     for r in rows.iter().filter(|r| r.px == DEFAULT_PIXELS_PER_THREAD) {
+        if r.batch == 32 && r.dtype == "f16" {
+            summary.letterbox_b32_f16_ms = Some(r.ms);
+        }
         println!(
             "| {} | {} | {:.4} | {:.0} | {:.1}% |",
             r.batch,

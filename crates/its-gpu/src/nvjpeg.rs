@@ -1,0 +1,409 @@
+//! Batched JPEG decode on the GPU with nvJPEG, loaded at run time (`libnvjpeg.so.13`), so
+//! the crate builds and starts where CUDA is absent. The hardware backend (the JPEG engines
+//! of A100 / H100 class GPUs) is used where the GPU has one, the GPU hybrid backend
+//! otherwise. Frames decode straight into a device buffer as interleaved RGB, the layout
+//! the letterbox and quality kernels read ([`FrameRef`]).
+
+use std::ffi::{c_int, c_uint, c_void};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
+use libloading::Library;
+
+use crate::{FrameRef, GpuError};
+
+type Status = c_int;
+type Handle = *mut c_void;
+type State = *mut c_void;
+
+const STATUS_SUCCESS: Status = 0;
+const BACKEND_DEFAULT: c_int = 0;
+const BACKEND_GPU_HYBRID: c_int = 2;
+const BACKEND_HARDWARE: c_int = 3;
+const OUTPUT_RGBI: c_int = 5;
+const CSS_GRAY: c_int = 6;
+const CSS_410: c_int = 5;
+const CSS_411: c_int = 4;
+const CSS_UNKNOWN: c_int = -1;
+
+/// Alignment of each decoded frame in the output buffer.
+pub const FRAME_ALIGN: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Image {
+    channel: [*mut u8; 4],
+    pitch: [usize; 4],
+}
+
+type CreateEx =
+    unsafe extern "C" fn(c_int, *mut c_void, *mut c_void, c_uint, *mut Handle) -> Status;
+type Destroy = unsafe extern "C" fn(Handle) -> Status;
+type StateCreate = unsafe extern "C" fn(Handle, *mut State) -> Status;
+type StateDestroy = unsafe extern "C" fn(State) -> Status;
+type GetImageInfo = unsafe extern "C" fn(
+    Handle,
+    *const u8,
+    usize,
+    *mut c_int,
+    *mut c_int,
+    *mut c_int,
+    *mut c_int,
+) -> Status;
+type BatchedInit = unsafe extern "C" fn(Handle, State, c_int, c_int, c_int) -> Status;
+type DecodeBatched = unsafe extern "C" fn(
+    Handle,
+    State,
+    *const *const u8,
+    *const usize,
+    *mut Image,
+    cudarc::driver::sys::CUstream,
+) -> Status;
+
+/// The nvJPEG entry points this crate uses, resolved once.
+struct Api {
+    create_ex: CreateEx,
+    destroy: Destroy,
+    state_create: StateCreate,
+    state_destroy: StateDestroy,
+    get_image_info: GetImageInfo,
+    batched_init: BatchedInit,
+    decode_batched: DecodeBatched,
+    // Keeps the library mapped while the function pointers above are alive.
+    _lib: Library,
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        1 => "not initialized",
+        2 => "invalid parameter",
+        3 => "bad jpeg",
+        4 => "jpeg not supported",
+        5 => "allocator failure",
+        6 => "execution failed",
+        7 => "arch mismatch",
+        8 => "internal error",
+        9 => "implementation not supported",
+        10 => "incomplete bitstream",
+        _ => "unknown status",
+    }
+}
+
+fn check(call: &'static str, s: Status) -> Result<(), GpuError> {
+    if s == STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(GpuError::Jpeg(format!("{call}: {} ({s})", status_name(s))))
+    }
+}
+
+impl Api {
+    fn load() -> Result<Self, GpuError> {
+        let mut last = String::new();
+        for name in ["libnvjpeg.so.13", "libnvjpeg.so"] {
+            // SAFETY: loading nvJPEG runs its (C) initialisers only; it has no Rust-visible
+            // global state.
+            match unsafe { Library::new(name) } {
+                Ok(lib) => return Self::resolve(lib),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(GpuError::NoNvjpeg(format!(
+            "libnvjpeg.so.13 could not be loaded ({last}); set LD_LIBRARY_PATH to CUDA's lib64"
+        )))
+    }
+
+    fn resolve(lib: Library) -> Result<Self, GpuError> {
+        fn sym<T: Copy>(lib: &Library, name: &[u8]) -> Result<T, GpuError> {
+            // SAFETY: each type alias above matches the C prototype in nvjpeg.h of the
+            // symbol looked up with it.
+            unsafe { lib.get::<T>(name) }
+                .map(|s| *s)
+                .map_err(|e| GpuError::NoNvjpeg(format!("missing nvJPEG symbol: {e}")))
+        }
+        Ok(Self {
+            create_ex: sym(&lib, b"nvjpegCreateEx\0")?,
+            destroy: sym(&lib, b"nvjpegDestroy\0")?,
+            state_create: sym(&lib, b"nvjpegJpegStateCreate\0")?,
+            state_destroy: sym(&lib, b"nvjpegJpegStateDestroy\0")?,
+            get_image_info: sym(&lib, b"nvjpegGetImageInfo\0")?,
+            batched_init: sym(&lib, b"nvjpegDecodeBatchedInitialize\0")?,
+            decode_batched: sym(&lib, b"nvjpegDecodeBatched\0")?,
+            _lib: lib,
+        })
+    }
+}
+
+/// Which nvJPEG backend a decoder runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegBackend {
+    /// The GPU's JPEG engines (A100, H100 and later).
+    Hardware,
+    /// Huffman decode on the GPU (CUDA cores), IDCT and colour conversion on the GPU.
+    GpuHybrid,
+    /// nvJPEG's own choice.
+    Default,
+}
+
+impl JpegBackend {
+    fn raw(self) -> c_int {
+        match self {
+            Self::Hardware => BACKEND_HARDWARE,
+            Self::GpuHybrid => BACKEND_GPU_HYBRID,
+            Self::Default => BACKEND_DEFAULT,
+        }
+    }
+}
+
+/// Size of a JPEG as its header states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JpegInfo {
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Colour components (1 or 3).
+    pub components: u32,
+}
+
+/// A batched nvJPEG decoder: one library handle and one decode state, used by one thread
+/// at a time (`&mut self`). Decodes on the stream given to each call.
+pub struct JpegDecoder {
+    api: Arc<Api>,
+    handle: Handle,
+    state: State,
+    backend: JpegBackend,
+    batch_size: Option<usize>,
+    max_width: u32,
+    max_height: u32,
+}
+
+// SAFETY: nvJPEG handles and states may be used from any thread as long as calls on one
+// state do not overlap; `&mut self` on every call that touches the state guarantees that.
+unsafe impl Send for JpegDecoder {}
+
+impl std::fmt::Debug for JpegDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JpegDecoder")
+            .field("backend", &self.backend)
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
+}
+
+impl Drop for JpegDecoder {
+    fn drop(&mut self) {
+        // SAFETY: state and handle were created by this decoder and are destroyed once,
+        // state first; no decode is in flight on the host side (&mut self).
+        unsafe {
+            (self.api.state_destroy)(self.state);
+            (self.api.destroy)(self.handle);
+        }
+    }
+}
+
+impl JpegDecoder {
+    /// A decoder on the current device (the caller's [`crate::GpuContext`] must exist):
+    /// the hardware backend where available, else GPU hybrid, else nvJPEG's default.
+    /// Frames larger than `max_width` x `max_height` are refused per frame.
+    pub fn new(max_width: u32, max_height: u32) -> Result<Self, GpuError> {
+        let mut last = None;
+        for backend in [
+            JpegBackend::Hardware,
+            JpegBackend::GpuHybrid,
+            JpegBackend::Default,
+        ] {
+            match Self::with_backend(backend, max_width, max_height) {
+                Ok(d) => return Ok(d),
+                Err(e @ GpuError::NoNvjpeg(_)) => return Err(e),
+                Err(e) => {
+                    tracing::info!(?backend, error = %e, "nvjpeg backend unavailable");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| GpuError::Jpeg("no nvjpeg backend".into())))
+    }
+
+    /// A decoder on one specific backend.
+    pub fn with_backend(
+        backend: JpegBackend,
+        max_width: u32,
+        max_height: u32,
+    ) -> Result<Self, GpuError> {
+        let api = Arc::new(Api::load()?);
+        let mut handle: Handle = std::ptr::null_mut();
+        // SAFETY: null allocators select nvJPEG's defaults; flags 0; `handle` is written on
+        // success only.
+        check("nvjpegCreateEx", unsafe {
+            (api.create_ex)(
+                backend.raw(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+                &mut handle,
+            )
+        })?;
+        let mut state: State = std::ptr::null_mut();
+        // SAFETY: `handle` is a live handle created above.
+        let s = unsafe { (api.state_create)(handle, &mut state) };
+        if let Err(e) = check("nvjpegJpegStateCreate", s) {
+            // SAFETY: destroys the handle created above, once.
+            unsafe { (api.destroy)(handle) };
+            return Err(e);
+        }
+        tracing::info!(?backend, "nvjpeg decoder created");
+        Ok(Self {
+            api,
+            handle,
+            state,
+            backend,
+            batch_size: None,
+            max_width,
+            max_height,
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> JpegBackend {
+        self.backend
+    }
+
+    /// Reads a JPEG's size from its header; errors for data nvJPEG cannot parse, for
+    /// subsamplings the hardware backend does not take, and for frames over the limits.
+    pub fn info(&self, jpeg: &[u8]) -> Result<JpegInfo, GpuError> {
+        if jpeg.len() < 4 || jpeg[0] != 0xFF || jpeg[1] != 0xD8 {
+            return Err(GpuError::Jpeg("not a jpeg (no SOI marker)".into()));
+        }
+        let (mut comps, mut css) = (0 as c_int, 0 as c_int);
+        let (mut w, mut h) = ([0 as c_int; 4], [0 as c_int; 4]);
+        // SAFETY: `jpeg` is a valid slice of `len` bytes; the out arrays have the 4
+        // entries (NVJPEG_MAX_COMPONENT) nvJPEG writes.
+        check("nvjpegGetImageInfo", unsafe {
+            (self.api.get_image_info)(
+                self.handle,
+                jpeg.as_ptr(),
+                jpeg.len(),
+                &mut comps,
+                &mut css,
+                w.as_mut_ptr(),
+                h.as_mut_ptr(),
+            )
+        })?;
+        let (width, height) = (w[0].max(0) as u32, h[0].max(0) as u32);
+        if width == 0 || height == 0 {
+            return Err(GpuError::Jpeg(format!("jpeg of {width}x{height}")));
+        }
+        if width > self.max_width || height > self.max_height {
+            return Err(GpuError::Jpeg(format!(
+                "jpeg of {width}x{height} over the {}x{} limit",
+                self.max_width, self.max_height
+            )));
+        }
+        if css == CSS_UNKNOWN
+            || (self.backend == JpegBackend::Hardware && (css == CSS_410 || css == CSS_411))
+        {
+            return Err(GpuError::Jpeg(format!(
+                "chroma subsampling {css} not supported by the {:?} backend",
+                self.backend
+            )));
+        }
+        let components = if css == CSS_GRAY {
+            1
+        } else {
+            comps.max(0) as u32
+        };
+        Ok(JpegInfo {
+            width,
+            height,
+            components,
+        })
+    }
+
+    /// Decodes `jpegs` into `out` as interleaved RGB (rows tight, each frame at a
+    /// [`FRAME_ALIGN`]-byte offset), asynchronously on `stream`. Returns one result per
+    /// input: the frame's place in `out`, or why that frame was refused (bad header, too
+    /// large, does not fit); refused frames do not stop the others. An error of the batch
+    /// call itself (nvJPEG refusing the whole batch) is returned as the outer error.
+    pub fn decode_batch(
+        &mut self,
+        stream: &CudaStream,
+        jpegs: &[&[u8]],
+        out: &mut CudaSlice<u8>,
+    ) -> Result<Vec<Result<FrameRef, GpuError>>, GpuError> {
+        stream.context().bind_to_thread()?;
+        let capacity = out.len();
+        let mut results = Vec::with_capacity(jpegs.len());
+        let mut end = 0usize;
+        for j in jpegs {
+            let r = self.info(j).and_then(|info| {
+                let offset = end.next_multiple_of(FRAME_ALIGN);
+                let pitch = 3 * info.width as usize;
+                let size = pitch * info.height as usize;
+                if offset + size > capacity {
+                    return Err(GpuError::InvalidInput(format!(
+                        "decoded batch needs more than the {capacity}-byte buffer"
+                    )));
+                }
+                end = offset + size;
+                Ok(FrameRef {
+                    offset: offset as u64,
+                    width: info.width,
+                    height: info.height,
+                    pitch: pitch as u32,
+                })
+            });
+            results.push(r);
+        }
+        let ok: Vec<(usize, FrameRef)> = results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().ok().map(|f| (i, *f)))
+            .collect();
+        if ok.is_empty() {
+            return Ok(results);
+        }
+        if self.batch_size != Some(ok.len()) {
+            // SAFETY: live handle and state; batch size > 0; one CPU thread.
+            check("nvjpegDecodeBatchedInitialize", unsafe {
+                (self.api.batched_init)(self.handle, self.state, ok.len() as c_int, 1, OUTPUT_RGBI)
+            })?;
+            self.batch_size = Some(ok.len());
+        }
+        let (base, _sync) = out.device_ptr_mut(stream);
+        let data: Vec<*const u8> = ok.iter().map(|&(i, _)| jpegs[i].as_ptr()).collect();
+        let lengths: Vec<usize> = ok.iter().map(|&(i, _)| jpegs[i].len()).collect();
+        let mut images: Vec<Image> = ok
+            .iter()
+            .map(|(_, f)| Image {
+                channel: [
+                    (base + f.offset) as *mut u8,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                ],
+                pitch: [f.pitch as usize, 0, 0, 0],
+            })
+            .collect();
+        // SAFETY: data/lengths/images hold batch_size entries each; every input pointer is
+        // a live slice of the stated length (borrowed for this call; nvJPEG copies what it
+        // needs before returning); every output region lies inside `out` (checked above)
+        // and is pitch * height bytes of RGBI; the stream belongs to the current context.
+        let s = unsafe {
+            (self.api.decode_batched)(
+                self.handle,
+                self.state,
+                data.as_ptr(),
+                lengths.as_ptr(),
+                images.as_mut_ptr(),
+                stream.cu_stream(),
+            )
+        };
+        if let Err(e) = check("nvjpegDecodeBatched", s) {
+            // The state must be re-initialised after a failed batch.
+            self.batch_size = None;
+            return Err(e);
+        }
+        Ok(results)
+    }
+}
