@@ -255,7 +255,7 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         let kind = types
             .get(family)
             .ok_or_else(|| err("sample before its # TYPE line"))?;
-        if kind == "counter" && !(value >= 0.0) {
+        if kind == "counter" && (value.is_nan() || value < 0.0) {
             return Err(err("negative or NaN counter"));
         }
         if !series.insert(format!("{name}{labels:?}")) {
