@@ -22,6 +22,15 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# The font its-loadtest draws the text of its PNG plots with.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+# Camera sources and their tests: ffmpeg decodes RTSP and video files; the RTSP test server is
+# GStreamer's rtsp-server (x264enc from plugins-ugly) under the system python3 with gi.
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
@@ -97,6 +106,26 @@ if [ "$need_photos" = 1 ]; then
         cp "$tmp/root/usr/share/darknet/data/$f" "$photos/$f"
     done
     cp "$tmp/root/usr/share/doc/opencv-doc/opencv4/html/pexels_double_decker_bus.jpg" "$photos/"
+    rm -rf "$tmp"
+fi
+
+# A real video for the file-source tests: vtest.avi from Debian's opencv-doc. The .deb is kept
+# in .cache/debs/ so a second run (or another step needing opencv-doc) downloads nothing.
+if [ ! -s .cache/videos/vtest.avi ]; then
+    mkdir -p .cache/debs .cache/videos
+    if ! ls .cache/debs/opencv-doc_*.deb >/dev/null 2>&1; then
+        say "fetching vtest.avi (Debian package opencv-doc)"
+        chmod 755 .cache/debs   # apt-get download runs as _apt where it can
+        if ! (cd .cache/debs && apt-get download -qq opencv-doc); then
+            SUDO=""
+            [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+            $SUDO apt-get update -qq
+            (cd .cache/debs && apt-get download -qq opencv-doc)
+        fi
+    fi
+    tmp=$(mktemp -d)
+    dpkg -x "$(ls .cache/debs/opencv-doc_*.deb | head -1)" "$tmp"
+    cp "$tmp/usr/share/doc/opencv-doc/examples/data/vtest.avi" .cache/videos/vtest.avi
     rm -rf "$tmp"
 fi
 

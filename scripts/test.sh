@@ -13,6 +13,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] fuzz targets (short run)"
 ./scripts/fuzz.sh
 echo "[test] cargo test"
+export ITS_LOADTEST_CI_OUT="$PWD/target/loadtest-ci" # the CI load test (loadtest/tests) keeps its reports here
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

@@ -9,6 +9,23 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// Where a test writes its report: under `ITS_LOADTEST_CI_OUT` when set (scripts/test.sh
+/// keeps the CI reports there), else a temporary folder.
+fn out_dir(name: &str) -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    match std::env::var_os("ITS_LOADTEST_CI_OUT") {
+        Some(root) => {
+            let dir = Path::new(&root).join(name);
+            std::fs::create_dir_all(&dir).expect("create the report folder");
+            (None, dir)
+        }
+        None => {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path().to_path_buf();
+            (Some(t), dir)
+        }
+    }
+}
+
 fn run_loadtest(out: &Path, args: &[&str]) -> Value {
     let json = out.join("copy.json");
     let output = Command::new(env!("CARGO_BIN_EXE_its-loadtest"))
@@ -80,10 +97,10 @@ fn assert_all_accounted(r: &Value) {
 
 #[test]
 fn twenty_cameras_on_the_cpu_worker_are_all_accounted_for() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_tmp, dir) = out_dir("cpu-fixed");
     let model = its_testkit::demo_model_dir();
     let r = run_loadtest(
-        dir.path(),
+        &dir,
         &[
             "--embedded-node",
             "--model-dir",
@@ -127,7 +144,7 @@ fn twenty_cameras_on_the_cpu_worker_are_all_accounted_for() {
         "workers: {}",
         r["workers"]
     );
-    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
         md.starts_with("# ITS load test: fixed mode, 20 cameras"),
         "{md}"
@@ -136,9 +153,9 @@ fn twenty_cameras_on_the_cpu_worker_are_all_accounted_for() {
 
 #[test]
 fn a_simulated_gpu_ramp_says_so_on_its_first_line() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_tmp, dir) = out_dir("simgpu-ramp");
     let r = run_loadtest(
-        dir.path(),
+        &dir,
         &[
             "--embedded-node",
             "--simulated-gpu",
@@ -170,7 +187,7 @@ fn a_simulated_gpu_ramp_says_so_on_its_first_line() {
         ],
     );
     assert_all_accounted(&r);
-    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     let first = md.lines().next().unwrap();
     assert!(
         first.starts_with("# SIMULATED GPU (cost model linear:1ms+0.2ms/frame)"),
