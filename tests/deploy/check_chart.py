@@ -56,6 +56,8 @@ HTTP_SET = {
     "metrics": {"serviceMonitor": {"enabled": True}},
     "admin": {"tokens": {"content": "viewer 0123456789abcdef01234567 prometheus\n"}},
 }
+# The tokens file format of the admin API: `role token [name]`, `#` comments, tokens >= 16.
+TOKEN_LINE = re.compile(r"^(viewer|operator|admin)\s+\S{16,}(\s+\S+)?$")
 
 
 def value_sets() -> dict[str, dict]:
@@ -318,6 +320,15 @@ class Checks:
                         for p in matching
                     ), f"{ident(svc)}: no pod has port {target}"
 
+        if values["http"]["enabled"] and not values["admin"]["tokens"]["existingSecret"]:
+            secret = next(
+                d for d in by_kind["Secret"] if d["metadata"]["name"].endswith("-admin-tokens")
+            )
+            text = secret["stringData"][values["admin"]["tokens"]["key"]]
+            lines = [ln.split("#")[0].strip() for ln in text.splitlines()]
+            lines = [ln for ln in lines if ln]
+            assert lines and all(TOKEN_LINE.match(ln) for ln in lines), f"tokens file not `role token [name]`: {lines}"
+
         ingresses = by_kind.get("Ingress", [])
         assert bool(ingresses) == (values["admin"]["enabled"] and values["admin"]["ingress"]["enabled"]), "Ingress"
         assert bool(by_kind.get("ServiceMonitor")) == bool(
@@ -398,10 +409,101 @@ class Checks:
                         -values["cameras"]["count"] // values["ingest"]["camerasPerReplica"]
                     )
                     share = effective["cameras"]["synthetic_count"]
-                    assert share * replicas >= values["cameras"]["count"], f"ingest: {share} x {replicas} cameras"
-                    assert effective["cameras"]["fps"] == values["cameras"]["fps"]
+                    if values["cameras"]["synthetic"]:
+                        assert share * replicas >= values["cameras"]["count"], f"ingest: {share} x {replicas} cameras"
+                        assert effective["cameras"]["fps"] == values["cameras"]["fps"]
+                    else:
+                        assert share == 0, "ingest runs synthetic cameras with cameras.synthetic false"
+                    assert effective["cameras"]["registry"] == values["cameras"]["registry"], "cameras.registry"
                 else:
                     assert effective["cameras"]["synthetic_count"] == 0, f"{comp} runs cameras"
+
+    def admin_pod_serves_probes(self) -> None:
+        """The admin pod's rendered its.toml and tokens file, run as a real node against a real
+        nats-server: the probe paths answer, /metrics answers, the generated token is accepted
+        and a missing one refused. Only the addresses differ from the pod (loopback, free
+        ports, the repository's demo model)."""
+        import signal
+        import socket
+        import time
+        import urllib.error
+        import urllib.request
+
+        docs = render({})
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and "admin.toml" in d.get("data", {}))
+        secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-admin-tokens"))
+        tokens = secret["stringData"]["tokens"]
+        token = next(ln.split()[1] for ln in tokens.splitlines() if ln and not ln.startswith("#"))
+
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+
+        nats_port, http_port = free_port(), free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = pathlib.Path(tmp)
+            (tmp / "its.toml").write_text(cm["data"]["admin.toml"])
+            (tmp / "tokens").write_text(tokens)
+            nats = subprocess.Popen(
+                ["nats-server", "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(tmp / "js")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            node = None
+            try:
+                node = subprocess.Popen(
+                    [
+                        str(self.its), "--config", str(tmp / "its.toml"),
+                        "--set", f"nats.url=nats://127.0.0.1:{nats_port}",
+                        "--set", f"admin.bind=127.0.0.1:{http_port}",
+                        "--set", f"admin.tokens_file={tmp / 'tokens'}",
+                        "--set", "engine.model_dir=models/generated/tiny-yolo",
+                        "run",
+                    ],
+                    cwd=ROOT,
+                    env={**os.environ, "ITS__NODE__ID": "its-admin-0", "ITS_LOG": "warn"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+
+                def get(path: str, auth: str | None = None) -> int:
+                    req = urllib.request.Request(f"http://127.0.0.1:{http_port}{path}")
+                    if auth:
+                        req.add_header("Authorization", f"Bearer {auth}")
+                    try:
+                        with urllib.request.urlopen(req, timeout=10) as r:
+                            return r.status
+                    except urllib.error.HTTPError as e:
+                        return e.code
+
+                def until(path: str, want: int) -> None:
+                    deadline = time.monotonic() + 120
+                    last = None
+                    while time.monotonic() < deadline:
+                        assert node.poll() is None, f"the node exited: {node.stderr.read()[-2000:]}"
+                        try:
+                            last = get(path)
+                            if last == want:
+                                return
+                        except OSError as e:
+                            last = e
+                        time.sleep(0.2)
+                    raise AssertionError(f"{path}: {last}, expected {want}")
+
+                until("/healthz", 200)  # the startup and liveness probes
+                until("/readyz", 200)  # the readiness probe
+                assert get("/metrics") == 200, "/metrics (the ServiceMonitor's path)"
+                assert get("/api/v1/cameras") == 401, "the REST API without a token"
+                assert get("/api/v1/cameras", token) == 200, "the chart's generated admin token"
+                node.send_signal(signal.SIGTERM)
+                assert node.wait(timeout=90) == 0, f"the node did not stop cleanly: {node.stderr.read()[-2000:]}"
+            finally:
+                for p in (node, nats):
+                    if p is not None and p.poll() is None:
+                        p.kill()
+                        p.wait()
 
     # --- bad values are refused ------------------------------------------------------
 
@@ -427,7 +529,6 @@ class Checks:
             ),
             ({"nats": {"auth": {"enabled": True}}}, "nats.auth.token or nats.auth.existingSecret"),
             ({"nats": {"replicas": 2}}, "/replicas"),
-            ({"http": {"enabled": True}}, "needs tokens"),
         ]
         for values, expect in cases:
             try:
@@ -547,6 +648,8 @@ def main() -> int:
         else:
             checks.run(f"[{name}] its config print accepts the ConfigMap", lambda n=name: checks.binary_accepts_config(n))
     checks.run("http.enabled default matches the binary", checks.http_default_matches_binary)
+    if checks.binary_has_admin():
+        checks.run("admin pod config serves /healthz, /readyz, /metrics with the chart's token", checks.admin_pod_serves_probes)
     checks.run("bad values refused with the key named", checks.rejects_bad_values)
     checks.run("long release name keeps camera ids valid", checks.long_release_name)
     checks.run("hadolint docker/Dockerfile", checks.hadolint)

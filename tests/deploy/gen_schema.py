@@ -156,11 +156,13 @@ SCHEMA = obj(
         "cameras": obj(
             {
                 "count": int_range(0, 100000),
+                "registry": BOOL,
+                "synthetic": BOOL,
                 "fps": {"type": "number", "minimum": 0.1, "maximum": 120},
                 "width": int_range(16, 8192),
                 "height": int_range(16, 8192),
             },
-            required=["count", "fps", "width", "height"],
+            required=["count", "registry", "synthetic", "fps", "width", "height"],
         ),
         "serviceAccount": obj(
             {"create": BOOL, "name": K8S_NAME, "annotations": {"type": "object", "additionalProperties": STR}, "automountToken": BOOL},

@@ -114,7 +114,8 @@ Layers: .Values.config, then the component's config, then what the chart compute
 {{- $replicas := int (include "its.ingestReplicas" $) -}}
 {{- $count := int $.Values.cameras.count -}}
 {{- $share := div (add $count $replicas -1) $replicas -}}
-{{- $_ := set $computed "cameras" (dict "synthetic_count" $share "fps" $.Values.cameras.fps "width" $.Values.cameras.width "height" $.Values.cameras.height) -}}
+{{- if not $.Values.cameras.synthetic -}}{{- $share = 0 -}}{{- end -}}
+{{- $_ := set $computed "cameras" (dict "registry" $.Values.cameras.registry "synthetic_count" $share "fps" $.Values.cameras.fps "width" $.Values.cameras.width "height" $.Values.cameras.height) -}}
 {{- end -}}
 {{- include "its.merge" (list $cfg $computed) -}}
 {{- include "its.toml" (list "" $cfg) -}}
