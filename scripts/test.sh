@@ -17,5 +17,7 @@ export ITS_LOADTEST_CI_OUT="$PWD/target/loadtest-ci" # the CI load test (loadtes
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+echo "[test] admin API against its OpenAPI document (openapi-spec-validator, schemathesis)"
+crates/its-admin/tests/api-fuzz.sh
 # One closing line over every test binary (cargo prints one result line per binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
