@@ -609,8 +609,15 @@ class Checks:
         assert re.search(r'^ENTRYPOINT \["/usr/local/bin/its"\]', text, re.M), "ENTRYPOINT is not the copied binary"
         # WORKDIR of the build stage is /src, so target/release/its is /src/target/release/its
         assert "WORKDIR /src" in text.split("FROM")[1]
-        # the stages run as the chart's user
+        # the model and ONNX Runtime the chart's config points at are where the images put them
         values = self.chart.values
+        model_dir = values["config"]["engine"]["model_dir"]
+        assert f"--out {model_dir}" in text, f"the images do not generate the chart's model_dir {model_dir}"
+        ort = re.findall(r"ORT_DYLIB_PATH=(\S+)", text)
+        assert len(ort) == 2, "both runtime images set ORT_DYLIB_PATH"
+        for path in ort:
+            assert text.count(f"test -e {path}") == 2, f"{path} is not checked to exist in both ONNX Runtime stages"
+        # the stages run as the chart's user
         uid = values["podSecurityContext"]["runAsUser"]
         assert text.count(f"USER {uid}:{uid}") == 2, f"both runtime images run as {uid}"
 
