@@ -166,10 +166,32 @@ pub struct JpegInfo {
     pub components: u32,
 }
 
+/// One nvJPEG library handle, shared by the decoders created from it; destroyed with the
+/// last of them.
+struct HandleOwner {
+    api: Arc<Api>,
+    handle: Handle,
+}
+
+// SAFETY: an nvJPEG handle is thread safe (nvJPEG documents handles as shareable between
+// threads; only a decode state must not be used concurrently).
+unsafe impl Send for HandleOwner {}
+// SAFETY: as above; the handle is only passed by value to thread-safe nvJPEG calls.
+unsafe impl Sync for HandleOwner {}
+
+impl Drop for HandleOwner {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `JpegDecoder::with_backend` and every state made
+        // from it has been destroyed (each decoder holds an Arc of this owner).
+        unsafe { (self.api.destroy)(self.handle) };
+    }
+}
+
 /// A batched nvJPEG decoder: one library handle and one decode state, used by one thread
 /// at a time (`&mut self`). Decodes on the stream given to each call.
 pub struct JpegDecoder {
     api: Arc<Api>,
+    owner: Arc<HandleOwner>,
     handle: Handle,
     state: State,
     backend: JpegBackend,
@@ -193,11 +215,11 @@ impl std::fmt::Debug for JpegDecoder {
 
 impl Drop for JpegDecoder {
     fn drop(&mut self) {
-        // SAFETY: state and handle were created by this decoder and are destroyed once,
-        // state first; no decode is in flight on the host side (&mut self).
+        // SAFETY: the state was created by this decoder and is destroyed once, before the
+        // handle (which `owner` keeps alive until after this); no decode is in flight on the
+        // host side (&mut self).
         unsafe {
             (self.api.state_destroy)(self.state);
-            (self.api.destroy)(self.handle);
         }
     }
 }
@@ -253,14 +275,39 @@ impl JpegDecoder {
             return Err(e);
         }
         tracing::info!(?backend, "nvjpeg decoder created");
+        let owner = Arc::new(HandleOwner {
+            api: api.clone(),
+            handle,
+        });
         Ok(Self {
             api,
+            owner,
             handle,
             state,
             backend,
             batch_size: None,
             max_width,
             max_height,
+        })
+    }
+
+    /// Another decoder on the same library handle with its own decode state, for a second
+    /// thread or stream.
+    pub fn sibling(&self) -> Result<Self, GpuError> {
+        let mut state: State = std::ptr::null_mut();
+        // SAFETY: the handle is alive (held by `owner`).
+        check("nvjpegJpegStateCreate", unsafe {
+            (self.api.state_create)(self.handle, &mut state)
+        })?;
+        Ok(Self {
+            api: self.api.clone(),
+            owner: self.owner.clone(),
+            handle: self.handle,
+            state,
+            backend: self.backend,
+            batch_size: None,
+            max_width: self.max_width,
+            max_height: self.max_height,
         })
     }
 

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaEvent, CudaFunction, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 
 use crate::context::POSTPROCESS_SRC;
 use crate::pool::{DevicePool, PinnedPool, PooledDevice, PooledPinned};
@@ -164,6 +166,7 @@ fn dynamic_smem(k: usize) -> u32 {
 #[derive(Debug, Clone)]
 pub struct PostprocessKernels {
     decode: CudaFunction,
+    decode_x4: CudaFunction,
     nms: CudaFunction,
 }
 
@@ -178,6 +181,7 @@ impl PostprocessKernels {
         )?;
         Ok(Self {
             decode: gpu.function(POSTPROCESS_SRC, "yolo_decode")?,
+            decode_x4: gpu.function(POSTPROCESS_SRC, "yolo_decode_x4")?,
             nms,
         })
     }
@@ -205,6 +209,9 @@ pub struct Postprocessor {
     device_pool: DevicePool,
     pinned_pool: PinnedPool,
     pending: Option<(usize, Scratch)>,
+    profile: bool,
+    stage_events: Option<[CudaEvent; 4]>,
+    last_stage_ms: Option<[f64; 3]>,
 }
 
 impl std::fmt::Debug for Postprocessor {
@@ -230,7 +237,31 @@ impl Postprocessor {
             device_pool,
             pinned_pool,
             pending: None,
+            profile: false,
+            stage_events: None,
+            last_stage_ms: None,
         })
+    }
+
+    /// Records CUDA events between the stages of each batch (costs a few microseconds);
+    /// read them with [`Self::last_stage_ms`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on;
+    }
+
+    /// With profiling on, device ms of the last batch: [zero counters + decode kernel, NMS
+    /// kernel, copy of the detections to the host].
+    pub fn last_stage_ms(&self) -> Option<[f64; 3]> {
+        self.last_stage_ms
+    }
+
+    fn record(&self, stream: &CudaStream) -> Result<Option<CudaEvent>, GpuError> {
+        if !self.profile {
+            return Ok(None);
+        }
+        Ok(Some(stream.record_event(Some(
+            cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+        ))?))
     }
 
     /// The settings.
@@ -294,12 +325,22 @@ impl Postprocessor {
         // (bucket >= request), and cudaMalloc'd buffers are 256-byte aligned.
         let mut counts = unsafe { s.counts.slice_mut().transmute_mut::<u32>(batch) }
             .ok_or_else(|| GpuError::InvalidInput("counts buffer too small".into()))?;
+        let e_start = self.record(stream)?;
         stream.memset_zeros(&mut counts)?;
         let (classes_u32, n_i32) = (cfg.num_classes as i32, n as i32);
         {
             let keys = s.keys.slice_mut();
             let classes = s.classes.slice_mut();
-            let mut b = stream.launch_builder(&self.kernels.decode);
+            // 16-byte loads need every class row 16-byte aligned: N % 4 == 0 and an aligned
+            // output pointer.
+            let (ptr, _sync) = cudarc::driver::DevicePtr::device_ptr(output, stream);
+            let vec4 = n.is_multiple_of(4) && ptr % 16 == 0;
+            let (func, threads_needed) = if vec4 {
+                (&self.kernels.decode_x4, n / 4)
+            } else {
+                (&self.kernels.decode, n)
+            };
+            let mut b = stream.launch_builder(func);
             b.arg(output)
                 .arg(&classes_u32)
                 .arg(&n_i32)
@@ -308,16 +349,22 @@ impl Postprocessor {
                 .arg(classes)
                 .arg(&mut counts);
             let cfg_launch = LaunchConfig {
-                grid_dim: ((n as u32).div_ceil(DECODE_THREADS), batch as u32, 1),
+                grid_dim: (
+                    (threads_needed as u32).div_ceil(DECODE_THREADS),
+                    batch as u32,
+                    1,
+                ),
                 block_dim: (DECODE_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: arguments match `yolo_decode(out, C, N, thr, keys, best_class, counts)`;
+            // SAFETY: arguments match `yolo_decode[_x4](out, C, N, thr, keys, best_class,
+            // counts)`; the x4 variant only with N % 4 == 0 and a 16-byte aligned output;
             // `output` holds batch * (4 + C) * N floats (checked), keys and classes hold
             // batch * N entries, counts batch words zeroed above; each frame appends at
             // most N keys.
             unsafe { b.launch(cfg_launch) }?;
         }
+        let e_decoded = self.record(stream)?;
         {
             let (max_cand, max_det) = (cfg.max_candidates as i32, cfg.max_detections as i32);
             let aware = i32::from(cfg.class_aware);
@@ -347,10 +394,16 @@ impl Postprocessor {
             // its float part starts 4-byte aligned.
             unsafe { b.launch(cfg_launch) }?;
         }
+        let e_nms = self.record(stream)?;
         {
             let src = s.result.slice().slice(0..words * 4);
             stream.memcpy_dtoh(&src, s.host.slice_mut())?;
         }
+        let e_copied = self.record(stream)?;
+        self.stage_events = match (e_start, e_decoded, e_nms, e_copied) {
+            (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+            _ => None,
+        };
         self.pending = Some((batch, s));
         Ok(())
     }
@@ -362,6 +415,13 @@ impl Postprocessor {
             .take()
             .ok_or_else(|| GpuError::InvalidInput("no postprocess batch enqueued".into()))?;
         stream.synchronize()?;
+        if let Some(ev) = self.stage_events.take() {
+            self.last_stage_ms = Some([
+                f64::from(ev[0].elapsed_ms(&ev[1])?),
+                f64::from(ev[1].elapsed_ms(&ev[2])?),
+                f64::from(ev[2].elapsed_ms(&ev[3])?),
+            ]);
+        }
         let bytes = s.host.slice().as_slice()?;
         let word = |i: usize| {
             let b = &bytes[4 * i..4 * i + 4];

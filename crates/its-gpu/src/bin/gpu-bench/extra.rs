@@ -20,6 +20,7 @@ pub struct Summary {
     pub post_device_ms: Option<f64>,
     pub post_wall_ms: Option<f64>,
     pub post_worst_device_ms: Option<f64>,
+    pub post_stages_ms: Option<[f64; 3]>,
     pub jpeg_backend: Option<String>,
     pub jpeg_mean_bytes: Option<f64>,
     pub jpeg_fps: Option<f64>,
@@ -94,6 +95,18 @@ pub fn postprocess(gpu: &GpuContext, iters: usize, s: &mut Summary) -> Result<bo
         ok &= *d == postprocess_frame(&outs[i], &cfg, &geos[i]);
     }
     let (device, wall) = time_post(&mut post, &stream, &dev, &geos, iters)?;
+    // Stage breakdown in a separate pass (the events themselves cost a little).
+    post.set_profiling(true);
+    let mut stages = Vec::new();
+    for _ in 0..iters {
+        post.run(&stream, &dev.as_view(), &geos)?;
+        if let Some(st) = post.last_stage_ms() {
+            stages.push(st);
+        }
+    }
+    post.set_profiling(false);
+    let stage = |k: usize| median(stages.iter().map(|r| r[k]).collect());
+    let (st_decode, st_nms, st_copy) = (stage(0), stage(1), stage(2));
 
     // Worst case: uniform random scores, every anchor passes, top-4096 then NMS.
     let worst: Vec<f32> = (0..batch * cfg.per_frame())
@@ -131,6 +144,11 @@ pub fn postprocess(gpu: &GpuContext, iters: usize, s: &mut Summary) -> Result<bo
         pool.stats(),
         pinned.stats()
     );
+    println!(
+        "stages (YOLO-like, median): zero counters + decode {st_decode:.4} ms, NMS {st_nms:.4} ms, \
+         copy of detections {st_copy:.4} ms"
+    );
+    s.post_stages_ms = Some([st_decode, st_nms, st_copy]);
     s.post_device_ms = Some(device);
     s.post_wall_ms = Some(wall);
     s.post_worst_device_ms = Some(worst_device);
@@ -286,6 +304,49 @@ fn run_backends(
     Ok((frames as f64 / wall, secs))
 }
 
+/// Two threads, each with its own decode state and stream, on one hardware handle.
+fn shared_handle(gpu: &GpuContext, jpegs: &[Vec<u8>], calls: usize) -> Result<f64, GpuError> {
+    gpu.cuda().bind_to_thread()?;
+    let first = JpegDecoder::new(1920, 1080)?;
+    let second = first.sibling()?;
+    let start = std::sync::Barrier::new(2);
+    let results: Vec<Result<f64, GpuError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = [first, second]
+            .into_iter()
+            .map(|mut dec| {
+                let start = &start;
+                sc.spawn(move || -> Result<f64, GpuError> {
+                    gpu.cuda().bind_to_thread()?;
+                    let stream = gpu.new_stream()?;
+                    let mut out = stream.alloc_zeros::<u8>(32 * (1280 * 720 * 3 + 256))?;
+                    let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
+                    dec.decode_batch(&stream, &refs, &mut out)?;
+                    stream.synchronize()?;
+                    start.wait();
+                    let t = Instant::now();
+                    for _ in 0..calls {
+                        dec.decode_batch(&stream, &refs, &mut out)?;
+                    }
+                    stream.synchronize()?;
+                    Ok(t.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(GpuError::Jpeg("thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut wall = 0.0f64;
+    for r in results {
+        wall = wall.max(r?);
+    }
+    Ok((2 * calls * jpegs.len()) as f64 / wall)
+}
+
 /// Hardware engines alone at batch 64, GPU hybrid (Huffman on the SMs, batch > 100) alone,
 /// and both at once on separate streams.
 fn mixed_backends(gpu: &GpuContext, jpegs: &[Vec<u8>], s: &mut Summary) {
@@ -305,6 +366,14 @@ fn mixed_backends(gpu: &GpuContext, jpegs: &[Vec<u8>], s: &mut Summary) {
             vec![(Hardware, 32, 40), (Hardware, 32, 40)],
         ),
     ];
+    match shared_handle(gpu, jpegs, 40) {
+        Ok(fps) => {
+            println!("| hardware b32 x 2 threads, one handle, two states | {fps:.0} | - |");
+            s.jpeg_fps_by_plan
+                .push(("hardware b32 x2 states one handle".into(), fps));
+        }
+        Err(e) => println!("| hardware b32 x 2 threads, one handle | failed: {e} | - |"),
+    }
     for (name, plan) in plans {
         match run_backends(gpu, jpegs, &plan) {
             Ok((fps, secs)) => {
@@ -434,6 +503,7 @@ impl Summary {
                 "postprocess_b32_device_ms": self.post_device_ms,
                 "postprocess_b32_wall_ms": self.post_wall_ms,
                 "postprocess_b32_worst_device_ms": self.post_worst_device_ms,
+                "postprocess_b32_stages_ms": self.post_stages_ms,
                 "pipeline_stage_ms": self.pipeline_ms,
                 "pipeline_wall_ms": self.pipeline_wall_ms,
                 "pools": self.pool,
