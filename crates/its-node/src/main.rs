@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use its_config::{Settings, Sources};
 use its_node::Node;
 
+mod annotate;
 mod model_cmd;
 
 /// ITS Camera AI: live traffic-camera streams to object detections over NATS.
@@ -48,6 +49,10 @@ enum Command {
         /// One JSON object per image instead of text.
         #[arg(long)]
         json: bool,
+        /// Also write a copy of each image with its detections drawn on it to this
+        /// directory (`<stem>.jpg`).
+        #[arg(long, value_name = "OUT_DIR")]
+        annotate: Option<PathBuf>,
         /// JPEG files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -107,13 +112,14 @@ fn real_main() -> anyhow::Result<()> {
         Command::Detect {
             model,
             json,
+            annotate,
             images,
         } => {
             let settings = load(&cli, vec![])?;
             let model_dir = model
                 .clone()
                 .unwrap_or_else(|| settings.engine.model_dir.clone());
-            detect(&settings, &model_dir, images, *json)
+            detect(&settings, &model_dir, images, *json, annotate.as_deref())
         }
         Command::Run {
             nats_url,
@@ -141,6 +147,7 @@ fn detect(
     model_dir: &std::path::Path,
     images: &[PathBuf],
     json: bool,
+    annotate_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut detector = its_engine::Detector::load(model_dir, &its_node::ort_options(settings))
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
@@ -152,6 +159,9 @@ fn detect(
             .with_context(|| format!("cannot decode {}", path.display()))?;
         let out = detector.detect(std::slice::from_ref(&img))?.remove(0);
         let name = |id: u32| classes.get(id as usize).map(String::as_str).unwrap_or("?");
+        if let Some(dir) = annotate_dir {
+            annotate::write(dir, path, &img, &out.detections, &classes)?;
+        }
         if json {
             let dets: Vec<serde_json::Value> = out
                 .detections
