@@ -505,6 +505,31 @@ class Checks:
                         p.kill()
                         p.wait()
 
+    def toml_round_trip(self) -> None:
+        """The chart's TOML writer: what a TOML parser reads back equals the values (nulls
+        left out, whole numbers as integers)."""
+        tree = {
+            "s": 'a "quoted" \\ path, ü, <&>, tab\tnewline\n',
+            "f": 0.5,
+            "small": 1.5e-07,
+            "i": 3,
+            "whole": 4.0,
+            "neg": -12,
+            "b": False,
+            "l": ["a", 1, 2.5, True],
+            "gone": None,
+            "sub": {"t": {"k": 1, "name": "x"}, "empty": {}},
+            "inline": [{"a": 1, "b": "c"}],
+        }
+        docs = render({"config": {"zz": tree}})
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and "gpu.toml" in d.get("data", {}))
+        got = tomllib.loads(cm["data"]["gpu.toml"])["zz"]
+        want = copy.deepcopy(tree)
+        del want["gone"]
+        want["whole"] = 4
+        assert got == want, f"read back {got}, wrote {want}"
+        assert isinstance(got["whole"], int) and isinstance(got["f"], float)
+
     # --- bad values are refused ------------------------------------------------------
 
     def rejects_bad_values(self) -> None:
@@ -657,6 +682,7 @@ def main() -> int:
     checks.run("http.enabled default matches the binary", checks.http_default_matches_binary)
     if checks.binary_has_admin():
         checks.run("admin pod config serves /healthz, /readyz, /metrics with the chart's token", checks.admin_pod_serves_probes)
+    checks.run("TOML writer round-trips strings, numbers, lists, tables", checks.toml_round_trip)
     checks.run("bad values refused with the key named", checks.rejects_bad_values)
     checks.run("long release name keeps camera ids valid", checks.long_release_name)
     checks.run("hadolint docker/Dockerfile", checks.hadolint)
