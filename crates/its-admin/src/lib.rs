@@ -50,8 +50,9 @@ pub enum AdminError {
     Bus(#[from] its_bus::BusError),
 }
 
-/// History kept per camera in the registry bucket.
-const REGISTRY_HISTORY: i64 = 5;
+/// History kept per camera in the registry bucket (the same as the ingest's registry watcher,
+/// so the bucket is the same whichever process creates it).
+const REGISTRY_HISTORY: i64 = 1;
 
 /// The OpenAPI document.
 #[derive(OpenApi)]

@@ -84,6 +84,9 @@ pub(crate) struct ClusterView {
     pub(crate) opts: ViewOptions,
 }
 
+/// Entries silent for this many times `stale_after` are forgotten.
+const FORGET_AFTER_STALE: u32 = 6;
+
 /// Most distinct drop-reason labels kept (reasons come from the wire; bound them).
 const MAX_REASONS: usize = 64;
 
@@ -109,8 +112,16 @@ impl ClusterView {
         }
     }
 
+    /// The state, with entries silent for longer than [`FORGET_AFTER_STALE`] times
+    /// `stale_after` forgotten (a removed camera or a stopped node leaves the lists).
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let forget = self.opts.stale_after * FORGET_AFTER_STALE;
+        i.nodes.retain(|_, s| s.at.elapsed() <= forget);
+        i.workers.retain(|_, s| s.at.elapsed() <= forget);
+        i.cameras.retain(|_, s| s.at.elapsed() <= forget);
+        i.models.retain(|_, m| m.at.elapsed() <= forget);
+        i
     }
 
     /// Latest status of every node.
@@ -155,7 +166,8 @@ impl ClusterView {
         let results_prefix = subjects::results("");
         let error_prefix = subjects::events(EventKind::Error, "");
         let now = Instant::now();
-        let mut i = self.lock();
+        // No pruning on this hot path: reads prune.
+        let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         i.counters.messages += 1;
         let ok = if subject.starts_with(&node_prefix) {
             its_proto::decode::<NodeStatus>(payload)

@@ -171,7 +171,7 @@ async fn every_endpoint_and_role() {
     assert_eq!(r.json()["url"], "rtsp://***@10.0.0.5:554/s");
     assert_eq!(r.json()["priority"], "urgent");
     let kv = bus
-        .kv::<CameraSpec>(CAMERAS_BUCKET, 5)
+        .kv::<CameraSpec>(CAMERAS_BUCKET, 1)
         .await
         .expect("registry bucket");
     let stored = kv
@@ -798,4 +798,18 @@ async fn refuses_an_open_non_loopback_bind() {
     std::fs::write(&file, "superuser 0123456789abcdef0123\n").unwrap();
     let err = AdminServer::start(&s, bus).await.unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[test]
+fn tokens_never_printed() {
+    let mut s = its_config::Settings::default();
+    s.admin = settings();
+    let toml = s.to_toml_redacted();
+    let debug = format!("{s:?}");
+    for t in [VIEWER, OPERATOR, ADMIN] {
+        assert!(!toml.contains(t), "config print shows a token:\n{toml}");
+        assert!(!debug.contains(t), "Debug shows a token");
+    }
+    assert!(toml.contains("<redacted>"));
+    assert!(toml.contains("operator-test"), "token names stay visible");
 }
