@@ -802,8 +802,10 @@ async fn refuses_an_open_non_loopback_bind() {
 
 #[test]
 fn tokens_never_printed() {
-    let mut s = its_config::Settings::default();
-    s.admin = settings();
+    let s = its_config::Settings {
+        admin: settings(),
+        ..Default::default()
+    };
     let toml = s.to_toml_redacted();
     let debug = format!("{s:?}");
     for t in [VIEWER, OPERATOR, ADMIN] {
