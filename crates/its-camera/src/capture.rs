@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::actor::now_ns;
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::stats::{
-    Counters, DROP_BEHIND, DROP_CORRUPT, DROP_FPS_LIMIT, DROP_TOO_LARGE, FrameQueue,
+    Counters, DROP_BEHIND, DROP_CORRUPT, DROP_FPS_LIMIT, DROP_LATE, DROP_TOO_LARGE, FrameQueue,
 };
 use crate::synthetic::SceneCache;
 
@@ -64,9 +64,13 @@ pub(crate) async fn run(ctx: CaptureCtx) -> Result<(), SourceError> {
             tokio::time::sleep_until(next_due).await;
             let now = Instant::now();
             next_due += interval;
-            if next_due < now {
-                // Fell behind by more than a frame: skip ahead instead of bursting.
-                next_due = now + interval;
+            // A late wake-up is caught up on the next ticks; when more than two frame slots
+            // behind, the missed slots are skipped and counted.
+            if now > next_due + interval {
+                let missed = ((now - next_due).as_secs_f64() / interval.as_secs_f64()) as u64;
+                next_due += interval * missed as u32;
+                counters.captured.fetch_add(missed, Ordering::Relaxed);
+                counters.drop_frames(DROP_LATE, missed);
             }
         }
         let limit = if on_streaming.is_some() {

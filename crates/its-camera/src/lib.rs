@@ -29,7 +29,8 @@ pub use its_proto::CameraState;
 pub use registry::{LEASES_BUCKET, Lease, Registry, RegistryOptions};
 pub use source::{SourceError, SourceFrame, SourceOptions};
 pub use stats::{
-    DROP_BEHIND, DROP_CORRUPT, DROP_FPS_LIMIT, DROP_PUBLISH_FAILED, DROP_TOO_LARGE, LiveCounts,
+    DROP_BEHIND, DROP_CORRUPT, DROP_FPS_LIMIT, DROP_LATE, DROP_PUBLISH_FAILED, DROP_TOO_LARGE,
+    LiveCounts,
 };
 pub use supervisor::{
     ApplySpec, CameraSupervisor, GetSupervisorSnapshot, RemoveCamera, StopAll, SupervisorSnapshot,

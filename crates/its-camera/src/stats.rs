@@ -20,6 +20,9 @@ pub const DROP_CORRUPT: &str = "corrupt";
 pub const DROP_TOO_LARGE: &str = "too_large";
 /// Drop reason: publishing failed.
 pub const DROP_PUBLISH_FAILED: &str = "publish_failed";
+/// Drop reason: a frame slot of a paced source passed before the camera could take it (the
+/// process was too busy to keep the target fps).
+pub const DROP_LATE: &str = "late";
 /// Drop reason: the source delivered faster than the camera's target fps.
 pub const DROP_FPS_LIMIT: &str = "fps_limit";
 
@@ -39,7 +42,10 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn drop_frame(&self, reason: &str) {
-        *lock(&self.drops).entry(reason.to_owned()).or_default() += 1;
+        self.drop_frames(reason, 1);
+    }
+    pub(crate) fn drop_frames(&self, reason: &str, n: u64) {
+        *lock(&self.drops).entry(reason.to_owned()).or_default() += n;
     }
     pub(crate) fn drops(&self) -> BTreeMap<String, u64> {
         lock(&self.drops).clone()
@@ -188,5 +194,49 @@ pub(crate) struct TaskGuard(Arc<LiveCounts>);
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.tasks.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> SourceFrame {
+        SourceFrame {
+            jpeg: vec![n],
+            width: 1,
+            height: 1,
+            captured_at_ns: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_its_oldest_frames() {
+        let q = FrameQueue::new(3);
+        let dropped = (0..10).filter(|n| q.push(frame(*n))).count();
+        assert_eq!(dropped, 7);
+        q.close();
+        let mut left = Vec::new();
+        while let Some(f) = q.pop().await {
+            left.push(f.jpeg[0]);
+        }
+        assert_eq!(left, [7, 8, 9]);
+    }
+
+    #[test]
+    fn a_boost_ends_by_itself_and_a_later_one_replaces_it() {
+        let p = PriorityCell::new(Priority::Normal);
+        p.boost(
+            Priority::Emergency,
+            Instant::now() + std::time::Duration::from_secs(60),
+        );
+        assert_eq!(p.current(), Priority::Emergency);
+        p.boost(
+            Priority::Urgent,
+            Instant::now() + std::time::Duration::from_secs(60),
+        );
+        assert_eq!(p.current(), Priority::Urgent);
+        p.boost(Priority::Urgent, Instant::now());
+        assert_eq!(p.current(), Priority::Normal);
     }
 }
