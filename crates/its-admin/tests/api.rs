@@ -691,6 +691,12 @@ async fn every_endpoint_and_role() {
     )
     .await
     .assert_problem(404, None);
+    // A removed id can be registered again.
+    let r = api
+        .send(Method::POST, "/api/v1/cameras", Some(OPERATOR), cam)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(kv.get("cam-1").await.unwrap().is_some());
 
     // The OpenAPI document is served and lists every path.
     let doc = api.get("/openapi.json", None).await.json();
