@@ -200,8 +200,7 @@ pub fn memory_over_time(path: &Path, title: &str, procs: &[ProcessMemory]) -> Pl
         .zip(&names)
         .enumerate()
         .map(|(i, (p, n))| {
-            let mut ys: Vec<f64> = p.rss_bytes.iter().map(|b| *b as f64 / 1048576.0).collect();
-            ys.resize(x.len(), f64::NAN);
+            let ys: Vec<f64> = p.rss_bytes.iter().map(|b| *b as f64 / 1048576.0).collect();
             (n.as_str(), ys, palette[i % palette.len()])
         })
         .collect();

@@ -504,7 +504,18 @@ fn spawn_memory(
     }
     pids.sort();
     pids.dedup();
-    let series: MemorySeries = Arc::new(Mutex::new(pids.into_iter().map(Series::new).collect()));
+    let me = std::process::id();
+    let series: Vec<Series> = pids
+        .into_iter()
+        .map(|pid| {
+            let mut s = Series::new(pid);
+            if pid == me && embedded {
+                s.name = format!("{} (load generator and embedded node)", s.name);
+            }
+            s
+        })
+        .collect();
+    let series: MemorySeries = Arc::new(Mutex::new(series));
     let every = Duration::from_secs_f64(args.rss_interval_secs.max(0.1));
     let s2 = series.clone();
     let task = tokio::spawn(async move {
