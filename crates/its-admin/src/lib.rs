@@ -320,3 +320,43 @@ impl AdminServer {
         self.watcher.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_operation_declares_auth_and_errors() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), 14);
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                assert!(
+                    responses.contains_key("401"),
+                    "{method} {path} does not declare 401"
+                );
+                assert!(
+                    op["security"].as_array().is_some_and(|s| !s.is_empty()),
+                    "{method} {path} has no security requirement"
+                );
+                if path.contains("{id}") {
+                    assert_eq!(op["parameters"][0]["name"], "id", "{method} {path}");
+                }
+                for (code, r) in responses {
+                    if code.starts_with('4') || code.starts_with('5') {
+                        let content = r["content"].as_object().unwrap();
+                        assert!(
+                            content.contains_key("application/problem+json") || path == "/readyz",
+                            "{method} {path} {code} is not a problem"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

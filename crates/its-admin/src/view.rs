@@ -547,6 +547,20 @@ impl ClusterView {
                 );
             }
             e.family(
+                "its_camera_source_drops_total",
+                Kind::Counter,
+                "Frames a camera's ingest dropped at the source, by reason.",
+            );
+            for (id, s) in i.cameras.iter().take(self.opts.max_camera_series) {
+                for (reason, n) in s.value.drops.iter().take(MAX_REASONS) {
+                    e.sample(
+                        "its_camera_source_drops_total",
+                        &[("camera", id), ("reason", reason)],
+                        *n as f64,
+                    );
+                }
+            }
+            e.family(
                 "its_camera_streaming",
                 Kind::Gauge,
                 "1 while a camera's last reported state is streaming and fresh.",

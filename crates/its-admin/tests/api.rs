@@ -659,6 +659,14 @@ async fn every_endpoint_and_role() {
         40.0
     );
     assert_eq!(sum(&m, "its_nats_connected", &[]), 1.0);
+    assert_eq!(
+        sum(
+            &m,
+            "its_camera_source_drops_total",
+            &[("camera", "cam-1"), ("reason", "corrupt")]
+        ),
+        1.0
+    );
     assert_eq!(sum(&m, "its_nats_reconnects_total", &[]), 0.0);
 
     // Delete: operator; then gone.
