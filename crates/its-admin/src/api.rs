@@ -30,6 +30,7 @@ pub(crate) struct AppState {
     pub(crate) kv: Kv<CameraSpec>,
     pub(crate) view: Arc<ClusterView>,
     pub(crate) tokens: Tokens,
+    pub(crate) http: Arc<crate::metrics::HttpCounters>,
 }
 
 type State = web::Data<AppState>;
@@ -1339,9 +1340,12 @@ pub(crate) async fn metrics(req: HttpRequest, st: State) -> ApiResult {
     if st.settings.protect_metrics {
         st.tokens.require(&req, AdminRole::Viewer)?;
     }
-    let text = st
+    let mut text = st
         .view
         .render_metrics(&st.bus.health().snapshot(), st.bus.is_connected());
+    let mut http = crate::metrics::Exposition::default();
+    st.http.render(&mut http);
+    text.push_str(&http.finish());
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text))

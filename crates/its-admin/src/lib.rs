@@ -176,12 +176,14 @@ impl AdminServer {
             .await
             .map_err(|_| AdminError::Config("the status subscription failed".into()))??;
 
+        let http = Arc::new(metrics::HttpCounters::default());
         let state = web::Data::new(api::AppState {
             settings: settings.clone(),
             bus,
             kv,
             view,
             tokens,
+            http: http.clone(),
         });
         let query_cfg = web::QueryConfig::default().error_handler(|e, _| {
             problem::ApiError::BadRequest {
@@ -198,7 +200,22 @@ impl AdminServer {
             .into()
         });
         let server = HttpServer::new(move || {
+            let http = http.clone();
             App::new()
+                .wrap_fn(move |req, srv| {
+                    use actix_web::dev::Service as _;
+                    let route = req
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let method = req.method().clone();
+                    let http = http.clone();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        http.record(route, method.as_str(), res.status().as_u16());
+                        Ok(res)
+                    }
+                })
                 .app_data(state.clone())
                 .app_data(query_cfg.clone())
                 .app_data(path_cfg.clone())

@@ -14,6 +14,48 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 /// Batch size buckets, frames.
 pub const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// Responses of the admin API by route pattern, method and status.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str, u16), u64>>,
+}
+
+impl HttpCounters {
+    /// Counts one response. Methods outside the standard set count as `OTHER`, so clients
+    /// cannot grow the label set.
+    pub fn record(&self, route: String, method: &str, status: u16) {
+        const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+        let method = METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("OTHER");
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *c.entry((route, method, status)).or_default() += 1;
+    }
+
+    /// Writes the `its_admin_http_responses_total` family.
+    pub fn render(&self, e: &mut Exposition) {
+        e.family(
+            "its_admin_http_responses_total",
+            Kind::Counter,
+            "Responses of the admin API by route pattern, method and status code.",
+        );
+        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for ((route, method, status), n) in c.iter() {
+            e.sample(
+                "its_admin_http_responses_total",
+                &[
+                    ("route", route),
+                    ("method", method),
+                    ("code", &status.to_string()),
+                ],
+                *n as f64,
+            );
+        }
+    }
+}
+
 /// A histogram with fixed upper bounds.
 #[derive(Debug, Clone)]
 pub struct Histogram {

@@ -659,6 +659,24 @@ async fn every_endpoint_and_role() {
         40.0
     );
     assert_eq!(sum(&m, "its_nats_connected", &[]), 1.0);
+    assert!(
+        sum(
+            &m,
+            "its_admin_http_responses_total",
+            &[
+                ("route", "/api/v1/cameras"),
+                ("method", "POST"),
+                ("code", "422")
+            ]
+        ) >= 9.0
+    );
+    assert!(
+        sum(
+            &m,
+            "its_admin_http_responses_total",
+            &[("route", "unmatched"), ("code", "404")]
+        ) >= 1.0
+    );
     assert_eq!(
         sum(
             &m,
