@@ -198,6 +198,7 @@ pub struct JpegDecoder {
     batch_size: Option<usize>,
     max_width: u32,
     max_height: u32,
+    cpu_assist: usize,
 }
 
 // SAFETY: nvJPEG handles and states may be used from any thread as long as calls on one
@@ -288,6 +289,7 @@ impl JpegDecoder {
             batch_size: None,
             max_width,
             max_height,
+            cpu_assist: 0,
         })
     }
 
@@ -308,6 +310,7 @@ impl JpegDecoder {
             batch_size: None,
             max_width: self.max_width,
             max_height: self.max_height,
+            cpu_assist: self.cpu_assist,
         })
     }
 
@@ -316,9 +319,13 @@ impl JpegDecoder {
         self.backend
     }
 
-    /// Reads a JPEG's size from its header; errors for data nvJPEG cannot parse, for
-    /// subsamplings the hardware backend does not take, and for frames over the limits.
+    /// Reads a JPEG's size from its header; errors for data nvJPEG cannot parse and for
+    /// frames over the limits.
     pub fn info(&self, jpeg: &[u8]) -> Result<JpegInfo, GpuError> {
+        self.header(jpeg).map(|(info, _)| info)
+    }
+
+    fn header(&self, jpeg: &[u8]) -> Result<(JpegInfo, c_int), GpuError> {
         if jpeg.len() < 4 || jpeg[0] != 0xFF || jpeg[1] != 0xD8 {
             return Err(GpuError::Jpeg("not a jpeg (no SOI marker)".into()));
         }
@@ -347,43 +354,54 @@ impl JpegDecoder {
                 self.max_width, self.max_height
             )));
         }
-        if css == CSS_UNKNOWN
-            || (self.backend == JpegBackend::Hardware && (css == CSS_410 || css == CSS_411))
-        {
-            return Err(GpuError::Jpeg(format!(
-                "chroma subsampling {css} not supported by the {:?} backend",
-                self.backend
-            )));
+        if css == CSS_UNKNOWN {
+            return Err(GpuError::Jpeg("unknown chroma subsampling".into()));
         }
         let components = if css == CSS_GRAY {
             1
         } else {
             comps.max(0) as u32
         };
-        Ok(JpegInfo {
-            width,
-            height,
-            components,
-        })
+        Ok((
+            JpegInfo {
+                width,
+                height,
+                components,
+            },
+            css,
+        ))
+    }
+
+    /// Frames of each batch (among those the GPU backend could take) decoded by CPU
+    /// threads (zune-jpeg, one thread per frame) while the JPEG engines work on the rest,
+    /// then copied into the same device buffer. 0 (the default) turns the assist off. On an
+    /// H100 the in-call assist is slower than the engines alone (NOTES.md): keep it off
+    /// except to spread load where the engines are absent or busy.
+    pub fn set_cpu_assist(&mut self, frames: usize) {
+        self.cpu_assist = frames;
     }
 
     /// Decodes `jpegs` into `out` as interleaved RGB (rows tight, each frame at a
     /// [`FRAME_ALIGN`]-byte offset), asynchronously on `stream`. Returns one result per
     /// input: the frame's place in `out`, or why that frame was refused (bad header, too
-    /// large, does not fit); refused frames do not stop the others. An error of the batch
-    /// call itself (nvJPEG refusing the whole batch) is returned as the outer error.
+    /// large, does not fit, CPU decode failed); refused frames do not stop the others.
+    /// Frames the GPU backend cannot take (progressive or lossless coding, 4:1:0 / 4:1:1 on
+    /// the hardware backend) are decoded on the CPU instead, as are the
+    /// [`Self::set_cpu_assist`] frames. An error of the batch call itself (nvJPEG refusing
+    /// the whole batch) is returned as the outer error.
     pub fn decode_batch(
         &mut self,
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         jpegs: &[&[u8]],
         out: &mut CudaSlice<u8>,
     ) -> Result<Vec<Result<FrameRef, GpuError>>, GpuError> {
         stream.context().bind_to_thread()?;
         let capacity = out.len();
         let mut results = Vec::with_capacity(jpegs.len());
+        let mut on_cpu = Vec::new();
         let mut end = 0usize;
-        for j in jpegs {
-            let r = self.info(j).and_then(|info| {
+        for (i, j) in jpegs.iter().enumerate() {
+            let r = self.probe(j).and_then(|(info, gpu_ok)| {
                 let offset = end.next_multiple_of(FRAME_ALIGN);
                 let pitch = 3 * info.width as usize;
                 let size = pitch * info.height as usize;
@@ -393,6 +411,9 @@ impl JpegDecoder {
                     )));
                 }
                 end = offset + size;
+                if !gpu_ok {
+                    on_cpu.push(i);
+                }
                 Ok(FrameRef {
                     offset: offset as u64,
                     width: info.width,
@@ -402,25 +423,91 @@ impl JpegDecoder {
             });
             results.push(r);
         }
-        let ok: Vec<(usize, FrameRef)> = results
+        let mut on_gpu: Vec<(usize, FrameRef)> = results
             .iter()
             .enumerate()
+            .filter(|(i, _)| !on_cpu.contains(i))
             .filter_map(|(i, r)| r.as_ref().ok().map(|f| (i, *f)))
             .collect();
-        if ok.is_empty() {
-            return Ok(results);
+        let assist = self.cpu_assist.min(on_gpu.len().saturating_sub(1));
+        for (i, _) in on_gpu.drain(on_gpu.len() - assist..) {
+            on_cpu.push(i);
         }
-        if self.batch_size != Some(ok.len()) {
+        let base = {
+            let (ptr, _sync) = out.device_ptr_mut(stream);
+            ptr
+        };
+        let cpu_jobs: Vec<(usize, FrameRef)> = on_cpu
+            .iter()
+            .filter_map(|&i| results[i].as_ref().ok().map(|f| (i, *f)))
+            .collect();
+        let (gpu_status, cpu_out) = std::thread::scope(|sc| {
+            let workers: Vec<_> = cpu_jobs
+                .iter()
+                .map(|&(i, f)| {
+                    let jpeg = jpegs[i];
+                    sc.spawn(move || cpu_decode(jpeg, f.width, f.height))
+                })
+                .collect();
+            let gpu_status = if on_gpu.is_empty() {
+                Ok(())
+            } else {
+                self.decode_on_gpu(stream, jpegs, &on_gpu, base)
+            };
+            let cpu_out: Vec<Result<Vec<u8>, GpuError>> = workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(GpuError::Jpeg("cpu decode panicked".into())))
+                })
+                .collect();
+            (gpu_status, cpu_out)
+        });
+        gpu_status?;
+        for ((i, f), rgb) in cpu_jobs.into_iter().zip(cpu_out) {
+            match rgb {
+                Ok(rgb) => {
+                    let start = f.offset as usize;
+                    let mut dst = out.slice_mut(start..start + rgb.len());
+                    stream.memcpy_htod(&rgb, &mut dst)?;
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        Ok(results)
+    }
+
+    /// Header info and whether the GPU backend can decode the frame.
+    fn probe(&self, jpeg: &[u8]) -> Result<(JpegInfo, bool), GpuError> {
+        let (info, css) = self.header(jpeg)?;
+        let hw_refuses =
+            self.backend == JpegBackend::Hardware && (css == CSS_410 || css == CSS_411);
+        Ok((info, !hw_refuses && is_baseline_huffman(jpeg)))
+    }
+
+    fn decode_on_gpu(
+        &mut self,
+        stream: &CudaStream,
+        jpegs: &[&[u8]],
+        frames: &[(usize, FrameRef)],
+        base: u64,
+    ) -> Result<(), GpuError> {
+        if self.batch_size != Some(frames.len()) {
             // SAFETY: live handle and state; batch size > 0; one CPU thread.
             check("nvjpegDecodeBatchedInitialize", unsafe {
-                (self.api.batched_init)(self.handle, self.state, ok.len() as c_int, 1, OUTPUT_RGBI)
+                (self.api.batched_init)(
+                    self.handle,
+                    self.state,
+                    frames.len() as c_int,
+                    1,
+                    OUTPUT_RGBI,
+                )
             })?;
-            self.batch_size = Some(ok.len());
+            self.batch_size = Some(frames.len());
         }
-        let (base, _sync) = out.device_ptr_mut(stream);
-        let data: Vec<*const u8> = ok.iter().map(|&(i, _)| jpegs[i].as_ptr()).collect();
-        let lengths: Vec<usize> = ok.iter().map(|&(i, _)| jpegs[i].len()).collect();
-        let mut images: Vec<Image> = ok
+        let data: Vec<*const u8> = frames.iter().map(|&(i, _)| jpegs[i].as_ptr()).collect();
+        let lengths: Vec<usize> = frames.iter().map(|&(i, _)| jpegs[i].len()).collect();
+        let mut images: Vec<Image> = frames
             .iter()
             .map(|(_, f)| Image {
                 channel: [
@@ -433,9 +520,10 @@ impl JpegDecoder {
             })
             .collect();
         // SAFETY: data/lengths/images hold batch_size entries each; every input pointer is
-        // a live slice of the stated length (borrowed for this call; nvJPEG copies what it
-        // needs before returning); every output region lies inside `out` (checked above)
-        // and is pitch * height bytes of RGBI; the stream belongs to the current context.
+        // a live slice of the stated length (borrowed for this call; nvJPEG stages what it
+        // needs before returning); every output region lies inside the caller's device
+        // buffer starting at `base` (checked against its length in decode_batch) and is
+        // pitch * height bytes of RGBI; the stream belongs to the current context.
         let s = unsafe {
             (self.api.decode_batched)(
                 self.handle,
@@ -451,6 +539,61 @@ impl JpegDecoder {
             self.batch_size = None;
             return Err(e);
         }
-        Ok(results)
+        Ok(())
     }
+}
+
+/// Whether the frame header says baseline or extended sequential Huffman (SOF0 / SOF1),
+/// the codings nvJPEG's batched GPU paths take; walks the marker segments up to the first
+/// SOF or SOS.
+pub fn is_baseline_huffman(jpeg: &[u8]) -> bool {
+    let mut i = 2usize;
+    while i + 4 <= jpeg.len() {
+        if jpeg[i] != 0xFF {
+            return false;
+        }
+        let marker = jpeg[i + 1];
+        match marker {
+            0xFF => {
+                i += 1;
+                continue;
+            }
+            0xC0 | 0xC1 => return true,
+            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA => return false,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+        i += 2 + len;
+    }
+    false
+}
+
+/// Decodes one JPEG on the CPU (zune-jpeg) to tight RGB of the expected size.
+fn cpu_decode(jpeg: &[u8], width: u32, height: u32) -> Result<Vec<u8>, GpuError> {
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let opts = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX));
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(jpeg, opts);
+    let data = dec
+        .decode()
+        .map_err(|e| GpuError::Jpeg(format!("cpu decode: {e}")))?;
+    let data = match dec.get_output_colorspace() {
+        Some(ColorSpace::RGB) => data,
+        Some(ColorSpace::Luma) => data.iter().flat_map(|&v| [v, v, v]).collect(),
+        other => {
+            return Err(GpuError::Jpeg(format!(
+                "cpu decode produced {other:?} instead of rgb"
+            )));
+        }
+    };
+    if data.len() != 3 * width as usize * height as usize {
+        return Err(GpuError::Jpeg(format!(
+            "cpu decode gave {} bytes for {width}x{height}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }

@@ -34,6 +34,9 @@ pub struct PipelineConfig {
     pub device_pool_bytes: usize,
     /// Bound of the pinned host pool.
     pub pinned_pool_bytes: usize,
+    /// Frames per batch decoded by CPU threads next to the JPEG engines
+    /// ([`JpegDecoder::set_cpu_assist`]).
+    pub jpeg_cpu_assist: usize,
 }
 
 impl PipelineConfig {
@@ -51,6 +54,7 @@ impl PipelineConfig {
             // Two batches in flight of every buffer, rounded up to pool buckets.
             device_pool_bytes: 4 * (decoded + input) + (64 << 20),
             pinned_pool_bytes: 16 << 20,
+            jpeg_cpu_assist: 0,
         }
     }
 }
@@ -139,9 +143,11 @@ impl GpuPipeline {
         let device_pool = DevicePool::new(stream.clone(), cfg.device_pool_bytes);
         let pinned_pool = PinnedPool::new(gpu, cfg.pinned_pool_bytes);
         let post = Postprocessor::new(gpu, cfg.post, device_pool.clone(), pinned_pool.clone())?;
+        let mut decoder = JpegDecoder::new(cfg.max_width, cfg.max_height)?;
+        decoder.set_cpu_assist(cfg.jpeg_cpu_assist);
         Ok(Self {
             gpu: gpu.clone(),
-            decoder: JpegDecoder::new(cfg.max_width, cfg.max_height)?,
+            decoder,
             letterbox: LetterboxKernels::load(gpu)?,
             quality: QualityKernel::load(gpu)?,
             post,

@@ -78,3 +78,22 @@ pub fn encode_jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<V
         .map_err(|e| GpuError::InvalidInput(format!("jpeg encode: {e}")))?;
     Ok(out)
 }
+
+/// As [`encode_jpeg`], progressive coding (which nvJPEG's hardware backend does not take).
+pub fn encode_jpeg_progressive(
+    rgb: &[u8],
+    width: u32,
+    height: u32,
+    quality: u8,
+) -> Result<Vec<u8>, GpuError> {
+    let (w, h) = (
+        u16::try_from(width).map_err(|_| GpuError::InvalidInput("width over 65535".into()))?,
+        u16::try_from(height).map_err(|_| GpuError::InvalidInput("height over 65535".into()))?,
+    );
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+    enc.set_progressive(true);
+    enc.encode(rgb, w, h, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| GpuError::InvalidInput(format!("jpeg encode: {e}")))?;
+    Ok(out)
+}

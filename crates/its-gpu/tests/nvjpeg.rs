@@ -3,9 +3,10 @@
 //! no device (or no nvJPEG) is present, and fail instead when ITS_REQUIRE_GPU=1.
 
 use its_gpu::letterbox::reference::letterbox_batch;
+use its_gpu::nvjpeg::is_baseline_huffman;
 use its_gpu::postprocess::reference::{Rng, postprocess_frame, synthetic_output};
 use its_gpu::quality::reference::measure;
-use its_gpu::testdata::{encode_jpeg, synthetic_scene};
+use its_gpu::testdata::{encode_jpeg, encode_jpeg_progressive, synthetic_scene};
 use its_gpu::{
     GpuContext, GpuError, GpuPipeline, HostFrame, JpegDecoder, PipelineConfig, gpu_required,
 };
@@ -56,6 +57,17 @@ const MAX_MEAN_ABS: f64 = 3.0;
 const MIN_PSNR: f64 = 30.0;
 
 #[test]
+fn baseline_detection_reads_the_frame_header() {
+    let rgb = synthetic_scene(64, 48, 1);
+    assert!(is_baseline_huffman(&encode_jpeg(&rgb, 64, 48, 85).unwrap()));
+    assert!(!is_baseline_huffman(
+        &encode_jpeg_progressive(&rgb, 64, 48, 85).unwrap()
+    ));
+    assert!(!is_baseline_huffman(&[0xFF, 0xD8, 0x42, 0x42, 0, 0]));
+    assert!(!is_baseline_huffman(&[0xFF, 0xD8]));
+}
+
+#[test]
 fn decodes_a_mixed_batch_like_zune_jpeg_and_isolates_bad_frames() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut dec = match JpegDecoder::new(4096, 4096) {
@@ -76,14 +88,21 @@ fn decodes_a_mixed_batch_like_zune_jpeg_and_isolates_bad_frames() {
         (3840, 2160),
         (641, 479),
     ];
-    for batch in [1usize, 7, 32] {
+    for (batch, assist) in [(1usize, 0usize), (7, 0), (32, 0), (7, 3), (32, 4)] {
+        dec.set_cpu_assist(assist);
         let mut jpegs = Vec::new();
         let mut rgbs = Vec::new();
         for i in 0..batch {
             let (w, h) = sizes[i % sizes.len()];
             let rgb = synthetic_scene(w, h, i as u64);
             let q = [85u8, 95, 60][i % 3];
-            jpegs.push(encode_jpeg(&rgb, w, h, q).unwrap());
+            // Every fifth frame progressive: decoded on the CPU path, same result.
+            let j = if i % 5 == 4 {
+                encode_jpeg_progressive(&rgb, w, h, q).unwrap()
+            } else {
+                encode_jpeg(&rgb, w, h, q).unwrap()
+            };
+            jpegs.push(j);
             rgbs.push((w, h));
         }
         // A corrupt frame in the middle, which must not take the batch down.
@@ -119,9 +138,10 @@ fn decodes_a_mixed_batch_like_zune_jpeg_and_isolates_bad_frames() {
 #[test]
 fn pipeline_prepares_batches_from_pools_and_postprocesses() {
     let Some(gpu) = gpu_or_skip() else { return };
-    // Portrait frames too: accept up to 1920 on both axes.
+    // Portrait frames too: accept up to 1920 on both axes; 2 frames a batch on CPU threads.
     let cfg = PipelineConfig {
         max_height: 1920,
+        jpeg_cpu_assist: 2,
         ..PipelineConfig::yolo640(8)
     };
     let mut p = match GpuPipeline::new(&gpu, cfg) {

@@ -26,6 +26,7 @@ pub struct Summary {
     pub jpeg_fps: Option<f64>,
     pub jpeg_fps_by_decoders: Vec<(usize, f64)>,
     pub jpeg_fps_by_plan: Vec<(String, f64)>,
+    pub jpeg_fps_assist: Vec<(usize, f64)>,
     pub pipeline_ms: Option<[f64; 4]>,
     pub pipeline_wall_ms: Option<f64>,
     pub pool: Option<String>,
@@ -241,6 +242,33 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
         s.jpeg_backend = Some(backend);
         s.jpeg_fps_by_decoders.push((decoders, fps));
     }
+    // The library's CPU assist: `assist` of every 32 frames decoded by CPU threads while the
+    // engines take the rest, in one decode_batch call.
+    for assist in [2usize, 4, 6] {
+        gpu.cuda().bind_to_thread()?;
+        let mut dec = JpegDecoder::new(1920, 1080)?;
+        dec.set_cpu_assist(assist);
+        let stream = gpu.new_stream()?;
+        let mut out = stream.alloc_zeros::<u8>(32 * (1280 * 720 * 3 + 256))?;
+        let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
+        for _ in 0..3 {
+            dec.decode_batch(&stream, &refs, &mut out)?;
+        }
+        stream.synchronize()?;
+        let batches = 60;
+        let t = Instant::now();
+        for _ in 0..batches {
+            dec.decode_batch(&stream, &refs, &mut out)?;
+        }
+        stream.synchronize()?;
+        let secs = t.elapsed().as_secs_f64();
+        let fps = (batches * 32) as f64 / secs;
+        println!(
+            "| 1 + CPU assist {assist}/32 | Hardware + zune | {batches} | {fps:.0} | {:.3} |",
+            secs * 1e3 / batches as f64
+        );
+        s.jpeg_fps_assist.push((assist, fps));
+    }
     s.jpeg_mean_bytes = Some(mean);
     s.jpeg_fps = Some(best);
     mixed_backends(gpu, &jpegs, s);
@@ -347,6 +375,76 @@ fn shared_handle(gpu: &GpuContext, jpegs: &[Vec<u8>], calls: usize) -> Result<f6
     Ok((2 * calls * jpegs.len()) as f64 / wall)
 }
 
+/// The JPEG engines (one hardware decoder, batch 32, `calls` batches) and `cpu` threads
+/// decoding with zune-jpeg and uploading the RGB frames to the device, all at once; the CPU
+/// threads stop when the engine thread is done. Returns (total frames/s, engine frames/s,
+/// CPU frames/s).
+fn engines_plus_cpu(
+    gpu: &GpuContext,
+    jpegs: &[Vec<u8>],
+    cpu: usize,
+    calls: usize,
+) -> Result<(f64, f64, f64), GpuError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let done = AtomicBool::new(false);
+    let start = std::sync::Barrier::new(cpu + 1);
+    let t0 = std::sync::OnceLock::<Instant>::new();
+    let (hw, cpu_frames) = std::thread::scope(|sc| -> Result<(f64, usize), GpuError> {
+        let workers: Vec<_> = (0..cpu)
+            .map(|k| {
+                let (done, start) = (&done, &start);
+                sc.spawn(move || -> Result<usize, GpuError> {
+                    gpu.cuda().bind_to_thread()?;
+                    let stream = gpu.new_stream()?;
+                    let mut dev = stream.alloc_zeros::<u8>(1280 * 720 * 3)?;
+                    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+                    start.wait();
+                    let mut n = 0usize;
+                    while !done.load(Ordering::Relaxed) {
+                        let j = &jpegs[(k + n * cpu) % jpegs.len()];
+                        let rgb = zune_jpeg::JpegDecoder::new_with_options(j, opts)
+                            .decode()
+                            .map_err(|e| GpuError::Jpeg(e.to_string()))?;
+                        stream.memcpy_htod(&rgb, &mut dev)?;
+                        n += 1;
+                    }
+                    stream.synchronize()?;
+                    Ok(n)
+                })
+            })
+            .collect();
+        let hw = (|| -> Result<f64, GpuError> {
+            gpu.cuda().bind_to_thread()?;
+            let mut dec = JpegDecoder::new(1920, 1080)?;
+            let stream = gpu.new_stream()?;
+            let mut out = stream.alloc_zeros::<u8>(32 * (1280 * 720 * 3 + 256))?;
+            let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
+            dec.decode_batch(&stream, &refs, &mut out)?;
+            stream.synchronize()?;
+            start.wait();
+            let t = *t0.get_or_init(Instant::now);
+            for _ in 0..calls {
+                dec.decode_batch(&stream, &refs, &mut out)?;
+            }
+            stream.synchronize()?;
+            Ok(t.elapsed().as_secs_f64())
+        })();
+        done.store(true, Ordering::Relaxed);
+        let mut frames = 0;
+        for w in workers {
+            frames += w
+                .join()
+                .unwrap_or_else(|_| Err(GpuError::Jpeg("thread panicked".into())))?;
+        }
+        Ok((hw?, frames))
+    })?;
+    let engine = (calls * jpegs.len()) as f64 / hw;
+    let cpu_fps = cpu_frames as f64 / hw;
+    Ok((engine + cpu_fps, engine, cpu_fps))
+}
+
 /// Hardware engines alone at batch 64, GPU hybrid (Huffman on the SMs, batch > 100) alone,
 /// and both at once on separate streams.
 fn mixed_backends(gpu: &GpuContext, jpegs: &[Vec<u8>], s: &mut Summary) {
@@ -373,6 +471,19 @@ fn mixed_backends(gpu: &GpuContext, jpegs: &[Vec<u8>], s: &mut Summary) {
                 .push(("hardware b32 x2 states one handle".into(), fps));
         }
         Err(e) => println!("| hardware b32 x 2 threads, one handle | failed: {e} | - |"),
+    }
+    for cpu in [4usize, 8, 12] {
+        match engines_plus_cpu(gpu, jpegs, cpu, 60) {
+            Ok((total, engine, cpu_fps)) => {
+                println!(
+                    "| hardware b32 + {cpu} CPU threads (zune-jpeg + upload) | {total:.0} \
+                     (engines {engine:.0}, CPU {cpu_fps:.0}) | - |"
+                );
+                s.jpeg_fps_by_plan
+                    .push((format!("hardware b32 + {cpu} cpu threads"), total));
+            }
+            Err(e) => println!("| hardware + {cpu} CPU threads | failed: {e} | - |"),
+        }
     }
     for (name, plan) in plans {
         match run_backends(gpu, jpegs, &plan) {
@@ -470,9 +581,19 @@ impl Summary {
             fmt(self.letterbox_b32_f16_ms, 4)
         );
         println!(
-            "| nvJPEG decode, q85 720p, batch 32 ({}) | {} frames/s | >= 14,000 |",
+            "| nvJPEG decode alone, q85 720p, batch 32 ({}) | {} frames/s | >= 14,000 |",
             self.jpeg_backend.as_deref().unwrap_or("n/a"),
             fmt(self.jpeg_fps, 0)
+        );
+        let free_running = self
+            .jpeg_fps_by_plan
+            .iter()
+            .filter(|(n, _)| n.contains("cpu threads"))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        println!(
+            "| JPEG decode, engines + free-running CPU threads (best: {}) | {} frames/s | >= 14,000 |",
+            free_running.map_or("n/a", |a| a.0.as_str()),
+            fmt(free_running.map(|a| a.1), 0)
         );
         println!(
             "| decode + NMS, batch 32 YOLO11n outputs (device) | {} ms | <= 0.2 ms |",
@@ -500,6 +621,7 @@ impl Summary {
                 "jpeg_fps": self.jpeg_fps,
                 "jpeg_fps_by_decoders": self.jpeg_fps_by_decoders,
                 "jpeg_fps_by_plan": self.jpeg_fps_by_plan,
+                "jpeg_fps_cpu_assist": self.jpeg_fps_assist,
                 "postprocess_b32_device_ms": self.post_device_ms,
                 "postprocess_b32_wall_ms": self.post_wall_ms,
                 "postprocess_b32_worst_device_ms": self.post_worst_device_ms,
