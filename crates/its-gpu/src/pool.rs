@@ -108,7 +108,9 @@ impl<B> Shelf<B> {
 }
 
 /// A bounded pool of device buffers on one stream's device, keyed by power-of-two bucket.
-/// Cheap to clone (shared).
+/// Cheap to clone (shared). A buffer goes back when its handle drops, which can be before
+/// the device has finished with it: share one pool only among users of one stream, whose
+/// ordering makes the reuse safe (one pool per worker stream).
 #[derive(Clone)]
 pub struct DevicePool {
     stream: Arc<CudaStream>,
