@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Independent check of `its model import darknet`: runs a Darknet network in numpy.
 
-    darknet_ref.py CFG WEIGHTS ONNX [--batch 2] [--seed 0]
+    darknet_ref.py CFG WEIGHTS ONNX [--input FILE] [--batch 2] [--seed 0]
 
 Reads CFG and WEIGHTS on its own (no code shared with the Rust importer), runs the network
 in plain numpy following Darknet's C source for inference (convolution, batch norm as
 `(x - mean) / (sqrt(var) + .000001) * scale + bias`, leaky 0.1, maxpool with `-pad/2`
 offset and out-of-range cells skipped, nearest upsample, route, shortcut, and the `[yolo]`
-box formula of `get_yolo_box`), then runs ONNX in onnxruntime on the same random input
-and compares `[batch, N, 5 + C]` element by element.
+box formula of `get_yolo_box`), then runs ONNX in onnxruntime on the same input and
+compares `[batch, N, 5 + C]` element by element. The input is FILE (raw little-endian
+float32 `[batch, 3, H, W]`, e.g. letterboxed photos) or uniform random values.
 
 Prints one JSON line with the largest differences; exit status 0 when within tolerance,
 1 when not, 2 on a usage or format error.
@@ -172,6 +173,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("cfg")
     ap.add_argument("weights")
     ap.add_argument("onnx")
+    ap.add_argument("--input", help="raw float32 [batch, 3, H, W] input (default: random)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -181,7 +183,10 @@ def main(argv: list[str]) -> int:
     cfg = parse_cfg(args.cfg)
     net = cfg[0][1]
     h, w = int(net["height"]), int(net["width"])
-    x = np.random.default_rng(args.seed).random((args.batch, 3, h, w), dtype=np.float32)
+    if args.input:
+        x = np.fromfile(args.input, dtype="<f4").reshape(-1, 3, h, w)
+    else:
+        x = np.random.default_rng(args.seed).random((args.batch, 3, h, w), dtype=np.float32)
     try:
         ref = run_darknet(cfg, Weights(args.weights), x)
     except (ValueError, KeyError) as e:

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use its_engine::{Detection, Detector, OrtOptions, decode_jpeg};
+use its_engine::{Detection, Detector, OrtOptions, decode_jpeg, letterbox_into};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -149,12 +149,32 @@ fn agrees_with_an_independent_numpy_reading_of_the_weights() {
         "{} missing: run scripts/setup.sh",
         python.display()
     );
+    // Real input: both photos letterboxed to 416x416, so the heads see objects (random input
+    // leaves every objectness near zero).
+    let mut input = vec![0.0f32; 2 * 3 * 416 * 416];
+    for (photo, dst) in ["dog.jpg", "pexels_double_decker_bus.jpg"]
+        .iter()
+        .zip(input.chunks_exact_mut(3 * 416 * 416))
+    {
+        let img = decode_jpeg(&std::fs::read(f.photos.join(photo)).unwrap()).unwrap();
+        letterbox_into(&img, 416, 416, dst);
+    }
+    let input_path = dir.join("input.f32");
+    std::fs::write(
+        &input_path,
+        input
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let out = Command::new(&python)
         .arg(root().join("tests/darknet_ref.py"))
         .arg(&f.cfg)
         .arg(&f.weights)
         .arg(dir.join("model.onnx"))
-        .args(["--batch", "2"])
+        .arg("--input")
+        .arg(&input_path)
         .output()
         .expect("run tests/darknet_ref.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -165,6 +185,9 @@ fn agrees_with_an_independent_numpy_reading_of_the_weights() {
         String::from_utf8_lossy(&out.stderr)
     );
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    eprintln!("darknet_ref.py: {line}");
     assert_eq!(line["ok"], true, "{line}");
     assert_eq!(line["shape"], serde_json::json!([2, 2535, 85]), "{line}");
+    // The photos' objects were compared too, not only near-zero scores.
+    assert!(line["max_objectness"].as_f64().unwrap() > 0.5, "{line}");
 }
