@@ -147,14 +147,16 @@ def run_darknet(cfg: list, weights: Weights, x: np.ndarray) -> np.ndarray:
             classes = int(o["classes"])
             anchors = [float(v) for v in o["anchors"].split(",")]
             mask = [int(v) for v in o["mask"].split(",")]
+            sxy = float(o.get("scale_x_y", 1))
             b, _, lh, lw = x.shape
             t = x.reshape(b, len(mask), 5 + classes, lh, lw)
             for a, n in enumerate(mask):
                 p = t[:, a]  # [B, 5 + C, lh, lw]
                 j, i = np.meshgrid(np.arange(lh), np.arange(lw), indexing="ij")
-                # get_yolo_box: x = (i + sigmoid(tx)) / lw, w = exp(tw) * anchor_w / net_w
-                bx = (i + sigmoid(p[:, 0])) / lw * net_w
-                by = (j + sigmoid(p[:, 1])) / lh * net_h
+                # get_yolo_box: x = (i + sigmoid(tx)) / lw, w = exp(tw) * anchor_w / net_w;
+                # with scale_x_y (YOLOv4), sigmoid(t) * s - (s - 1) / 2 replaces sigmoid(t).
+                bx = (i + sigmoid(p[:, 0]) * sxy - (sxy - 1) / 2) / lw * net_w
+                by = (j + sigmoid(p[:, 1]) * sxy - (sxy - 1) / 2) / lh * net_h
                 bw = np.exp(p[:, 2]) * anchors[2 * n]
                 bh = np.exp(p[:, 3]) * anchors[2 * n + 1]
                 rest = sigmoid(p[:, 4:])  # objectness, classes

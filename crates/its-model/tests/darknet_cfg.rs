@@ -322,3 +322,119 @@ fn imported_small_network_runs_with_dynamic_batch() {
         assert!(raw.data.iter().all(|v| v.is_finite()));
     }
 }
+
+#[test]
+fn yolov4_tiny_constructs_route_groups_and_scale_x_y() {
+    // YOLOv4-tiny's CSP split: route groups=2 group_id=1 keeps the second half of the channels;
+    // its heads use scale_x_y.
+    let cfg = SMALL
+        .replace(
+            "[maxpool]",
+            "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n\n[route]\nlayers=-1,-2\n\n[maxpool]",
+        )
+        .replace("random=1", "random=1\nscale_x_y = 1.05");
+    let net = Network::parse(&cfg, "t.cfg").unwrap();
+    assert_eq!(
+        net.layers[1],
+        Layer::Route {
+            layers: vec![0],
+            groups: 2,
+            group_id: 1
+        }
+    );
+    let shapes = net.shapes().unwrap();
+    // conv 4 channels -> group 1 of 2 keeps 2 -> concat of that and the conv: 2 + 4.
+    assert_eq!(&shapes[..3], [(4, 4, 8), (2, 4, 8), (6, 4, 8)]);
+    let convs: Vec<_> = net.weight_counts().unwrap();
+    let floats: usize = convs.iter().map(|(_, n)| n).sum();
+    let mut bytes = Vec::new();
+    for v in [0i32, 2, 0] {
+        bytes.extend(v.to_le_bytes());
+    }
+    bytes.extend(0u64.to_le_bytes());
+    for i in 0..floats {
+        let v = if (12..16).contains(&i) { 1.0f32 } else { 0.01 };
+        bytes.extend(v.to_le_bytes());
+    }
+    let (_, weights) = read_weights(&bytes, Path::new("t.weights"), &net).unwrap();
+    let model = its_model::darknet::to_onnx(&net, &weights, "v4").unwrap();
+    let ops = model.op_counts();
+    assert_eq!(ops.get("Slice"), Some(&1));
+    // The head: scale_x_y adds a Mul and an Add to the usual grid Add.
+    assert_eq!(ops.get("Add"), Some(&2));
+    let slice = model
+        .graph()
+        .node
+        .iter()
+        .find(|n| n.op_type == "Slice")
+        .unwrap();
+    let starts = model
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name == slice.input[1])
+        .unwrap();
+    assert_eq!(starts.raw_data, 2i64.to_le_bytes());
+}
+
+#[test]
+fn small_yolov4_style_net_agrees_with_the_numpy_reference() {
+    // Route groups, scale_x_y, a stride-1 maxpool, BN folding: run by tests/darknet_ref.py
+    // on its own and compared with the imported graph in ONNX Runtime.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_small(dir.path(), 0);
+    let cfg = SMALL
+        .replace(
+            "[maxpool]",
+            "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n\n[route]\nlayers=-1,-2\n\n[maxpool]",
+        )
+        .replace("random=1", "random=1\nscale_x_y = 1.05");
+    std::fs::write(dir.path().join("t.cfg"), &cfg).unwrap();
+    // Weights for this cfg: same scheme as `write_small`.
+    let net = Network::parse(&cfg, "t.cfg").unwrap();
+    let floats: usize = net.weight_counts().unwrap().iter().map(|(_, n)| n).sum();
+    let mut bytes = Vec::new();
+    for v in [0i32, 2, 0] {
+        bytes.extend(v.to_le_bytes());
+    }
+    bytes.extend(0u64.to_le_bytes());
+    for i in 0..floats {
+        let v = ((i * 37 % 101) as f32 / 101.0) - 0.5;
+        let v = if (12..16).contains(&i) {
+            v.abs() + 0.5
+        } else {
+            v * 2.0
+        };
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("t.weights"), bytes).unwrap();
+    its_model::darknet::import(
+        &dir.path().join("t.cfg"),
+        &dir.path().join("t.weights"),
+        &dir.path().join("t.names"),
+        &dir.path().join("out"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/darknet_ref.py"))
+        .arg(dir.path().join("t.cfg"))
+        .arg(dir.path().join("t.weights"))
+        .arg(dir.path().join("out/model.onnx"))
+        .args(["--batch", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "darknet_ref.py: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"shape\": [3, 64, 7]"), "{stdout}");
+}
