@@ -337,3 +337,39 @@ async fn rtsp_over_tcp_and_udp_and_recovery_after_a_server_restart() {
     .await;
     drop(server);
 }
+
+#[actix_rt::test]
+async fn a_decoded_stream_keeps_flowing_across_a_resolution_change() {
+    // An H.264 stream whose resolution changes half-way (two MPEG-TS segments back to back),
+    // made with ffmpeg itself.
+    let dir = tempfile::tempdir().unwrap();
+    let mut joined = Vec::new();
+    for (i, size) in ["320x240", "640x360"].iter().enumerate() {
+        let part = dir.path().join(format!("{i}.ts"));
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc=size={size}:rate=10"))
+            .args(["-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+            .arg(&part)
+            .status()
+            .expect("ffmpeg (run scripts/setup.sh)");
+        assert!(ok.success());
+        joined.extend(std::fs::read(&part).unwrap());
+    }
+    let video = dir.path().join("switch.ts");
+    std::fs::write(&video, joined).unwrap();
+
+    let nats = TestNats::start();
+    let bus = nats.bus().await;
+    let sup = CameraSupervisor::new(env(bus.clone(), "ingest-a")).start();
+    let spec = CameraSpec::new("switch", format!("file://{}", video.display()), 10.0);
+    sup.send(ApplySpec(spec)).await.unwrap();
+    // ffmpeg scales the second half to the first resolution; nothing stops or errors.
+    let done = wait_camera(&sup, "switch", 30, "the whole file published", |c| {
+        c.state == CameraState::Stopped
+    })
+    .await;
+    assert!(done.frames_published >= 18, "{done:?}");
+    assert_eq!(done.last_error, None);
+    assert_eq!((done.status.width, done.status.height), (320, 240));
+}
