@@ -153,7 +153,7 @@ pub struct SchedulerSnapshot {
 }
 
 /// How often the scheduler checks held results and the breaker.
-const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(5);
 
 /// Queues frames by priority and deadline, batches them, and routes batches to workers.
 pub struct SchedulerActor {
@@ -321,19 +321,23 @@ impl SchedulerActor {
 
     /// Sends frames waiting for a retry to a free worker other than the one that failed them.
     fn pump_retries(&mut self, ctx: &mut Context<Self>) {
+        if self.retry.is_empty() {
+            return;
+        }
+        // Frames whose failed worker is the only usable one cannot be retried elsewhere.
+        let (stuck, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.retry)
+            .into_iter()
+            .partition(|(_, avoid)| !self.another_worker(*avoid));
+        self.retry = rest;
+        for (q, _) in stuck {
+            self.drop_frame(
+                &q.item.frame,
+                DropReason::DeviceError,
+                "the device failed and no other worker can retry the frame".into(),
+            );
+        }
         while let Some((_, avoid)) = self.retry.front() {
             let avoid = *avoid;
-            if !self.another_worker(avoid) {
-                // Nobody else can run them: they are dropped as device errors.
-                while let Some((q, _)) = self.retry.pop_front() {
-                    self.drop_frame(
-                        &q.item.frame,
-                        DropReason::DeviceError,
-                        "the device failed and no other worker can retry the frame".into(),
-                    );
-                }
-                return;
-            }
             let Some(w) = self.pick_worker(self.retry.len(), Some(avoid)) else {
                 return;
             };
@@ -529,8 +533,15 @@ impl SchedulerActor {
                         quality: None,
                     };
                     let (camera, seq) = (msg.camera_id.clone(), msg.seq);
-                    self.reorder
-                        .ready(&camera, seq, msg, now, &mut self.released);
+                    // Ordering never makes a result miss its deadline.
+                    self.reorder.ready_until(
+                        &camera,
+                        seq,
+                        msg,
+                        now,
+                        job.deadline.max(now),
+                        &mut self.released,
+                    );
                     self.flush_released();
                 }
             }

@@ -4,8 +4,9 @@
 //! Every queued frame is registered (`expect`) with its camera and sequence number. When it
 //! settles, a result is offered (`ready`) and a drop is recorded (`settled`): a drop releases
 //! nothing, but no longer holds later results back. A result leaves as soon as every earlier
-//! registered frame of its camera has settled. A result held longer than `hold`, or beyond
-//! `capacity` held results for its camera, leaves anyway (with the held results before it);
+//! registered frame of its camera has settled. A result held longer than `hold` (or past the
+//! due time it was given, e.g. its deadline), or beyond `capacity` held results for its camera,
+//! leaves anyway (with the held results before it);
 //! an earlier frame that settles after that leaves flagged `out_of_order`.
 //!
 //! All functions take the time as an argument, so the policy is tested without a clock.
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 enum Slot<T> {
     Pending,
+    /// A result and when it must leave at the latest.
     Ready(T, Instant),
 }
 
@@ -101,6 +103,22 @@ impl<T> ReorderBuffer<T> {
         now: Instant,
         out: &mut Vec<Released<T>>,
     ) {
+        self.ready_until(camera, seq, item, now, now + self.hold, out);
+    }
+
+    /// As [`ready`](Self::ready), but the result waits at most until `due` (and never longer
+    /// than `hold`): the scheduler passes the frame's deadline, so ordering never makes a
+    /// result miss it. A `due` at or before `now` releases the result at once.
+    pub fn ready_until(
+        &mut self,
+        camera: &str,
+        seq: u64,
+        item: T,
+        now: Instant,
+        due: Instant,
+        out: &mut Vec<Released<T>>,
+    ) {
+        let due = due.min(now + self.hold);
         let Some(cam) = self.cameras.get_mut(camera) else {
             out.push(Released {
                 item,
@@ -110,7 +128,7 @@ impl<T> ReorderBuffer<T> {
         };
         match cam.slots.get_mut(&seq) {
             Some(slot @ Slot::Pending) => {
-                *slot = Slot::Ready(item, now);
+                *slot = Slot::Ready(item, due);
                 cam.held += 1;
                 self.held += 1;
             }
@@ -121,6 +139,9 @@ impl<T> ReorderBuffer<T> {
             }
         }
         self.drain_front(camera, out);
+        if due <= now {
+            self.release_upto(camera, seq, out);
+        }
         let Some(cam) = self.cameras.get_mut(camera) else {
             return;
         };
@@ -136,7 +157,7 @@ impl<T> ReorderBuffer<T> {
         }
     }
 
-    /// Releases results held longer than `hold` at `now` (with the held results before them).
+    /// Releases results due at `now` (with the held results before them).
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Released<T>>) {
         if self.held == 0 {
             return;
@@ -147,9 +168,7 @@ impl<T> ReorderBuffer<T> {
                 .slots
                 .iter()
                 .filter_map(|(seq, s)| match s {
-                    Slot::Ready(_, at) if now.saturating_duration_since(*at) >= self.hold => {
-                        Some(*seq)
-                    }
+                    Slot::Ready(_, due) if *due <= now => Some(*seq),
                     _ => None,
                 })
                 .last();
@@ -171,7 +190,7 @@ impl<T> ReorderBuffer<T> {
             .values()
             .flat_map(|c| c.slots.values())
             .filter_map(|s| match s {
-                Slot::Ready(_, at) => Some(*at + self.hold),
+                Slot::Ready(_, due) => Some(*due),
                 Slot::Pending => None,
             })
             .min()
@@ -276,6 +295,28 @@ mod tests {
         out.clear();
         b.ready("a", 1, 1, t0 + 200 * MS, &mut out);
         assert_eq!(seqs(&out), vec![(1, true)]);
+        assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn a_result_never_waits_past_its_due_time() {
+        let t0 = Instant::now();
+        let mut b = ReorderBuffer::new(100 * MS, 16);
+        for s in 1..=3 {
+            b.expect("a", s);
+        }
+        let mut out = Vec::new();
+        b.ready_until("a", 2, 2, t0, t0 + 10 * MS, &mut out);
+        assert_eq!(b.next_expiry(), Some(t0 + 10 * MS));
+        b.ready_until("a", 3, 3, t0, t0, &mut out);
+        assert_eq!(
+            seqs(&out),
+            vec![(2, false), (3, false)],
+            "due now: leaves at once"
+        );
+        out.clear();
+        b.settled("a", 1, &mut out);
+        assert!(out.is_empty());
         assert_eq!(b.held(), 0);
     }
 
