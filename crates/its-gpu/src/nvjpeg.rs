@@ -7,7 +7,8 @@
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut, PinnedHostSlice};
 use libloading::Library;
 
 use crate::{FrameRef, GpuError};
@@ -199,6 +200,9 @@ pub struct JpegDecoder {
     max_width: u32,
     max_height: u32,
     cpu_assist: usize,
+    pinned_input: bool,
+    staging: Option<PinnedHostSlice<u8>>,
+    staging_free: Option<CudaEvent>,
 }
 
 // SAFETY: nvJPEG handles and states may be used from any thread as long as calls on one
@@ -290,6 +294,9 @@ impl JpegDecoder {
             max_width,
             max_height,
             cpu_assist: 0,
+            pinned_input: false,
+            staging: None,
+            staging_free: None,
         })
     }
 
@@ -311,6 +318,9 @@ impl JpegDecoder {
             max_width: self.max_width,
             max_height: self.max_height,
             cpu_assist: self.cpu_assist,
+            pinned_input: self.pinned_input,
+            staging: None,
+            staging_free: None,
         })
     }
 
@@ -370,6 +380,14 @@ impl JpegDecoder {
             },
             css,
         ))
+    }
+
+    /// Whether the bitstreams are first packed into a pinned host buffer, so nvJPEG's own
+    /// upload of them is a DMA rather than a staged pageable copy. Off by default: on an
+    /// H100 it measured slower (11.3k vs 13.2k frames/s, bench-results/
+    /// 2026-11-24-h100-pinned-input-bench.txt): the extra host copy costs more than it saves.
+    pub fn set_pinned_input(&mut self, on: bool) {
+        self.pinned_input = on;
     }
 
     /// Frames of each batch (among those the GPU backend could take) decoded by CPU
@@ -505,8 +523,38 @@ impl JpegDecoder {
             })?;
             self.batch_size = Some(frames.len());
         }
-        let data: Vec<*const u8> = frames.iter().map(|&(i, _)| jpegs[i].as_ptr()).collect();
         let lengths: Vec<usize> = frames.iter().map(|&(i, _)| jpegs[i].len()).collect();
+        let data: Vec<*const u8> = if self.pinned_input {
+            let total: usize = lengths.iter().sum();
+            // The previous batch's reads of the staging buffer must be over.
+            if let Some(ev) = self.staging_free.take() {
+                ev.synchronize()?;
+            }
+            if self.staging.as_ref().is_none_or(|p| p.len() < total) {
+                // SAFETY: pinned host memory, written (below) before nvJPEG reads it.
+                self.staging = Some(unsafe {
+                    stream
+                        .context()
+                        .alloc_pinned::<u8>(total.next_power_of_two())
+                }?);
+            }
+            let staging = self
+                .staging
+                .as_mut()
+                .ok_or_else(|| GpuError::Jpeg("no staging buffer".into()))?
+                .as_mut_slice()?;
+            let mut at = 0usize;
+            let mut ptrs = Vec::with_capacity(frames.len());
+            for &(i, _) in frames {
+                let j = jpegs[i];
+                staging[at..at + j.len()].copy_from_slice(j);
+                ptrs.push(staging[at..].as_ptr());
+                at += j.len();
+            }
+            ptrs
+        } else {
+            frames.iter().map(|&(i, _)| jpegs[i].as_ptr()).collect()
+        };
         let mut images: Vec<Image> = frames
             .iter()
             .map(|(_, f)| Image {
@@ -520,8 +568,9 @@ impl JpegDecoder {
             })
             .collect();
         // SAFETY: data/lengths/images hold batch_size entries each; every input pointer is
-        // a live slice of the stated length (borrowed for this call; nvJPEG stages what it
-        // needs before returning); every output region lies inside the caller's device
+        // a live slice of the stated length (the caller's borrowed slices, or the pinned
+        // staging buffer, which is not rewritten before the event recorded after this call
+        // has completed); every output region lies inside the caller's device
         // buffer starting at `base` (checked against its length in decode_batch) and is
         // pitch * height bytes of RGBI; the stream belongs to the current context.
         let s = unsafe {
@@ -534,6 +583,10 @@ impl JpegDecoder {
                 stream.cu_stream(),
             )
         };
+        if self.pinned_input {
+            self.staging_free =
+                Some(stream.record_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?);
+        }
         if let Err(e) = check("nvjpegDecodeBatched", s) {
             // The state must be re-initialised after a failed batch.
             self.batch_size = None;
