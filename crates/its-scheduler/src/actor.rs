@@ -79,6 +79,8 @@ struct Item {
 struct WorkerState {
     handle: WorkerHandle,
     busy: u32,
+    /// Predicted end of each running batch.
+    running: Vec<Instant>,
     cost: CostModel,
     frames_done: u64,
     batches_done: u64,
@@ -195,6 +197,7 @@ impl SchedulerActor {
                 .map(|handle| WorkerState {
                     handle,
                     busy: 0,
+                    running: Vec::new(),
                     cost: CostModel::default(),
                     frames_done: 0,
                     batches_done: 0,
@@ -230,19 +233,36 @@ impl SchedulerActor {
         })
     }
 
-    /// The usable worker with a free slot, other than `avoid`, that should finish a batch of
-    /// `n` first.
+    /// The usable worker, other than `avoid`, predicted to finish a batch of `n` first: a worker
+    /// with a free slot starts now, a busy one when its earliest running batch is predicted to
+    /// end. `None` when that worker has no free slot: the batch waits for it (its completion
+    /// pumps again) instead of going to a slower worker that would finish later.
     fn pick_worker(&self, n: usize, avoid: Option<usize>) -> Option<usize> {
         let bucket = self.batcher.bucket(n);
-        self.workers
+        let now = Instant::now();
+        let (best, free) = self
+            .workers
             .iter()
             .enumerate()
-            .filter(|(i, w)| w.usable() && w.busy < w.handle.info.slots && Some(*i) != avoid)
-            .min_by_key(|(_, w)| {
-                let cost = w.cost.predict(bucket).as_nanos() as u64;
-                cost + cost * w.busy as u64 / w.handle.info.slots.max(1) as u64
+            .filter(|(i, w)| w.usable() && Some(*i) != avoid)
+            .map(|(i, w)| {
+                let slots = w.handle.info.slots.max(1);
+                let cost = w.cost.predict(bucket);
+                let free = w.busy < slots;
+                let done = if free {
+                    // Slots of one worker share its device: more running, slower each.
+                    now + cost + cost * w.busy / slots
+                } else {
+                    // A batch running past its prediction is assumed to need as long again.
+                    let end = w.running.iter().min().copied().unwrap_or(now);
+                    let end = if end > now { end } else { now + (now - end) };
+                    end + cost
+                };
+                (done, i, free)
             })
-            .map(|(i, _)| i)
+            .min_by_key(|(done, i, _)| (*done, *i))
+            .map(|(_, i, free)| (i, free))?;
+        free.then_some(best)
     }
 
     /// A frame settled without a result: counted, and no longer holding its camera's order.
@@ -406,7 +426,9 @@ impl SchedulerActor {
         *self.batch_sizes.entry(jobs.len()).or_default() += 1;
         self.acct.batch_dispatched(jobs.len());
         let bucket = self.batcher.bucket(jobs.len());
+        let predicted = now + worker.cost.predict(bucket);
         worker.busy += 1;
+        worker.running.push(predicted);
         for (c, n) in worker.in_flight.iter_mut().zip(classes) {
             *c += n;
         }
@@ -415,6 +437,9 @@ impl SchedulerActor {
             move |res: Result<BatchOutcome, MailboxError>, act, ctx| {
                 let worker = &mut act.workers[w];
                 worker.busy -= 1;
+                if let Some(i) = worker.running.iter().position(|p| *p == predicted) {
+                    worker.running.swap_remove(i);
+                }
                 for (c, n) in worker.in_flight.iter_mut().zip(classes) {
                     *c -= n;
                 }

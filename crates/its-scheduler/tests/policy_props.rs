@@ -1,6 +1,7 @@
 //! Property tests of the scheduling policy under a simulated clock: the queues, the batcher and
-//! the reorder buffer driven exactly as the scheduler actor drives them, with simulated workers
-//! whose batches take a known time. No real time passes.
+//! the reorder buffer driven as the scheduler actor drives them (expiry, then batches while a
+//! worker is free; routing simplified to the free worker with the lowest predicted cost), with
+//! simulated workers whose batches take a known time. No real time passes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
