@@ -107,6 +107,16 @@ struct State {
     owned: HashMap<String, u64>,
 }
 
+impl Drop for State {
+    /// A registry task that ends without releasing (aborted, or its process is going down)
+    /// stops its cameras anyway: a camera never runs without a lease. The leases expire.
+    fn drop(&mut self) {
+        for id in self.owned.keys() {
+            self.sup.do_send(RemoveCamera(id.clone()));
+        }
+    }
+}
+
 impl State {
     fn lease(&self) -> Lease {
         Lease {

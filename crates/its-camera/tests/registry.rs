@@ -134,7 +134,25 @@ async fn two_ingest_processes_run_each_camera_exactly_once() {
         s.cameras.is_empty() && s.live_actors == 0
     })
     .await;
-    reg_b.stop().await;
+    // B dies without releasing: its cameras stop, and a new process C takes them over once
+    // the leases expire (3 s here).
+    let bus_c = nats.bus().await;
+    let sup_c = CameraSupervisor::new(env(bus_c.clone(), "ingest-c")).start();
+    let reg_c = Registry::start(&bus_c, sup_c.clone(), opts("ingest-c"))
+        .await
+        .unwrap();
+    drop(reg_b);
+    wait_sup(&sup_b, 5, "dead registry's cameras stop", |s| {
+        s.cameras.is_empty()
+    })
+    .await;
+    within(15, "takeover after lease expiry", async {
+        while ids(&sup_c).await != all {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    reg_c.stop().await;
 }
 
 #[actix_rt::test]
