@@ -475,3 +475,46 @@ async fn an_overload_burst_sheds_background_first_and_emergency_meets_its_deadli
         "every Emergency frame met its deadline: {s:?}"
     );
 }
+
+#[actix_rt::test]
+async fn late_frames_are_delivered_flagged_or_dropped_by_policy() {
+    // Deadlines of 1 ms cannot be met: with `deliver` every frame still comes back, flagged.
+    let opts = SchedulerOptions {
+        deadlines: [Duration::from_millis(1); 4],
+        late_policy: LatePolicy::Deliver,
+        breaker: BreakerConfig {
+            min_samples: 1_000_000,
+            ..Default::default()
+        },
+        ..SchedulerOptions::with_defaults()
+    };
+    let mut rig = Rig::start(opts, [0, 0]).await;
+    for i in 0..6u64 {
+        rig.send(&format!("cam-{}", i % 2), Priority::Normal).await;
+    }
+    rig.settle().await;
+    rig.assert_ledger();
+    rig.assert_ordered();
+    let results = rig.results.lock().unwrap().clone();
+    assert_eq!(results.len(), 6);
+    assert!(results.iter().all(|r| r.late), "every result flagged late");
+
+    // Switched to `drop` at run time: the same frames are counted drops, none published.
+    let r = rig
+        .control(SchedulerControl::Tune {
+            tuning: SchedulerTuning {
+                late_policy: Some("drop".into()),
+                ..Default::default()
+            },
+        })
+        .await;
+    assert!(r.ok, "{r:?}");
+    for i in 0..6u64 {
+        rig.send(&format!("cam-{}", i % 2), Priority::Normal).await;
+    }
+    rig.settle().await;
+    rig.assert_ledger();
+    let s = rig.acct.status(false);
+    assert_eq!(s.results_published, 6, "{s:?}");
+    assert_eq!(s.drops.get("deadline_missed"), Some(&6), "{s:?}");
+}
