@@ -518,3 +518,57 @@ async fn late_frames_are_delivered_flagged_or_dropped_by_policy() {
     assert_eq!(s.results_published, 6, "{s:?}");
     assert_eq!(s.drops.get("deadline_missed"), Some(&6), "{s:?}");
 }
+
+#[actix_rt::test]
+async fn every_worker_publishes_its_status_every_half_second() {
+    let mut rig = Rig::start(relaxed(), [0, 0]).await;
+    let mut sub = rig
+        .bus
+        .subscribe("its.status.worker.node-t.*")
+        .await
+        .unwrap();
+    rig.bus.flush().await.unwrap();
+    actix::spawn(its_scheduler::run_worker_status(
+        rig.bus.clone(),
+        rig.scheduler.clone(),
+        Duration::from_millis(500),
+    ));
+    for i in 0..4u64 {
+        rig.send(&format!("cam-{i}"), Priority::Urgent).await;
+    }
+    rig.settle().await;
+    // Reports may predate the last batch: read until the latest ones account for all frames.
+    let mut seen: HashMap<String, Vec<its_proto::WorkerStatus>> = HashMap::new();
+    let done = |seen: &HashMap<String, Vec<its_proto::WorkerStatus>>| -> u64 {
+        seen.values()
+            .map(|v| v.last().map_or(0, |s| s.frames_done))
+            .sum()
+    };
+    within(
+        20,
+        "two reports from each worker, the latest with every frame",
+        async {
+            while seen.len() < 2 || seen.values().any(|v| v.len() < 2) || done(&seen) < 4 {
+                let m = sub.next().await.expect("subscription open");
+                let s: its_proto::WorkerStatus = its_proto::decode(&m.payload).unwrap();
+                assert_eq!(
+                    m.subject.as_str(),
+                    subjects::worker_status("node-t", &s.worker_id)
+                );
+                seen.entry(s.worker_id.clone()).or_default().push(s);
+            }
+        },
+    )
+    .await;
+    assert_eq!(done(&seen), 4);
+    for reports in seen.values() {
+        let s = reports.last().unwrap();
+        assert_eq!(s.slots_total, 1);
+        assert!(
+            s.utilisation.is_some_and(|u| (0.0..=1.0).contains(&u)),
+            "{s:?}"
+        );
+        assert_eq!(s.queue_depth.len(), 4, "every class reported: {s:?}");
+        assert!(reports[1].at_ns > reports[0].at_ns);
+    }
+}
