@@ -1,5 +1,7 @@
 //! `its model ...`: model-file tools (import, synth).
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -12,6 +14,11 @@ pub enum ModelCommand {
     Import {
         #[command(subcommand)]
         format: ImportFormat,
+    },
+    /// Print an ONNX file's inputs, outputs, opset, parameter count and operator counts.
+    Inspect {
+        /// The .onnx file, or a model directory holding model.onnx.
+        path: PathBuf,
     },
     /// Write the public YOLO11n or YOLOv8n architecture with deterministic random weights
     /// (model.onnx with YOLOv8-layout output, model.toml): for engine tests and speed runs;
@@ -83,6 +90,7 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ModelCommand::Inspect { path } => inspect(path),
         ModelCommand::Synth {
             arch,
             seed,
@@ -109,5 +117,84 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+fn dims_text(v: &its_model::onnx::ValueInfoProto) -> String {
+    use its_model::onnx::{TypeProto, tensor_shape_proto::dimension::Value, type_proto};
+    let Some(TypeProto {
+        value: Some(type_proto::Value::TensorType(t)),
+    }) = &v.r#type
+    else {
+        return "?".into();
+    };
+    let Some(shape) = &t.shape else {
+        return "[?]".into();
+    };
+    let dims: Vec<String> = shape
+        .dim
+        .iter()
+        .map(|d| match &d.value {
+            Some(Value::DimValue(n)) => n.to_string(),
+            Some(Value::DimParam(p)) => p.clone(),
+            None => "?".into(),
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
+    let file = if path.is_dir() {
+        path.join("model.onnx")
+    } else {
+        path.to_owned()
+    };
+    let model = its_model::onnx::ModelProto::read(&file)
+        .with_context(|| format!("cannot inspect {}", file.display()))?;
+    let g = model.graph();
+    let mut text = String::new();
+    let opsets: Vec<String> = model
+        .opset_import
+        .iter()
+        .map(|o| {
+            format!(
+                "{}:{}",
+                if o.domain.is_empty() {
+                    "ai.onnx"
+                } else {
+                    &o.domain
+                },
+                o.version
+            )
+        })
+        .collect();
+    writeln!(
+        text,
+        "{}: ir {}, opset {}, producer {:?}",
+        file.display(),
+        model.ir_version,
+        opsets.join(" "),
+        model.producer_name
+    )?;
+    for v in &g.input {
+        writeln!(text, "  input  {} {}", v.name, dims_text(v))?;
+    }
+    for v in &g.output {
+        writeln!(text, "  output {} {}", v.name, dims_text(v))?;
+    }
+    writeln!(
+        text,
+        "  {} nodes, {} initializers, {} parameters",
+        g.node.len(),
+        g.initializer.len(),
+        model.parameter_count()
+    )?;
+    for (op, n) in model.op_counts() {
+        writeln!(text, "  {op:<20} {n}")?;
+    }
+    // A closed pipe (`| head`) ends the output quietly.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }

@@ -149,6 +149,20 @@ fn synth_writes_a_model_detect_can_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("output [batch, 7, 2100]"), "{err}");
 
+    let out = its(&dir, &["model", "inspect", s(&model)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("input  images [batch, 3, 320, 320]")
+            && text.contains("output output0 [batch, 7, 2100]")
+            && text.contains("opset ai.onnx:17"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Conv", "64"]),
+        "{text}"
+    );
+
     // A JPEG made here: a grey frame.
     let img = its_engine::RgbImage::filled(64, 48, [128, 128, 128]);
     let mut bytes = Vec::new();
