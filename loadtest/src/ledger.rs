@@ -126,7 +126,8 @@ struct WorkerAcc {
     memory_max: Option<u64>,
     first: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
-    batch_p50_ns_last: u64,
+    batch_p50_ns_sum: u64,
+    batch_p50_samples: u64,
     batch_p99_ns_max: u64,
 }
 
@@ -430,7 +431,10 @@ impl Ledger {
             w.first = Some((ws.at_ns, ws.frames_done));
         }
         w.last = Some((ws.at_ns, ws.frames_done));
-        w.batch_p50_ns_last = ws.batch_p50_ns;
+        if ws.batch_p50_ns > 0 {
+            w.batch_p50_ns_sum += ws.batch_p50_ns;
+            w.batch_p50_samples += 1;
+        }
         w.batch_p99_ns_max = w.batch_p99_ns_max.max(ws.batch_p99_ns);
     }
 
@@ -625,7 +629,9 @@ impl Ledger {
                     max_utilisation: (w.util_samples > 0).then_some(w.util_max as f64),
                     max_memory_bytes: w.memory_max,
                     frames_per_s: fps,
-                    batch_p50_ms_last: w.batch_p50_ns_last as f64 / 1e6,
+                    batch_p50_ms_mean: w.batch_p50_ns_sum as f64
+                        / w.batch_p50_samples.max(1) as f64
+                        / 1e6,
                     batch_p99_ms_max: w.batch_p99_ns_max as f64 / 1e6,
                 }
             })

@@ -209,8 +209,8 @@ pub struct WorkerRow {
     pub max_memory_bytes: Option<u64>,
     /// Frames done per second between the first and last report.
     pub frames_per_s: f64,
-    /// Median batch service time of the last report, ms.
-    pub batch_p50_ms_last: f64,
+    /// Mean of the reported median batch service times (reports with batches only), ms.
+    pub batch_p50_ms_mean: f64,
     /// Highest p99 batch service time reported, ms.
     pub batch_p99_ms_max: f64,
 }
@@ -439,15 +439,18 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "Verdict: {}{}.\n",
+            "Verdict: {}, {:.1} % of the frames dropped{}.\n",
             if self.all_accounted {
                 "every frame accounted for"
             } else {
                 "**frames unaccounted**"
             },
+            t.dropped as f64 * 100.0 / t.sent.max(1) as f64,
             match (self.p99_within_bound, self.p99_bound_ms) {
-                (Some(true), Some(b)) => format!(", p99 within {b} ms"),
-                (Some(false), Some(b)) => format!(", **p99 above {b} ms**"),
+                (Some(true), Some(b)) => format!(", p99 of the answered frames within {b} ms"),
+                (Some(false), Some(b)) => {
+                    format!(", **p99 of the answered frames above {b} ms**")
+                }
                 _ => String::new(),
             }
         );
@@ -509,7 +512,7 @@ impl Report {
         } else {
             let _ = writeln!(
                 m,
-                "| node | worker | device | slots | mean busy slots | utilisation mean / max | frames/s | batch p50 ms (last) | batch p99 ms (max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+                "| node | worker | device | slots | mean busy slots | utilisation mean / max | frames/s | batch p50 ms (mean) | batch p99 ms (max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
             );
             for w in &self.workers {
                 let util = match (w.mean_utilisation, w.max_utilisation) {
@@ -526,7 +529,7 @@ impl Report {
                     w.mean_busy_slots_fraction * 100.0,
                     util,
                     w.frames_per_s,
-                    w.batch_p50_ms_last,
+                    w.batch_p50_ms_mean,
                     w.batch_p99_ms_max
                 );
             }

@@ -295,13 +295,26 @@ async fn load(
     } else {
         worker.to_owned()
     };
-    let mode_line = format!(
-        "ITS load test: {} mode, {} cameras at {} fps, worker {}",
-        args.mode.as_str(),
-        cameras,
-        args.fps,
-        worker_label
-    );
+    let mode_line = match &ramp {
+        Some(r) => format!(
+            "ITS load test: ramp mode, {} to {} cameras at {} fps, worker {}: highest count meeting p99 <= {} ms: {}",
+            r.steps.first().map(|s| s.cameras).unwrap_or(0),
+            cameras,
+            args.fps,
+            worker_label,
+            args.p99_ms,
+            r.max_cameras_meeting_bound
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into())
+        ),
+        None => format!(
+            "ITS load test: {} mode, {} cameras at {} fps, worker {}",
+            args.mode.as_str(),
+            cameras,
+            args.fps,
+            worker_label
+        ),
+    };
     let title = match &simulated_desc {
         Some(c) => format!("SIMULATED GPU (cost model {c}): NOT a GPU measurement. {mode_line}"),
         None => mode_line,
