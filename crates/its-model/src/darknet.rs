@@ -619,6 +619,16 @@ impl Network {
             } else {
                 shapes[i - 1]
             };
+            // A [yolo] layer's output is its decoded head, not a feature map: only a [route]
+            // may follow one (and no route may read one, checked below).
+            if i > 0
+                && matches!(self.layers[i - 1], Layer::Yolo { .. })
+                && !matches!(layer, Layer::Route { .. })
+            {
+                return Err(err(
+                    "follows a [yolo] layer; only a [route] may take over from one".into(),
+                ));
+            }
             let shape = match layer {
                 Layer::Conv {
                     filters,
@@ -694,6 +704,11 @@ impl Network {
                 }
                 Layer::Upsample { stride, .. } => (prev.0, prev.1 * stride, prev.2 * stride),
                 Layer::Shortcut { from, .. } => {
+                    if matches!(self.layers[*from], Layer::Yolo { .. }) {
+                        return Err(err(format!(
+                            "a shortcut from [yolo] layer {from} is not supported"
+                        )));
+                    }
                     if shapes[*from] != prev {
                         return Err(err(format!(
                             "layer {from} has shape {:?}, the previous layer {prev:?}",
@@ -712,9 +727,6 @@ impl Network {
                             prev.0,
                             anchors.len()
                         )));
-                    }
-                    if i > 0 && matches!(self.layers[i - 1], Layer::Yolo { .. }) {
-                        return Err(err("follows another [yolo] layer".into()));
                     }
                     prev
                 }

@@ -192,6 +192,17 @@ fn bad_references_and_shapes_are_errors() {
         other => panic!("{other:?}"),
     }
 
+    // Only a [route] may follow a [yolo] layer.
+    let after_head = format!("{SMALL}\n[maxpool]\nsize=2\nstride=2\n");
+    match Network::parse(&after_head, "t.cfg") {
+        Err(ModelError::Layer {
+            layer: 4, message, ..
+        }) => {
+            assert!(message.contains("follows a [yolo] layer"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+
     let no_head = &SMALL[..SMALL.find("[yolo]").unwrap()];
     assert!(matches!(
         Network::parse(no_head, "t.cfg"),
