@@ -87,29 +87,34 @@ async fn two_ingest_processes_run_each_camera_exactly_once() {
     let nats = TestNats::start();
     let admin = nats.bus().await;
     let kv = admin.kv::<CameraSpec>(CAMERAS_BUCKET, 1).await.unwrap();
-    // Two fully separate ingest processes: own connections, supervisors and registries.
+    // Fully separate ingest processes: own connections, supervisors and registries. A and B
+    // take at most 4 cameras each, so 8 cameras split 4 and 4.
     let bus_a = nats.bus().await;
     let bus_b = nats.bus().await;
     let sup_a = CameraSupervisor::new(env(bus_a.clone(), "ingest-a")).start();
     let sup_b = CameraSupervisor::new(env(bus_b.clone(), "ingest-b")).start();
-    let mut half = opts("ingest-a");
-    half.max_cameras = 4;
-    let reg_a = Registry::start(&bus_a, sup_a.clone(), half).await.unwrap();
-    let reg_b = Registry::start(&bus_b, sup_b.clone(), opts("ingest-b"))
+    let capped = |id: &str| RegistryOptions {
+        max_cameras: 4,
+        ..opts(id)
+    };
+    let reg_a = Registry::start(&bus_a, sup_a.clone(), capped("ingest-a"))
+        .await
+        .unwrap();
+    let reg_b = Registry::start(&bus_b, sup_b.clone(), capped("ingest-b"))
         .await
         .unwrap();
     let all: BTreeSet<String> = (0..8).map(|i| format!("cam-{i}")).collect();
     for id in &all {
         kv.put(id, &tiny(id)).await.unwrap();
     }
-    let check = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
+    let placed = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
         a.is_disjoint(b) && a.union(b).cloned().collect::<BTreeSet<_>>() == all
     };
-    within(10, "every camera placed once", async {
+    within(15, "every camera placed once", async {
         loop {
             let (a, b) = (ids(&sup_a).await, ids(&sup_b).await);
             assert!(a.is_disjoint(&b), "a camera runs twice: {a:?} {b:?}");
-            if check(&a, &b) && !a.is_empty() && !b.is_empty() {
+            if placed(&a, &b) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -119,13 +124,23 @@ async fn two_ingest_processes_run_each_camera_exactly_once() {
     // Leases renew without moving anything (several renewal periods).
     for _ in 0..30 {
         let (a, b) = (ids(&sup_a).await, ids(&sup_b).await);
-        assert!(check(&a, &b), "placement changed: {a:?} {b:?}");
+        assert!(placed(&a, &b), "placement changed: {a:?} {b:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // One process stops: the other takes its cameras over.
+    // A stops and releases its leases: a new process C takes A's cameras over at once.
+    let bus_c = nats.bus().await;
+    let sup_c = CameraSupervisor::new(env(bus_c.clone(), "ingest-c")).start();
+    let reg_c = Registry::start(&bus_c, sup_c.clone(), opts("ingest-c"))
+        .await
+        .unwrap();
     reg_a.stop().await;
-    within(10, "takeover", async {
-        while ids(&sup_b).await != all {
+    within(15, "takeover of released cameras", async {
+        loop {
+            let (b, c) = (ids(&sup_b).await, ids(&sup_c).await);
+            assert!(b.is_disjoint(&c), "a camera runs twice: {b:?} {c:?}");
+            if placed(&b, &c) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -134,19 +149,14 @@ async fn two_ingest_processes_run_each_camera_exactly_once() {
         s.cameras.is_empty() && s.live_actors == 0
     })
     .await;
-    // B dies without releasing: its cameras stop, and a new process C takes them over once
-    // the leases expire (3 s here).
-    let bus_c = nats.bus().await;
-    let sup_c = CameraSupervisor::new(env(bus_c.clone(), "ingest-c")).start();
-    let reg_c = Registry::start(&bus_c, sup_c.clone(), opts("ingest-c"))
-        .await
-        .unwrap();
+    // B dies without releasing: its cameras stop, and C takes them over once the leases
+    // expire (3 s here).
     drop(reg_b);
     wait_sup(&sup_b, 5, "dead registry's cameras stop", |s| {
         s.cameras.is_empty()
     })
     .await;
-    within(15, "takeover after lease expiry", async {
+    within(20, "takeover after lease expiry", async {
         while ids(&sup_c).await != all {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -27,7 +27,8 @@ def main():
         f"framerate={fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} "
         "! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
-    factory.set_shared(True)
+    # One pipeline per client: TCP and UDP clients never share (and race for) a media.
+    factory.set_shared(False)
     server.get_mount_points().add_factory("/test", factory)
     if server.attach(None) == 0:
         print("cannot listen", flush=True)
