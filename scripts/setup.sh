@@ -27,6 +27,7 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 # Camera sources and their tests: ffmpeg decodes RTSP and video files; the RTSP test server is
 # GStreamer's rtsp-server (x264enc from plugins-ugly) under the system python3 with gi.
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # test certificates for https cameras
 for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
     gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

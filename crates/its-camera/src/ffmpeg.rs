@@ -42,7 +42,21 @@ fn qscale(quality: u8) -> u32 {
 }
 
 impl FfmpegSource {
-    /// Starts ffmpeg for an `rtsp://` URL (`file = None`) or a video file.
+    /// Decode, filter to the target fps (and size), encode JPEG at the spec's quality.
+    fn decode_args(cmd: &mut Command, spec: &CameraSpec) {
+        let mut filter = format!("fps={}", spec.fps);
+        match (spec.width, spec.height) {
+            (Some(w), Some(h)) => filter.push_str(&format!(",scale={w}:{h}")),
+            (Some(w), None) => filter.push_str(&format!(",scale={w}:-2")),
+            (None, Some(h)) => filter.push_str(&format!(",scale=-2:{h}")),
+            (None, None) => {}
+        }
+        cmd.args(["-an", "-sn", "-dn", "-vf", &filter, "-c:v", "mjpeg"]);
+        cmd.args(["-q:v", &qscale(spec.jpeg_quality).to_string()]);
+        cmd.args(["-f", "image2pipe", "pipe:1"]);
+    }
+
+    /// Starts ffmpeg for an `rtsp://` or `https://` URL (`file = None`) or a video file.
     pub(crate) fn spawn(
         spec: &CameraSpec,
         opts: &SourceOptions,
@@ -50,7 +64,17 @@ impl FfmpegSource {
     ) -> Result<Self, SourceError> {
         let mut cmd = Command::new(&opts.ffmpeg_bin);
         cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
+        let tls = file.is_none() && spec.scheme().as_deref() == Some("https");
         match file {
+            None if tls => {
+                cmd.args(["-tls_verify", "1"]);
+                if let Some(ca) = &opts.tls_ca_file {
+                    cmd.arg("-ca_file").arg(ca);
+                }
+                let us = opts.read_timeout.as_micros().to_string();
+                cmd.args(["-rw_timeout", &us, "-f", "mpjpeg"]);
+                cmd.arg("-i").arg(&spec.url);
+            }
             None => {
                 let transport = match spec.rtsp_transport {
                     RtspTransport::Tcp => "tcp",
@@ -71,16 +95,21 @@ impl FfmpegSource {
                 cmd.arg("-i").arg(path);
             }
         }
-        let mut filter = format!("fps={}", spec.fps);
-        match (spec.width, spec.height) {
-            (Some(w), Some(h)) => filter.push_str(&format!(",scale={w}:{h}")),
-            (Some(w), None) => filter.push_str(&format!(",scale={w}:-2")),
-            (None, Some(h)) => filter.push_str(&format!(",scale=-2:{h}")),
-            (None, None) => {}
+        if tls {
+            // Pass the JPEGs through; the camera's fps limit applies as for any stream.
+            cmd.args([
+                "-an",
+                "-sn",
+                "-dn",
+                "-c:v",
+                "copy",
+                "-f",
+                "image2pipe",
+                "pipe:1",
+            ]);
+        } else {
+            Self::decode_args(&mut cmd, spec);
         }
-        cmd.args(["-an", "-sn", "-dn", "-vf", &filter, "-c:v", "mjpeg"]);
-        cmd.args(["-q:v", &qscale(spec.jpeg_quality).to_string()]);
-        cmd.args(["-f", "image2pipe", "pipe:1"]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -4,7 +4,8 @@
 //!
 //! Sources: synthetic scenes, HTTP MJPEG streams and JPEG snapshots, directories of JPEGs
 //! (all passed through without re-encoding), and RTSP streams and video files, decoded and
-//! re-encoded to JPEG by a supervised `ffmpeg` child process.
+//! re-encoded to JPEG by a supervised `ffmpeg` child process (which also reads `https://`
+//! MJPEG streams, copying their JPEGs).
 //!
 //! Architecture invariant: cameras know the bus and the wire contract, nothing of scheduling or
 //! inference. A camera never decodes a JPEG it passes through.

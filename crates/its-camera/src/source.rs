@@ -76,6 +76,9 @@ pub struct SourceOptions {
     pub ffmpeg_bin: String,
     /// Frames pre-rendered per synthetic camera.
     pub synthetic_loop_frames: u32,
+    /// CA certificates (PEM) that `https://` sources are verified against; the system's
+    /// trust store when unset. Certificates are always verified.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for SourceOptions {
@@ -85,6 +88,7 @@ impl Default for SourceOptions {
             max_frame_bytes: its_proto::limits::MAX_FRAME_BYTES - 4096,
             ffmpeg_bin: "ffmpeg".into(),
             synthetic_loop_frames: 30,
+            tls_ca_file: None,
         }
     }
 }
@@ -109,7 +113,8 @@ pub(crate) enum Source {
         next: usize,
         looping: bool,
     },
-    /// RTSP or a video file, decoded and re-encoded by ffmpeg.
+    /// RTSP or a video file, decoded and re-encoded by ffmpeg; or an https MJPEG stream that
+    /// ffmpeg passes through.
     Ffmpeg(FfmpegSource),
 }
 
@@ -163,9 +168,14 @@ impl Source {
                     }
                 }
             }
-            "https" => Err(SourceError::Config(
-                "https sources are not supported yet: use http:// or an rtsp:// stream".into(),
-            )),
+            // MJPEG over TLS: ffmpeg reads the multipart stream and copies each JPEG untouched.
+            "https" => match spec.http_mode {
+                HttpMode::Mjpeg => Ok(Source::Ffmpeg(FfmpegSource::spawn(spec, opts, None)?)),
+                HttpMode::Snapshot => Err(SourceError::Config(
+                    "https snapshot polling is not supported: use an https MJPEG stream, or http"
+                        .into(),
+                )),
+            },
             "rtsp" => Ok(Source::Ffmpeg(FfmpegSource::spawn(spec, opts, None)?)),
             "file" => {
                 let path = PathBuf::from(spec.url.split_once("://").map(|x| x.1).unwrap_or(""));

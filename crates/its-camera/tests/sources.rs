@@ -376,3 +376,76 @@ async fn a_decoded_stream_keeps_flowing_across_a_resolution_change() {
     assert_eq!(done.last_error, None);
     assert_eq!((done.status.width, done.status.height), (320, 240));
 }
+
+#[actix_rt::test]
+async fn https_mjpeg_passes_through_and_certificates_are_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, frame_path) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("frame.jpg"),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let frame = jpeg(48, 32, 77);
+    std::fs::write(&frame_path, &frame).unwrap();
+    let port = free_port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/https_mjpeg.py");
+    let mut server = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(port.to_string())
+        .args([&frame_path, &cert, &key])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let _server = ChildGuard(server);
+    assert_eq!(&ready, b"ready\n");
+
+    let nats = TestNats::start();
+    let bus = nats.bus().await;
+    let mut frames = bus.subscribe(&subjects::frames("tls")).await.unwrap();
+    bus.flush().await.unwrap();
+    let url = format!("https://127.0.0.1:{port}/stream");
+    let mut trusting = env(bus.clone(), "ingest-a");
+    trusting.source.tls_ca_file = Some(cert.clone());
+    let sup = CameraSupervisor::new(trusting).start();
+    sup.send(ApplySpec(CameraSpec::new("tls", &url, 10.0)))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let f = next_frame(&mut frames).await;
+        assert_eq!(f.data, frame, "passed through byte for byte");
+        assert_eq!((f.width, f.height), (48, 32));
+    }
+    // Without the CA the self-signed certificate is refused: a clear error, not a stream.
+    let strict = CameraSupervisor::new(env(bus.clone(), "ingest-b")).start();
+    strict
+        .send(ApplySpec(CameraSpec::new("untrusted", &url, 10.0)))
+        .await
+        .unwrap();
+    let refused = wait_camera(&strict, "untrusted", 20, "certificate refused", |c| {
+        c.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("certificate"))
+    })
+    .await;
+    assert_eq!(refused.frames_published, 0);
+}

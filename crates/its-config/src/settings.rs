@@ -190,8 +190,11 @@ pub struct CameraSettings {
     /// Frames queued per camera while the bus is behind (1 to 1000); the oldest is dropped
     /// beyond it.
     pub queue_capacity: u32,
-    /// The ffmpeg executable used for RTSP and video-file sources.
+    /// The ffmpeg executable used for RTSP, video-file and https sources.
     pub ffmpeg_bin: String,
+    /// CA certificates (PEM file) that `https://` cameras are verified against; empty = the
+    /// system trust store. Certificates are always verified.
+    pub tls_ca_file: String,
 }
 
 impl Default for CameraSettings {
@@ -219,6 +222,7 @@ impl Default for CameraSettings {
             quarantine_ms: 300_000,
             queue_capacity: 4,
             ffmpeg_bin: "ffmpeg".into(),
+            tls_ca_file: String::new(),
         }
     }
 }

@@ -307,6 +307,7 @@ pub fn camera_env(settings: &Settings, bus: &Bus) -> CameraEnv {
     let mut env = CameraEnv::new(bus.clone(), settings.node.id.clone());
     env.source.read_timeout = Duration::from_millis(c.read_timeout_ms);
     env.source.ffmpeg_bin = c.ffmpeg_bin.clone();
+    env.source.tls_ca_file = (!c.tls_ca_file.is_empty()).then(|| PathBuf::from(&c.tls_ca_file));
     env.source.synthetic_loop_frames = c.loop_frames;
     env.restart = RestartPolicy {
         initial: Duration::from_millis(c.backoff_initial_ms),
