@@ -69,12 +69,16 @@ impl Series {
 
     /// The verdict over the samples after `warmup_s`.
     pub fn summarise(&self, warmup_s: f64) -> ProcessMemory {
-        let after: Vec<(f64, u64)> = self
+        let mut after: Vec<(f64, u64)> = self
             .samples
             .iter()
             .copied()
             .filter(|(t, _)| *t >= warmup_s)
             .collect();
+        if after.is_empty() {
+            // A run shorter than the warm-up: judge what there is.
+            after = self.samples.clone();
+        }
         let base = after.first().map(|s| s.1).unwrap_or(0);
         let last = self.samples.last().map(|s| s.1).unwrap_or(0);
         let max = self.samples.iter().map(|s| s.1).max().unwrap_or(0);
