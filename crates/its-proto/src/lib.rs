@@ -7,12 +7,14 @@
 //! Architecture invariant: this crate does no I/O and knows nothing of NATS clients, actors or
 //! engines. Anything that needs to agree on bytes or subject names depends on it.
 
+pub mod cluster;
 mod codec;
 mod messages;
 pub mod registry;
 pub mod schema;
 pub mod subjects;
 
+pub use cluster::{Assignment, ClusterControl, LeaderLease, NodeInfo};
 pub use codec::{ProtoError, decode, decode_frame, encode};
 pub use messages::*;
 pub use registry::{CAMERAS_BUCKET, CameraSpec, HttpMode, RtspTransport, SpecError, redact_url};

@@ -4,8 +4,9 @@ use schemars::schema_for;
 use serde_json::{Value, json};
 
 use crate::{
-    CameraSpec, CameraStatus, ControlReply, DetectionMsg, EventMsg, FrameMsg, NodeStatus,
-    PriorityBoost, SCHEMA_VERSION, SchedulerControl, WorkerStatus,
+    Assignment, CameraSpec, CameraStatus, ClusterControl, ControlReply, DetectionMsg, EventMsg,
+    FrameMsg, LeaderLease, NodeInfo, NodeStatus, PriorityBoost, SCHEMA_VERSION, SchedulerControl,
+    WorkerStatus,
 };
 
 /// JSON Schema (draft 2020-12) of every message, keyed by message name, with the subject each
@@ -27,6 +28,10 @@ pub fn generate() -> Value {
             "SchedulerControl": { "subject": "its.control.scheduler.<node_id> (request; reply ControlReply)", "schema": schema_for!(SchedulerControl) },
             "ControlReply": { "subject": "reply to SchedulerControl", "schema": schema_for!(ControlReply) },
             "CameraSpec": { "subject": "KV bucket its_cameras, key = camera id", "schema": schema_for!(CameraSpec) },
+            "NodeInfo": { "subject": "KV bucket its_cluster_nodes, key = node id", "schema": schema_for!(NodeInfo) },
+            "LeaderLease": { "subject": "KV bucket its_cluster_leader, key = leader", "schema": schema_for!(LeaderLease) },
+            "Assignment": { "subject": "KV bucket its_cluster_assignments, key = camera id", "schema": schema_for!(Assignment) },
+            "ClusterControl": { "subject": "its.control.cluster.<node_id> (request; reply ControlReply)", "schema": schema_for!(ClusterControl) },
         }
     })
 }
