@@ -6,13 +6,28 @@
 //! node obeys (fencing by leader-lease revision) and [`dedup::SeqDedup`] suppresses the
 //! duplicate results of a make-before-break handover by (camera, seq).
 //!
-//! Architecture invariant: nothing in this module tree does I/O; the NATS parts (membership
-//! heartbeats, the leader lease, the assignment bucket) are thin layers around these functions.
+//! [`lease::LeaderElector`] is the thin NATS layer of the leader lease around the pure
+//! [`lease::decide`]; [`membership`] judges node heartbeats.
+//!
+//! Architecture invariant: the decisions (placement, fencing, lease, liveness, dedup) are pure
+//! functions of their inputs and the time they are given; the NATS parts only read and write
+//! the buckets of `its_proto::cluster` through `its-bus`.
 
 pub mod dedup;
 pub mod fence;
+pub mod lease;
+pub mod membership;
 pub mod placement;
 
 pub use dedup::SeqDedup;
 pub use fence::{FenceFilter, FenceVerdict};
 pub use placement::{CameraDemand, Move, NodeView, Placement, PlacementParams, place};
+
+pub use lease::{LeaderElector, LeaseAction, Role};
+
+/// Wall-clock time now, unix nanoseconds.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
