@@ -1,9 +1,9 @@
-//! Fencing of assignments by leader-lease revision.
+//! Fencing of assignments by leader-lease term.
 //!
-//! Every assignment the placement leader writes carries the revision of the lease under which
-//! it was written. A node remembers the newest lease revision it has seen and obeys an
-//! assignment only if its fence is at least that revision: a deposed leader, whose lease was
-//! taken over at a higher revision, can still write, but nobody acts on it.
+//! Every assignment the placement leader writes carries its term: the KV revision of the write
+//! with which it took the lease. A node remembers the newest term it has seen and obeys an
+//! assignment only if its fence is at least that term: a deposed leader, whose lease was taken
+//! over at a higher revision, can still write, but nobody acts on it.
 
 /// What a node does with an assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub enum FenceVerdict {
     Stale,
 }
 
-/// The newest leader-lease revision a node has seen.
+/// The newest leader-lease term a node has seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FenceFilter {
     newest: u64,
@@ -26,18 +26,17 @@ impl FenceFilter {
         Self::default()
     }
 
-    /// Records a lease revision seen on the lease key (a new leader or a renewal that took a
-    /// new lease). Older revisions never lower the fence.
+    /// Records a lease term seen on the lease key. Older terms never lower the fence.
     pub fn observe_lease(&mut self, revision: u64) {
         self.newest = self.newest.max(revision);
     }
 
-    /// The newest lease revision seen.
+    /// The newest lease term seen.
     pub fn newest(&self) -> u64 {
         self.newest
     }
 
-    /// Judges an assignment written under lease revision `fence`. An obeyed assignment also
+    /// Judges an assignment written under lease term `fence`. An obeyed assignment also
     /// raises the fence, since its writer held that lease.
     pub fn judge(&mut self, fence: u64) -> FenceVerdict {
         if fence < self.newest {

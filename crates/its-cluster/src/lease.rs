@@ -4,8 +4,8 @@
 //! taken with a create (fails when the key exists) and renewed with an update checked against
 //! the revision last read, so two contenders can never both succeed at one revision. A lease
 //! lapses when its revision has not changed for `ttl` as observed by the contender itself, so no
-//! two clocks are compared. The revision of the lease entry a leader holds is its fencing token:
-//! every assignment it writes carries it.
+//! two clocks are compared. The KV revision of the write that took the lease is the leader's
+//! term, kept by its renewals: its fencing token, carried by every assignment it writes.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub struct Observed {
     pub leader: String,
     /// KV revision of the lease entry.
     pub revision: u64,
+    /// The leader's term (fencing token).
+    pub term: u64,
     /// When this contender first saw this revision.
     pub since: Instant,
 }
@@ -72,7 +74,7 @@ pub fn decide(
 /// This node's role after a [`LeaderElector::tick`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// We hold the lease; `fence` is its revision, to be written into every assignment.
+    /// We hold the lease; `fence` is our term, to be written into every assignment.
     Leader {
         /// The fencing token.
         fence: u64,
@@ -81,7 +83,7 @@ pub enum Role {
     Follower {
         /// The leader, when known.
         leader: Option<String>,
-        /// The newest lease revision seen.
+        /// The newest lease term seen.
         fence: u64,
     },
 }
@@ -105,10 +107,11 @@ impl LeaderElector {
         })
     }
 
-    fn lease(&self) -> LeaderLease {
+    fn lease(&self, term: u64) -> LeaderLease {
         LeaderLease {
             v: SCHEMA_VERSION,
             node_id: self.me.clone(),
+            term,
             renewed_at_ns: crate::now_ns(),
             ttl_ms: u32::try_from(self.ttl.as_millis()).unwrap_or(u32::MAX),
         }
@@ -117,7 +120,7 @@ impl LeaderElector {
     fn follower(&self) -> Role {
         Role::Follower {
             leader: self.seen.as_ref().map(|s| s.leader.clone()),
-            fence: self.seen.as_ref().map_or(0, |s| s.revision),
+            fence: self.seen.as_ref().map_or(0, |s| s.term),
         }
     }
 
@@ -128,35 +131,52 @@ impl LeaderElector {
     pub async fn tick(&mut self) -> Result<Role, BusError> {
         let now = Instant::now();
         let entry = self.kv.get(LEADER_KEY).await?;
-        let current = entry
-            .as_ref()
-            .and_then(|e| e.value.as_ref().map(|v| (v.node_id.as_str(), e.revision)));
-        let action = decide(&self.me, current, self.seen.as_ref(), now, self.ttl);
-        if let Some((leader, revision)) = current
+        let current = entry.as_ref().and_then(|e| {
+            e.value
+                .as_ref()
+                .map(|v| (v.node_id.as_str(), e.revision, v.term_at(e.revision)))
+        });
+        let action = decide(
+            &self.me,
+            current.map(|(l, r, _)| (l, r)),
+            self.seen.as_ref(),
+            now,
+            self.ttl,
+        );
+        if let Some((leader, revision, term)) = current
             && self.seen.as_ref().is_none_or(|s| s.revision != revision)
         {
             self.seen = Some(Observed {
                 leader: leader.to_string(),
                 revision,
+                term,
                 since: now,
             });
         }
-        let lease = self.lease();
-        let written = match action {
+        let (written, kept_term) = match action {
             LeaseAction::Follow { .. } => return Ok(self.follower()),
-            LeaseAction::Create => self.kv.create(LEADER_KEY, &lease).await,
-            LeaseAction::Renew(rev) | LeaseAction::TakeOver(rev) => {
-                self.kv.update(LEADER_KEY, &lease, rev).await
+            LeaseAction::Create => (self.kv.create(LEADER_KEY, &self.lease(0)).await, None),
+            LeaseAction::TakeOver(rev) => {
+                (self.kv.update(LEADER_KEY, &self.lease(0), rev).await, None)
+            }
+            LeaseAction::Renew(rev) => {
+                let term = current.map_or(rev, |(_, _, t)| t);
+                (
+                    self.kv.update(LEADER_KEY, &self.lease(term), rev).await,
+                    Some(term),
+                )
             }
         };
         match written {
             Ok(revision) => {
+                let term = kept_term.unwrap_or(revision);
                 self.seen = Some(Observed {
                     leader: self.me.clone(),
                     revision,
+                    term,
                     since: Instant::now(),
                 });
-                Ok(Role::Leader { fence: revision })
+                Ok(Role::Leader { fence: term })
             }
             Err(BusError::Kv { .. }) => Ok(self.follower()),
             Err(e) => Err(e),
@@ -196,6 +216,7 @@ mod tests {
         let seen = Observed {
             leader: "b".into(),
             revision: 7,
+            term: 5,
             since: t0,
         };
         let follow = LeaseAction::Follow {

@@ -13,12 +13,14 @@
 //! functions of their inputs and the time they are given; the NATS parts only read and write
 //! the buckets of `its_proto::cluster` through `its-bus`.
 
+pub mod agent;
 pub mod dedup;
 pub mod fence;
 pub mod lease;
 pub mod membership;
 pub mod placement;
 
+pub use agent::{AgentConfig, AgentState, ClusterAgent};
 pub use dedup::SeqDedup;
 pub use fence::{FenceFilter, FenceVerdict};
 pub use placement::{CameraDemand, Move, NodeView, Placement, PlacementParams, place};

@@ -6,7 +6,7 @@
 //!   `heartbeat_at_ns` is older than [`DEAD_AFTER_HEARTBEATS`] heartbeat intervals is dead.
 //! - [`LEADER_BUCKET`], key [`LEADER_KEY`]: the [`LeaderLease`]. It is taken with a create
 //!   (fails if the key exists) and renewed with an update checked against the revision last
-//!   read; the KV revision of the lease entry is the leader's fencing token.
+//!   read; the KV revision of the taking write is the leader's term, its fencing token.
 //! - [`ASSIGNMENTS_BUCKET`], key = camera id: the [`Assignment`] of that camera, carrying the
 //!   fencing token under which it was written. Nodes ignore an assignment whose `fence` is
 //!   older than the newest lease revision they have seen.
@@ -64,6 +64,11 @@ pub struct LeaderLease {
     pub v: u16,
     /// Node id of the leader.
     pub node_id: String,
+    /// The leader's term: the KV revision of the write with which it took the lease, kept by
+    /// its renewals; 0 in that taking write itself, meaning "this entry's revision". The term is
+    /// the fencing token written into every assignment.
+    #[serde(default)]
+    pub term: u64,
     /// Last renewal, unix nanoseconds.
     pub renewed_at_ns: u64,
     /// The lease lapses when not renewed within this many milliseconds.
@@ -83,7 +88,7 @@ pub struct Assignment {
     /// (make-before-break).
     #[serde(default)]
     pub previous_node: Option<String>,
-    /// KV revision of the leader lease under which this was written (fencing token).
+    /// Term of the leader lease under which this was written (fencing token).
     pub fence: u64,
     /// Time written, unix nanoseconds.
     pub written_at_ns: u64,
@@ -97,4 +102,11 @@ pub enum ClusterControl {
     Drain,
     /// Take cameras again.
     Resume,
+}
+
+impl LeaderLease {
+    /// The term of this lease read at KV revision `revision`.
+    pub fn term_at(&self, revision: u64) -> u64 {
+        if self.term == 0 { revision } else { self.term }
+    }
 }

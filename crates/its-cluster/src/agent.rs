@@ -1,0 +1,327 @@
+//! One node's cluster agent: heartbeat, leader contention, placement when leading, and the set
+//! of cameras this node must serve.
+//!
+//! Every `tick` the agent
+//! 1. writes its [`NodeInfo`] heartbeat;
+//! 2. ticks the [`LeaderElector`]; as leader it reads nodes, the camera registry and the
+//!    assignments, runs [`place`] and writes each changed [`Assignment`] with its lease
+//!    term as `fence` (and deletes assignments of cameras that left the registry);
+//! 3. reads the lease term (into its [`FenceFilter`]) and the assignments, obeys those whose
+//!    fence is not stale, and publishes the cameras assigned to it on a `watch` channel. A camera
+//!    that moves away stays in the set for `handover` more (make-before-break: the new node
+//!    subscribes first; duplicate results are suppressed by (camera, seq)).
+//!
+//! A drain arrives as a [`ClusterControl`] request on `its.control.cluster.<node_id>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use its_bus::{Bus, BusError, Kv};
+use its_proto::cluster::{ASSIGNMENTS_BUCKET, LEADER_BUCKET, LEADER_KEY, NODES_BUCKET};
+use its_proto::{
+    Assignment, CAMERAS_BUCKET, CameraSpec, ClusterControl, ControlReply, LeaderLease, NodeInfo,
+    SCHEMA_VERSION,
+};
+use tokio::sync::watch;
+
+use crate::fence::{FenceFilter, FenceVerdict};
+use crate::lease::{LeaderElector, Role};
+use crate::membership;
+use crate::placement::{CameraDemand, PlacementParams, place};
+
+/// Settings of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// Estimated capacity, frames per second.
+    pub capacity_fps: f64,
+    /// GPUs on the node.
+    pub gpus: u32,
+    /// Interval of heartbeats and placement rounds.
+    pub tick: Duration,
+    /// Leader lease time to live.
+    pub lease_ttl: Duration,
+    /// How long a camera that moved away is still served (make-before-break window).
+    pub handover: Duration,
+    /// Placement tuning.
+    pub params: PlacementParams,
+}
+
+/// What the agent reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentState {
+    /// Cameras this node serves now (assigned plus those in their handover window).
+    pub cameras: BTreeSet<String>,
+    /// Whether this node holds the leader lease.
+    pub leader: bool,
+    /// Newest lease term seen.
+    pub fence: u64,
+}
+
+/// Handle to a running agent.
+pub struct ClusterAgent {
+    state: watch::Receiver<AgentState>,
+    overloaded: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClusterAgent {
+    /// Opens the buckets and starts the agent task.
+    pub async fn start(bus: Bus, config: AgentConfig) -> Result<Self, BusError> {
+        let nodes: Kv<NodeInfo> = bus.kv(NODES_BUCKET, 1).await?;
+        let assignments: Kv<Assignment> = bus.kv(ASSIGNMENTS_BUCKET, 1).await?;
+        let cameras: Kv<CameraSpec> = bus.kv(CAMERAS_BUCKET, 1).await?;
+        let lease: Kv<LeaderLease> = bus.kv(LEADER_BUCKET, 1).await?;
+        let elector = LeaderElector::new(&bus, &config.node_id, config.lease_ttl).await?;
+        let control = bus
+            .subscribe(&its_proto::cluster::control_cluster(&config.node_id))
+            .await?;
+        let (tx, rx) = watch::channel(AgentState::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let overloaded = Arc::new(AtomicBool::new(false));
+        let run = Run {
+            bus,
+            config,
+            nodes,
+            assignments,
+            cameras,
+            lease,
+            elector,
+            fence: FenceFilter::new(),
+            draining: false,
+            leaving: BTreeMap::new(),
+            overloaded: overloaded.clone(),
+            state: tx,
+        };
+        let task = tokio::spawn(run.run(control, stop_rx));
+        Ok(Self {
+            state: rx,
+            overloaded,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    /// A receiver of the agent's state; changes whenever the camera set or role changes.
+    pub fn state(&self) -> watch::Receiver<AgentState> {
+        self.state.clone()
+    }
+
+    /// Reports sustained overload (the breaker's verdict); the leader then moves cameras away.
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.overloaded.store(overloaded, Ordering::Relaxed);
+    }
+
+    /// Stops the agent, resigning the lease if held so another node takes over at once.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops the agent abruptly, as a crash would: no resignation, heartbeats just cease.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+struct Run {
+    bus: Bus,
+    config: AgentConfig,
+    nodes: Kv<NodeInfo>,
+    assignments: Kv<Assignment>,
+    cameras: Kv<CameraSpec>,
+    lease: Kv<LeaderLease>,
+    elector: LeaderElector,
+    fence: FenceFilter,
+    draining: bool,
+    leaving: BTreeMap<String, Instant>,
+    overloaded: Arc<AtomicBool>,
+    state: watch::Sender<AgentState>,
+}
+
+impl Run {
+    async fn run(
+        mut self,
+        mut control: its_bus::Subscriber,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(msg) = control.next() => {
+                    let reply = match its_proto::decode::<ClusterControl>(&msg.payload) {
+                        Ok(ClusterControl::Drain) => {
+                            self.draining = true;
+                            ControlReply { ok: true, message: "draining".into() }
+                        }
+                        Ok(ClusterControl::Resume) => {
+                            self.draining = false;
+                            ControlReply { ok: true, message: "resumed".into() }
+                        }
+                        Err(e) => ControlReply { ok: false, message: format!("bad request: {e}") },
+                    };
+                    if let Some(to) = msg.reply {
+                        let _ = self.bus.publish_msg(to.to_string(), &reply).await;
+                    }
+                    tick.reset_immediately();
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.round().await {
+                        tracing::warn!(node = %self.config.node_id, error = %e, "cluster round failed");
+                    }
+                }
+            }
+        }
+        let _ = self.elector.resign().await;
+        let _ = self.nodes.delete(&self.config.node_id).await;
+    }
+
+    async fn round(&mut self) -> Result<(), BusError> {
+        let serving = self.state.borrow().cameras.len();
+        let info = NodeInfo {
+            v: SCHEMA_VERSION,
+            node_id: self.config.node_id.clone(),
+            gpus: self.config.gpus,
+            capacity_fps: self.config.capacity_fps,
+            load_fps: 0.0,
+            cameras: u32::try_from(serving).unwrap_or(u32::MAX),
+            draining: self.draining,
+            drained: self.draining && serving == 0,
+            overloaded: self.overloaded.load(Ordering::Relaxed),
+            heartbeat_at_ns: crate::now_ns(),
+            heartbeat_ms: u32::try_from(self.config.tick.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.nodes.put(&self.config.node_id, &info).await?;
+
+        let role = self.elector.tick().await.unwrap_or(Role::Follower {
+            leader: None,
+            fence: 0,
+        });
+        let current = self.read_assignments().await?;
+        if let Role::Leader { fence } = role {
+            self.fence.observe_lease(fence);
+            self.lead(fence, &current).await?;
+        }
+        if let Some(e) = self.lease.get(LEADER_KEY).await?
+            && let Some(l) = &e.value
+        {
+            self.fence.observe_lease(l.term_at(e.revision));
+        }
+        let current = self.read_assignments().await?;
+        let now = Instant::now();
+        let mine: BTreeSet<String> = current
+            .values()
+            .filter(|a| a.node_id == self.config.node_id)
+            .filter(|a| self.fence.judge(a.fence) == FenceVerdict::Obey)
+            .map(|a| a.camera_id.clone())
+            .collect();
+        let before = self.state.borrow().cameras.clone();
+        for gone in before.difference(&mine) {
+            self.leaving.entry(gone.clone()).or_insert(now);
+        }
+        self.leaving
+            .retain(|c, t| !mine.contains(c) && now.duration_since(*t) < self.config.handover);
+        let mut cameras = mine;
+        cameras.extend(self.leaving.keys().cloned());
+        let next = AgentState {
+            cameras,
+            leader: matches!(role, Role::Leader { .. }),
+            fence: self.fence.newest(),
+        };
+        self.state.send_if_modified(|s| {
+            if *s == next {
+                false
+            } else {
+                *s = next;
+                true
+            }
+        });
+        Ok(())
+    }
+
+    async fn read_assignments(&self) -> Result<BTreeMap<String, Assignment>, BusError> {
+        let mut out = BTreeMap::new();
+        for key in self.assignments.keys().await? {
+            if let Some(e) = self.assignments.get(&key).await?
+                && let Some(a) = e.value
+            {
+                out.insert(key, a);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lead(
+        &mut self,
+        fence: u64,
+        current: &BTreeMap<String, Assignment>,
+    ) -> Result<(), BusError> {
+        let now = crate::now_ns();
+        let mut views = Vec::new();
+        for key in self.nodes.keys().await? {
+            if let Some(e) = self.nodes.get(&key).await?
+                && let Some(info) = e.value
+            {
+                views.push(membership::view(&info, now));
+            }
+        }
+        let mut demand = Vec::new();
+        for key in self.cameras.keys().await? {
+            if let Some(e) = self.cameras.get(&key).await?
+                && let Some(spec) = e.value
+                && spec.enabled
+            {
+                demand.push(CameraDemand {
+                    id: spec.id,
+                    priority: spec.priority,
+                    fps: f64::from(spec.fps),
+                });
+            }
+        }
+        let assigned: BTreeMap<String, String> = current
+            .iter()
+            .map(|(c, a)| (c.clone(), a.node_id.clone()))
+            .collect();
+        let placement = place(&views, &demand, &assigned, self.config.params);
+        // moves, and every assignment still carrying an older term (a new leader takes them
+        // over under its own fence; what a deposed leader wrote is at most a stickiness hint)
+        for (camera, node) in &placement.assignments {
+            let old = current.get(camera);
+            if old.is_some_and(|a| a.fence == fence && &a.node_id == node) {
+                continue;
+            }
+            let a = Assignment {
+                v: SCHEMA_VERSION,
+                camera_id: camera.clone(),
+                node_id: node.clone(),
+                previous_node: old.map(|a| a.node_id.clone()).filter(|n| n != node),
+                fence,
+                written_at_ns: now,
+            };
+            self.assignments.put(camera, &a).await?;
+        }
+        for c in current.keys() {
+            if !placement.assignments.contains_key(c) && !placement.unplaced.contains(c) {
+                self.assignments.delete(c).await?;
+            }
+        }
+        if !placement.moves.is_empty() {
+            tracing::info!(
+                node = %self.config.node_id,
+                fence,
+                moves = placement.moves.len(),
+                "placement written"
+            );
+        }
+        Ok(())
+    }
+}
