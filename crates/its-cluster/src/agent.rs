@@ -65,6 +65,7 @@ pub struct AgentState {
 /// Handle to a running agent.
 pub struct ClusterAgent {
     state: watch::Receiver<AgentState>,
+    cameras: watch::Receiver<BTreeSet<String>>,
     overloaded: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -82,6 +83,7 @@ impl ClusterAgent {
             .subscribe(&its_proto::cluster::control_cluster(&config.node_id))
             .await?;
         let (tx, rx) = watch::channel(AgentState::default());
+        let (cameras_tx, cameras_rx) = watch::channel(BTreeSet::new());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let overloaded = Arc::new(AtomicBool::new(false));
         let run = Run {
@@ -97,10 +99,12 @@ impl ClusterAgent {
             leaving: BTreeMap::new(),
             overloaded: overloaded.clone(),
             state: tx,
+            cameras_tx,
         };
         let task = tokio::spawn(run.run(control, stop_rx));
         Ok(Self {
             state: rx,
+            cameras: cameras_rx,
             overloaded,
             stop: Some(stop_tx),
             task,
@@ -110,6 +114,11 @@ impl ClusterAgent {
     /// A receiver of the agent's state; changes whenever the camera set or role changes.
     pub fn state(&self) -> watch::Receiver<AgentState> {
         self.state.clone()
+    }
+
+    /// A receiver of the cameras this node serves (for the intake's subscriptions).
+    pub fn cameras(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.cameras.clone()
     }
 
     /// Reports sustained overload (the breaker's verdict); the leader then moves cameras away.
@@ -144,6 +153,7 @@ struct Run {
     leaving: BTreeMap<String, Instant>,
     overloaded: Arc<AtomicBool>,
     state: watch::Sender<AgentState>,
+    cameras_tx: watch::Sender<BTreeSet<String>>,
 }
 
 impl Run {
@@ -237,6 +247,14 @@ impl Run {
             leader: matches!(role, Role::Leader { .. }),
             fence: self.fence.newest(),
         };
+        self.cameras_tx.send_if_modified(|c| {
+            if *c == next.cameras {
+                false
+            } else {
+                c.clone_from(&next.cameras);
+                true
+            }
+        });
         self.state.send_if_modified(|s| {
             if *s == next {
                 false

@@ -50,6 +50,8 @@ pub struct Settings {
     pub status: StatusSettings,
     /// The admin REST API (role `admin` of `its run`).
     pub admin: AdminSettings,
+    /// Cluster membership and camera placement across nodes.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -63,6 +65,42 @@ impl Default for Settings {
             engine: EngineSettings::default(),
             status: StatusSettings::default(),
             admin: AdminSettings::default(),
+            cluster: ClusterSettings::default(),
+        }
+    }
+}
+
+/// Cluster mode (`its-cluster`): heartbeats, the placement leader's lease, and serving only the
+/// cameras the leader assigns to this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Join the cluster: serve only assigned cameras instead of every `its.frames.*`.
+    pub enabled: bool,
+    /// Estimated frames per second this node serves (its capacity for placement).
+    pub capacity_fps: f64,
+    /// GPUs on this node, reported in the heartbeat.
+    pub gpus: u32,
+    /// Heartbeat and placement interval, milliseconds; a node silent for 3 is dead.
+    pub tick_ms: u64,
+    /// Leader lease time to live, milliseconds; more than two ticks.
+    pub lease_ttl_ms: u64,
+    /// How long a camera that moved away is still served (make-before-break), milliseconds.
+    pub handover_ms: u64,
+    /// Utilisation spread between nodes tolerated before cameras move for balance, 0 to 1.
+    pub imbalance: f64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            enabled: false,
+            capacity_fps: 100.0,
+            gpus: 0,
+            tick_ms: 250,
+            lease_ttl_ms: 1500,
+            handover_ms: 500,
+            imbalance: 0.1,
         }
     }
 }
@@ -554,6 +592,31 @@ impl Settings {
     /// Checks every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use its_proto::subjects::is_valid_id;
+        let c = &self.cluster;
+        check(
+            c.capacity_fps.is_finite() && c.capacity_fps > 0.0,
+            "cluster.capacity_fps",
+            c.capacity_fps,
+            "a positive number of frames per second",
+        )?;
+        check(
+            (20..=60_000).contains(&c.tick_ms),
+            "cluster.tick_ms",
+            c.tick_ms,
+            "20 to 60000",
+        )?;
+        check(
+            c.lease_ttl_ms > 2 * c.tick_ms,
+            "cluster.lease_ttl_ms",
+            c.lease_ttl_ms,
+            "more than two cluster.tick_ms",
+        )?;
+        check(
+            c.imbalance > 0.0 && c.imbalance <= 1.0,
+            "cluster.imbalance",
+            c.imbalance,
+            "more than 0, at most 1",
+        )?;
         check(
             self.version == CONFIG_VERSION,
             "version",

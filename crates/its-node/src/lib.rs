@@ -71,6 +71,8 @@ pub struct Node {
     scheduler_tasks: Vec<tokio::task::JoinHandle<()>>,
     embedded: Option<LocalNatsServer>,
     admin: Option<its_admin::AdminServer>,
+    /// The cluster agent, when `cluster.enabled`.
+    cluster: Option<its_cluster::ClusterAgent>,
 }
 
 impl std::fmt::Debug for Node {
@@ -200,16 +202,47 @@ impl Node {
             )),
         ];
 
-        let sub = bus.subscribe(subjects::FRAMES_ALL).await?;
-        bus.flush().await?;
         let (stop_tx, stop_rx) = oneshot::channel();
-        let intake_done = actix::spawn(its_scheduler::run_intake(
-            sub,
-            scheduler.clone(),
-            acct.clone(),
-            settings.scheduler.max_frame_bytes,
-            stop_rx,
-        ));
+        // Cluster mode: the intake follows the cameras the placement leader assigns here.
+        let (intake_done, cluster) = if settings.cluster.enabled {
+            let c = &settings.cluster;
+            let agent = its_cluster::ClusterAgent::start(
+                bus.clone(),
+                its_cluster::AgentConfig {
+                    node_id: node_id.clone(),
+                    capacity_fps: c.capacity_fps,
+                    gpus: c.gpus,
+                    tick: Duration::from_millis(c.tick_ms),
+                    lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+                    handover: Duration::from_millis(c.handover_ms),
+                    params: its_cluster::PlacementParams {
+                        imbalance: c.imbalance,
+                        ..Default::default()
+                    },
+                },
+            )
+            .await?;
+            let intake = actix::spawn(its_scheduler::run_intake_assigned(
+                bus.clone(),
+                agent.cameras(),
+                scheduler.clone(),
+                acct.clone(),
+                settings.scheduler.max_frame_bytes,
+                stop_rx,
+            ));
+            (intake, Some(agent))
+        } else {
+            let sub = bus.subscribe(subjects::FRAMES_ALL).await?;
+            bus.flush().await?;
+            let intake = actix::spawn(its_scheduler::run_intake(
+                sub,
+                scheduler.clone(),
+                acct.clone(),
+                settings.scheduler.max_frame_bytes,
+                stop_rx,
+            ));
+            (intake, None)
+        };
 
         let (cameras, registry) = start_cameras(&settings, &bus).await?;
         let status_task = actix::spawn(status::report(
@@ -231,6 +264,7 @@ impl Node {
             scheduler_tasks,
             embedded,
             admin,
+            cluster,
         })
     }
 
@@ -262,6 +296,10 @@ impl Node {
             r.stop().await;
         }
         self.bus.flush().await?;
+        if let Some(agent) = self.cluster.take() {
+            // resigns the lease and removes the heartbeat, so the cameras move at once
+            agent.stop().await;
+        }
         tracing::info!("draining the frame subscription");
         if let Some(stop) = self.intake_stop.take() {
             let _ = stop.send(());

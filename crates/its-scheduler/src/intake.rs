@@ -1,13 +1,15 @@
-//! Frame intake: reads `its.frames.*`, checks each envelope, and hands good frames to the
-//! scheduler. Every message read is counted.
+//! Frame intake: reads `its.frames.*` ([`run_intake`]) or exactly the frame subjects of the
+//! cameras assigned to this node ([`run_intake_assigned`], cluster mode), checks each envelope,
+//! and hands good frames to the scheduler. Every message read is counted.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use actix::Addr;
 use futures::StreamExt;
-use its_bus::Subscriber;
+use its_bus::{Bus, Message, Subscriber};
 use its_proto::{DropReason, decode_frame, subjects};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{Accounting, Enqueue, SchedulerActor};
 
@@ -37,31 +39,121 @@ pub async fn run_intake(
             None => sub.next().await,
         };
         let Some(msg) = msg else { break };
-        acct.received();
-        let received_at = Instant::now();
-        match decode_frame(&msg.payload, msg.subject.as_str(), max_frame_bytes) {
-            Err(e) => acct.dropped(
-                subjects::last_token(msg.subject.as_str()),
-                None,
-                e.drop_reason(),
-                e.to_string(),
-            ),
-            Ok(frame) => {
-                let (camera, seq) = (frame.camera_id.clone(), frame.seq);
-                if scheduler
-                    .send(Enqueue { frame, received_at })
-                    .await
-                    .is_err()
-                {
-                    acct.dropped(
-                        &camera,
-                        Some(seq),
-                        DropReason::Shutdown,
-                        "scheduler has stopped".into(),
-                    );
-                }
+        handle(msg, &scheduler, &acct, max_frame_bytes).await;
+    }
+    tracing::info!("frame intake stopped");
+}
+
+/// Counts one frame message, checks it and hands it to the scheduler.
+async fn handle(
+    msg: Message,
+    scheduler: &Addr<SchedulerActor>,
+    acct: &Accounting,
+    max_frame_bytes: usize,
+) {
+    acct.received();
+    let received_at = Instant::now();
+    match decode_frame(&msg.payload, msg.subject.as_str(), max_frame_bytes) {
+        Err(e) => acct.dropped(
+            subjects::last_token(msg.subject.as_str()),
+            None,
+            e.drop_reason(),
+            e.to_string(),
+        ),
+        Ok(frame) => {
+            let (camera, seq) = (frame.camera_id.clone(), frame.seq);
+            if scheduler
+                .send(Enqueue { frame, received_at })
+                .await
+                .is_err()
+            {
+                acct.dropped(
+                    &camera,
+                    Some(seq),
+                    DropReason::Shutdown,
+                    "scheduler has stopped".into(),
+                );
             }
         }
     }
+}
+
+/// Cluster mode: subscribes to exactly `its.frames.<camera>` for each camera in `cameras` and
+/// unsubscribes when a camera leaves the set. A new camera is subscribed before the set change
+/// is considered handled, so a make-before-break handover never leaves a camera unread. Runs
+/// until `stop` fires (then every frame already read from the subscriptions is still counted
+/// and queued) or the camera set's sender is dropped.
+pub async fn run_intake_assigned(
+    bus: Bus,
+    mut cameras: watch::Receiver<BTreeSet<String>>,
+    scheduler: Addr<SchedulerActor>,
+    acct: Accounting,
+    max_frame_bytes: usize,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Message>(256);
+    let mut subs: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let initial = cameras.borrow_and_update().clone();
+    follow(&bus, &initial, &mut subs, &tx).await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            changed = cameras.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let set = cameras.borrow_and_update().clone();
+                follow(&bus, &set, &mut subs, &tx).await;
+            }
+            Some(msg) = rx.recv() => handle(msg, &scheduler, &acct, max_frame_bytes).await,
+        }
+    }
+    for (_, task) in subs.drain() {
+        task.abort();
+    }
+    drop(tx);
+    while let Some(msg) = rx.recv().await {
+        handle(msg, &scheduler, &acct, max_frame_bytes).await;
+    }
     tracing::info!("frame intake stopped");
+}
+
+/// Brings the per-camera subscriptions in line with `set`.
+async fn follow(
+    bus: &Bus,
+    set: &BTreeSet<String>,
+    subs: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+    tx: &mpsc::Sender<Message>,
+) {
+    subs.retain(|camera, task| {
+        let keep = set.contains(camera) && !task.is_finished();
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for camera in set {
+        if subs.contains_key(camera) {
+            continue;
+        }
+        let mut sub = match bus.subscribe(&subjects::frames(camera)).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::warn!(%camera, error = %e, "cannot subscribe to the camera's frames");
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        subs.insert(camera.clone(), task);
+    }
+    if let Err(e) = bus.flush().await {
+        tracing::warn!(error = %e, "cannot flush the frame subscriptions");
+    }
 }

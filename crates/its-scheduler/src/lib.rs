@@ -26,5 +26,5 @@ pub use actor::{
     SchedulerSnapshot, WorkerHandle,
 };
 pub use control::{LatePolicy, ValidTuning, run_control, run_worker_status, validate_tuning};
-pub use intake::run_intake;
+pub use intake::{run_intake, run_intake_assigned};
 pub use stats::{Accounting, now_ns};
