@@ -385,7 +385,9 @@ impl SchedulerSettings {
         match p {
             SchedulerPreset::Custom => None,
             SchedulerPreset::Balanced => Some((vec![1, 4, 8, 16, 32], 2, 50, Drop, 0.2, 100)),
-            SchedulerPreset::HighThroughput => Some((vec![4, 8, 16, 32], 10, 50, Deliver, 0.5, 200)),
+            SchedulerPreset::HighThroughput => {
+                Some((vec![4, 8, 16, 32], 10, 50, Deliver, 0.5, 200))
+            }
             SchedulerPreset::LowLatency => Some((vec![1, 2, 4], 1, 5, Drop, 0.1, 30)),
         }
     }
@@ -805,8 +807,14 @@ impl Settings {
                     s.max_batch_timeout_ms != d.max_batch_timeout_ms,
                 ),
                 ("scheduler.late_policy", s.late_policy != d.late_policy),
-                ("scheduler.shed_miss_ratio", s.shed_miss_ratio != d.shed_miss_ratio),
-                ("scheduler.reorder_hold_ms", s.reorder_hold_ms != d.reorder_hold_ms),
+                (
+                    "scheduler.shed_miss_ratio",
+                    s.shed_miss_ratio != d.shed_miss_ratio,
+                ),
+                (
+                    "scheduler.reorder_hold_ms",
+                    s.reorder_hold_ms != d.reorder_hold_ms,
+                ),
             ] {
                 check(
                     !changed,
