@@ -8,8 +8,9 @@
 //!    term as `fence` (and deletes assignments of cameras that left the registry);
 //! 3. reads the lease term (into its [`FenceFilter`]) and the assignments, obeys those whose
 //!    fence is not stale, and publishes the cameras assigned to it on a `watch` channel. A camera
-//!    that moves away stays in the set for `handover` more (make-before-break: the new node
-//!    subscribes first; duplicate results are suppressed by (camera, seq)).
+//!    that moves away stays in the set for `2 × handover` more (make-before-break: the new node
+//!    subscribes first), and the moves that concern this node go to its [`ResultGate`], which
+//!    decides per frame which of the two nodes publishes the result (see [`crate::handover`]).
 //!
 //! A drain arrives as a [`ClusterControl`] request on `its.control.cluster.<node_id>`.
 
@@ -28,6 +29,7 @@ use its_proto::{
 use tokio::sync::watch;
 
 use crate::fence::{FenceFilter, FenceVerdict};
+use crate::handover::{Handover, ResultGate};
 use crate::lease::{LeaderElector, Role};
 use crate::membership;
 use crate::placement::{CameraDemand, PlacementParams, place};
@@ -45,7 +47,9 @@ pub struct AgentConfig {
     pub tick: Duration,
     /// Leader lease time to live.
     pub lease_ttl: Duration,
-    /// How long a camera that moved away is still served (make-before-break window).
+    /// Make-before-break window: the new node publishes frames captured from `handover` after
+    /// the move was written, the previous node keeps serving for `2 × handover` after it saw
+    /// the move. Must be longer than `tick` and equal on every node.
     pub handover: Duration,
     /// Placement tuning.
     pub params: PlacementParams,
@@ -66,6 +70,7 @@ pub struct AgentState {
 pub struct ClusterAgent {
     state: watch::Receiver<AgentState>,
     cameras: watch::Receiver<BTreeSet<String>>,
+    handovers: watch::Receiver<BTreeMap<String, Handover>>,
     overloaded: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -84,6 +89,7 @@ impl ClusterAgent {
             .await?;
         let (tx, rx) = watch::channel(AgentState::default());
         let (cameras_tx, cameras_rx) = watch::channel(BTreeSet::new());
+        let (handovers_tx, handovers_rx) = watch::channel(BTreeMap::new());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let overloaded = Arc::new(AtomicBool::new(false));
         let run = Run {
@@ -97,14 +103,17 @@ impl ClusterAgent {
             fence: FenceFilter::new(),
             draining: false,
             leaving: BTreeMap::new(),
+            written: BTreeMap::new(),
             overloaded: overloaded.clone(),
             state: tx,
             cameras_tx,
+            handovers_tx,
         };
         let task = tokio::spawn(run.run(control, stop_rx));
         Ok(Self {
             state: rx,
             cameras: cameras_rx,
+            handovers: handovers_rx,
             overloaded,
             stop: Some(stop_tx),
             task,
@@ -119,6 +128,12 @@ impl ClusterAgent {
     /// A receiver of the cameras this node serves (for the intake's subscriptions).
     pub fn cameras(&self) -> watch::Receiver<BTreeSet<String>> {
         self.cameras.clone()
+    }
+
+    /// The gate for this node's result publisher: which results of cameras in a handover this
+    /// node publishes, and first-result-wins per (camera, seq).
+    pub fn result_gate(&self) -> ResultGate {
+        ResultGate::new(self.handovers.clone())
     }
 
     /// Reports sustained overload (the breaker's verdict); the leader then moves cameras away.
@@ -151,9 +166,14 @@ struct Run {
     fence: FenceFilter,
     draining: bool,
     leaving: BTreeMap<String, Instant>,
+    /// As leader: the node and term of every assignment this node wrote. An entry in the bucket
+    /// with an older term than ours was written by a deposed leader after we took over, and is
+    /// not taken even as a stickiness hint.
+    written: BTreeMap<String, (String, u64)>,
     overloaded: Arc<AtomicBool>,
     state: watch::Sender<AgentState>,
     cameras_tx: watch::Sender<BTreeSet<String>>,
+    handovers_tx: watch::Sender<BTreeMap<String, Handover>>,
 }
 
 impl Run {
@@ -228,18 +248,38 @@ impl Run {
         }
         let current = self.read_assignments().await?;
         let now = Instant::now();
-        let mine: BTreeSet<String> = current
+        let obeyed: Vec<&Assignment> = current
             .values()
-            .filter(|a| a.node_id == self.config.node_id)
             .filter(|a| self.fence.judge(a.fence) == FenceVerdict::Obey)
+            .collect();
+        let mine: BTreeSet<String> = obeyed
+            .iter()
+            .filter(|a| a.node_id == self.config.node_id)
             .map(|a| a.camera_id.clone())
             .collect();
+        let handover_ns = u64::try_from(self.config.handover.as_nanos()).unwrap_or(u64::MAX);
+        let handovers: BTreeMap<String, Handover> = obeyed
+            .iter()
+            .filter_map(|a| {
+                Handover::of(a, &self.config.node_id, handover_ns).map(|h| (a.camera_id.clone(), h))
+            })
+            .collect();
+        // The gate learns of a move before the intake's subscriptions change.
+        self.handovers_tx.send_if_modified(|h| {
+            if *h == handovers {
+                false
+            } else {
+                *h = handovers;
+                true
+            }
+        });
         let before = self.state.borrow().cameras.clone();
         for gone in before.difference(&mine) {
             self.leaving.entry(gone.clone()).or_insert(now);
         }
+        let keep = self.config.handover * 2;
         self.leaving
-            .retain(|c, t| !mine.contains(c) && now.duration_since(*t) < self.config.handover);
+            .retain(|c, t| !mine.contains(c) && now.duration_since(*t) < keep);
         let mut cameras = mine;
         cameras.extend(self.leaving.keys().cloned());
         let next = AgentState {
@@ -305,31 +345,55 @@ impl Run {
                 });
             }
         }
+        // What we wrote under an older term is forgotten: a new term starts from the bucket.
+        self.written.retain(|_, (_, f)| *f == fence);
+        // The current assignment as placement input. An entry with an older term than ours is
+        // the previous leader's: taken as a stickiness hint, unless we already wrote that camera
+        // under our term, in which case a deposed leader overwrote it late and we keep ours.
         let assigned: BTreeMap<String, String> = current
             .iter()
-            .map(|(c, a)| (c.clone(), a.node_id.clone()))
+            .map(|(c, a)| {
+                let node = match self.written.get(c) {
+                    Some((mine, _)) if a.fence < fence => mine.clone(),
+                    _ => a.node_id.clone(),
+                };
+                (c.clone(), node)
+            })
+            .collect();
+        let alive: BTreeSet<&str> = views
+            .iter()
+            .filter(|v| v.alive)
+            .map(|v| v.id.as_str())
             .collect();
         let placement = place(&views, &demand, &assigned, self.config.params);
         // moves, and every assignment still carrying an older term (a new leader takes them
-        // over under its own fence; what a deposed leader wrote is at most a stickiness hint)
+        // over under its own fence)
         for (camera, node) in &placement.assignments {
             let old = current.get(camera);
             if old.is_some_and(|a| a.fence == fence && &a.node_id == node) {
                 continue;
             }
+            // A handover only from a live node: a dead one publishes nothing, so the new node
+            // must publish every frame at once (see crate::handover).
+            let previous = assigned
+                .get(camera)
+                .filter(|n| *n != node && alive.contains(n.as_str()))
+                .cloned();
             let a = Assignment {
                 v: SCHEMA_VERSION,
                 camera_id: camera.clone(),
                 node_id: node.clone(),
-                previous_node: old.map(|a| a.node_id.clone()).filter(|n| n != node),
+                previous_node: previous,
                 fence,
                 written_at_ns: now,
             };
             self.assignments.put(camera, &a).await?;
+            self.written.insert(camera.clone(), (node.clone(), fence));
         }
         for c in current.keys() {
             if !placement.assignments.contains_key(c) && !placement.unplaced.contains(c) {
                 self.assignments.delete(c).await?;
+                self.written.remove(c);
             }
         }
         if !placement.moves.is_empty() {

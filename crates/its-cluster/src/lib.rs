@@ -3,8 +3,9 @@
 //! The core is [`placement::place`], a pure function from the cluster as the leader sees it
 //! (nodes with capacity, cameras with demand and priority, the current assignment) to the next
 //! assignment and the moves that lead to it. [`fence::FenceFilter`] decides which assignments a
-//! node obeys (fencing by leader-lease revision) and [`dedup::SeqDedup`] suppresses the
-//! duplicate results of a make-before-break handover by (camera, seq).
+//! node obeys (fencing by leader-lease revision); [`handover::ResultGate`] decides which of the
+//! two nodes of a make-before-break handover publishes each frame's result, and with
+//! [`dedup::SeqDedup`] lets one result per (camera, seq) through.
 //!
 //! [`lease::LeaderElector`] is the thin NATS layer of the leader lease around the pure
 //! [`lease::decide`]; [`membership`] judges node heartbeats.
@@ -16,6 +17,7 @@
 pub mod agent;
 pub mod dedup;
 pub mod fence;
+pub mod handover;
 pub mod lease;
 pub mod membership;
 pub mod placement;
@@ -23,6 +25,7 @@ pub mod placement;
 pub use agent::{AgentConfig, AgentState, ClusterAgent};
 pub use dedup::SeqDedup;
 pub use fence::{FenceFilter, FenceVerdict};
+pub use handover::{Handover, ResultGate, Side, Verdict};
 pub use placement::{CameraDemand, Move, NodeView, Placement, PlacementParams, place};
 
 pub use lease::{LeaderElector, LeaseAction, Role};

@@ -144,3 +144,134 @@ async fn placement_failover_join_and_drain() {
         within(10, "agent stop", a.stop()).await;
     }
 }
+
+/// A drain moves cameras make-before-break: for every frame of a moved camera exactly one of
+/// the two nodes' result gates publishes it. A crash moves cameras with no handover: the new
+/// node publishes every frame at once.
+#[tokio::test]
+async fn handover_gives_each_frame_to_exactly_one_node() {
+    use its_cluster::Verdict;
+    use its_proto::Assignment;
+    use its_proto::cluster::ASSIGNMENTS_BUCKET;
+
+    let nats = TestNats::start();
+    let bus = nats.bus().await;
+    within(10, "registry", camera_registry(&bus, 6)).await;
+    let mut agents = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let b = nats.bus().await;
+        agents.push(
+            within(10, "agent start", ClusterAgent::start(b, config(id)))
+                .await
+                .unwrap(),
+        );
+    }
+    let states: Vec<_> = agents.iter().map(|a| a.state()).collect();
+    let gates: Vec<_> = agents.iter().map(|a| a.result_gate()).collect();
+    within(20, "6 cameras over 3 nodes", async {
+        loop {
+            let c = until_partitioned(&states.iter().collect::<Vec<_>>(), 6).await;
+            if c.iter().all(|&n| n >= 1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let moved: Vec<String> = states[0].borrow().cameras.iter().cloned().collect();
+    let reply: ControlReply = bus
+        .request_msg(
+            its_proto::cluster::control_cluster("n1"),
+            &ClusterControl::Drain,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(reply.ok);
+    let assignments = bus.kv::<Assignment>(ASSIGNMENTS_BUCKET, 1).await.unwrap();
+    let handover_ns = config("n1").handover.as_nanos() as u64;
+    let mut seq = 0u64;
+    for camera in &moved {
+        let a = within(10, "the drained camera's new assignment", async {
+            loop {
+                if let Some(a) = assignments.get(camera).await.unwrap().and_then(|e| e.value)
+                    && a.node_id != "n1"
+                {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(a.previous_node.as_deref(), Some("n1"), "{a:?}");
+        let to = ["n1", "n2", "n3"]
+            .iter()
+            .position(|n| *n == a.node_id)
+            .unwrap();
+        let cutover = a.written_at_ns + handover_ns;
+        // both gates know of the move once the old node holds back a frame after the cutover
+        // and the new node one before it
+        within(10, "both gates know of the move", async {
+            loop {
+                seq += 1;
+                let old = gates[0].judge(camera, seq, cutover + 1);
+                let new = gates[to].judge(camera, seq, cutover - 1);
+                if old == Verdict::OtherNode && new == Verdict::OtherNode {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        for at in [
+            0,
+            cutover - 1_000_000,
+            cutover - 1,
+            cutover,
+            cutover + 1,
+            u64::MAX,
+        ] {
+            seq += 1;
+            let old = gates[0].judge(camera, seq, at) == Verdict::Publish;
+            let new = gates[to].judge(camera, seq, at) == Verdict::Publish;
+            assert!(
+                old ^ new,
+                "{camera}: frame captured at {at}: old {old}, new {new}"
+            );
+            // and a second copy on the same node is a duplicate
+            let g = if old { &gates[0] } else { &gates[to] };
+            assert_eq!(g.judge(camera, seq, at), Verdict::Duplicate);
+        }
+    }
+
+    // crash n2: its cameras go to n3 without a handover (nobody is left to publish)
+    let lost: Vec<String> = states[1].borrow().cameras.iter().cloned().collect();
+    assert!(!lost.is_empty());
+    agents.remove(1).abort();
+    for camera in &lost {
+        let a = within(20, "the crashed node's camera reassigned", async {
+            loop {
+                if let Some(a) = assignments.get(camera).await.unwrap().and_then(|e| e.value)
+                    && a.node_id == "n3"
+                {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert_eq!(a.previous_node, None, "{a:?}");
+        seq += 1;
+        // n3 publishes a frame captured long before the move
+        within(10, "the new node serves it", async {
+            while !states[2].borrow().cameras.contains(camera) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(gates[2].judge(camera, seq, 0), Verdict::Publish);
+    }
+    for a in agents {
+        within(10, "agent stop", a.stop()).await;
+    }
+}

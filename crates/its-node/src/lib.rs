@@ -187,8 +187,46 @@ impl Node {
                 workers
             }
         };
-        let scheduler =
-            SchedulerActor::new(scheduler_options(&settings), acct.clone(), workers).start();
+        // Cluster mode: the agent starts first, so the scheduler's publisher can consult its
+        // result gate (which node publishes each frame of a camera in a handover).
+        let agent = if settings.cluster.enabled {
+            let c = &settings.cluster;
+            Some(
+                its_cluster::ClusterAgent::start(
+                    bus.clone(),
+                    its_cluster::AgentConfig {
+                        node_id: node_id.clone(),
+                        capacity_fps: c.capacity_fps,
+                        gpus: c.gpus,
+                        tick: Duration::from_millis(c.tick_ms),
+                        lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+                        handover: Duration::from_millis(c.handover_ms),
+                        params: its_cluster::PlacementParams {
+                            imbalance: c.imbalance,
+                            ..Default::default()
+                        },
+                    },
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let mut scheduler =
+            SchedulerActor::new(scheduler_options(&settings), acct.clone(), workers);
+        if let Some(agent) = &agent {
+            let gate = agent.result_gate();
+            scheduler = scheduler.with_result_filter(std::sync::Arc::new(move |m| {
+                match gate.judge(&m.camera_id, m.seq, m.captured_at_ns) {
+                    its_cluster::Verdict::Publish => None,
+                    its_cluster::Verdict::OtherNode => {
+                        Some("handover: the other node publishes it")
+                    }
+                    its_cluster::Verdict::Duplicate => Some("duplicate of a published result"),
+                }
+            }));
+        }
+        let scheduler = scheduler.start();
         let scheduler_tasks = vec![
             actix::spawn(its_scheduler::run_control(
                 bus.clone(),
@@ -204,24 +242,7 @@ impl Node {
 
         let (stop_tx, stop_rx) = oneshot::channel();
         // Cluster mode: the intake follows the cameras the placement leader assigns here.
-        let (intake_done, cluster) = if settings.cluster.enabled {
-            let c = &settings.cluster;
-            let agent = its_cluster::ClusterAgent::start(
-                bus.clone(),
-                its_cluster::AgentConfig {
-                    node_id: node_id.clone(),
-                    capacity_fps: c.capacity_fps,
-                    gpus: c.gpus,
-                    tick: Duration::from_millis(c.tick_ms),
-                    lease_ttl: Duration::from_millis(c.lease_ttl_ms),
-                    handover: Duration::from_millis(c.handover_ms),
-                    params: its_cluster::PlacementParams {
-                        imbalance: c.imbalance,
-                        ..Default::default()
-                    },
-                },
-            )
-            .await?;
+        let (intake_done, cluster) = if let Some(agent) = agent {
             let intake = actix::spawn(its_scheduler::run_intake_assigned(
                 bus.clone(),
                 agent.cameras(),

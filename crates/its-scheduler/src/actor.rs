@@ -154,6 +154,12 @@ pub struct SchedulerSnapshot {
     pub workers: Vec<WorkerStatus>,
 }
 
+/// Decides, just before publication, whether this node publishes a result: `None` publishes it,
+/// `Some(why)` settles it unpublished because another node publishes that frame (a cluster
+/// handover) or this node already did (a duplicate). Set with
+/// [`SchedulerActor::with_result_filter`]; without one every result is published.
+pub type ResultFilter = std::sync::Arc<dyn Fn(&DetectionMsg) -> Option<&'static str> + Send + Sync>;
+
 /// How often the scheduler checks held results and the breaker.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -169,6 +175,7 @@ pub struct SchedulerActor {
     reorder: ReorderBuffer<DetectionMsg>,
     released: Vec<Released<DetectionMsg>>,
     publisher: Option<mpsc::UnboundedSender<DetectionMsg>>,
+    result_filter: Option<ResultFilter>,
     workers: Vec<WorkerState>,
     wake: Option<(Instant, SpawnHandle)>,
     draining: bool,
@@ -192,6 +199,7 @@ impl SchedulerActor {
             reorder: ReorderBuffer::new(opts.reorder_hold, opts.reorder_capacity),
             released: Vec::new(),
             publisher: None,
+            result_filter: None,
             workers: workers
                 .into_iter()
                 .map(|handle| WorkerState {
@@ -216,6 +224,12 @@ impl SchedulerActor {
             opts,
             acct,
         }
+    }
+
+    /// Filters results before publication (cluster mode: handover and duplicate suppression).
+    pub fn with_result_filter(mut self, filter: ResultFilter) -> Self {
+        self.result_filter = Some(filter);
+        self
     }
 
     fn publish_depths(&self) {
@@ -684,8 +698,18 @@ impl Actor for SchedulerActor {
         let (tx, mut rx) = mpsc::unbounded_channel::<DetectionMsg>();
         self.publisher = Some(tx);
         let acct = self.acct.clone();
+        let filter = self.result_filter.clone();
         actix::spawn(async move {
             while let Some(mut msg) = rx.recv().await {
+                // The filter runs here, after the reorder buffer released the result in order,
+                // so a suppressed result has already settled its camera's order like any other.
+                // It settles the frame exactly once in the ledger, as `not_published`: neither
+                // a publication (this node sent nothing) nor a drop (the frame's result does go
+                // out, from the node that owns it); `in_flight` counts it as settled.
+                if let Some(why) = filter.as_ref().and_then(|f| f(&msg)) {
+                    acct.not_published(&msg.camera_id, msg.seq, why);
+                    continue;
+                }
                 msg.published_at_ns = now_ns();
                 msg.timings.total_ns = msg.published_at_ns.saturating_sub(msg.captured_at_ns);
                 let subject = subjects::results(&msg.camera_id);

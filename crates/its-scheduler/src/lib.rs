@@ -9,7 +9,8 @@
 //! worker drain/resume.
 //!
 //! Architecture invariant: every frame read from NATS is counted once in [`Accounting`] and
-//! settled once, as a published result or as a drop with a reason; `in_flight` is the
+//! settled once, as a published result, as a drop with a reason, or (cluster mode) as a result
+//! not published because another node publishes that frame; `in_flight` is the
 //! difference and is zero when the node is idle.
 
 mod actor;
@@ -22,7 +23,7 @@ pub mod reorder;
 mod stats;
 
 pub use actor::{
-    Control, Drain, Enqueue, GetSchedulerSnapshot, SchedulerActor, SchedulerOptions,
+    Control, Drain, Enqueue, GetSchedulerSnapshot, ResultFilter, SchedulerActor, SchedulerOptions,
     SchedulerSnapshot, WorkerHandle,
 };
 pub use control::{LatePolicy, ValidTuning, run_control, run_worker_status, validate_tuning};

@@ -25,6 +25,9 @@ struct Inner {
     bus: Bus,
     received: AtomicU64,
     published: AtomicU64,
+    /// Results settled without publication because another node publishes them (handover) or
+    /// this node already did (duplicate).
+    not_published: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     queue_depth: [AtomicU64; 4],
     latency: Mutex<Histogram<u64>>,
@@ -75,6 +78,7 @@ impl Accounting {
             bus,
             received: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            not_published: AtomicU64::new(0),
             drops: Default::default(),
             queue_depth: Default::default(),
             latency: Mutex::new(
@@ -144,6 +148,20 @@ impl Accounting {
         self.0.settled.notify_waiters();
     }
 
+    /// A result was settled without publication: another node of a cluster handover publishes
+    /// this frame, or this node already published it. Counted once, apart from published and
+    /// dropped (the frame is neither: its result goes out once, from its owner).
+    pub fn not_published(&self, camera_id: &str, seq: u64, why: &str) {
+        self.0.not_published.fetch_add(1, Relaxed);
+        self.0.settled.notify_waiters();
+        tracing::debug!(camera = camera_id, seq, why, "result not published");
+    }
+
+    /// Results settled without publication (see [`not_published`](Self::not_published)).
+    pub fn not_published_count(&self) -> u64 {
+        self.0.not_published.load(Relaxed)
+    }
+
     /// A frame was dropped: counted, logged at debug level, and reported on
     /// `its.events.error.<camera>`.
     pub fn dropped(&self, camera_id: &str, seq: Option<u64>, reason: DropReason, message: String) {
@@ -183,6 +201,7 @@ impl Accounting {
     /// Frames received and not yet settled.
     pub fn in_flight(&self) -> u64 {
         let settled = self.0.published.load(Relaxed)
+            + self.0.not_published.load(Relaxed)
             + self.0.drops.iter().map(|d| d.load(Relaxed)).sum::<u64>();
         self.0.received.load(Relaxed).saturating_sub(settled)
     }
