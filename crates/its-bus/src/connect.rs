@@ -60,19 +60,31 @@ async fn options(
     Ok(o)
 }
 
-/// Connects to `url` (comma-separated list allowed) with the settings' authentication.
+/// The server URLs of a `nats.url` value: a comma-separated list (spaces allowed around each).
+pub fn server_urls(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects to `url` with the settings' authentication. `url` may list several servers of one
+/// cluster, comma-separated: the client picks one of them, and on losing it reconnects to
+/// another (those listed and those the cluster announces).
 ///
 /// The first connection is retried `connect_attempts` times (0 = forever) with exponential
 /// backoff from `connect_backoff_ms`, capped at 5 s, with ±25 % jitter. An authentication
 /// refusal is returned at once. Once connected, the client reconnects on its own.
 pub async fn connect(s: &NatsSettings, url: &str, name: &str) -> Result<Bus, BusError> {
+    let servers = server_urls(url);
     let mut delay = Duration::from_millis(s.connect_backoff_ms.max(1));
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let health = ConnectionHealth::default();
         let opts = options(s, name, &health).await?;
-        match opts.connect(url).await {
+        match opts.connect(servers.clone()).await {
             Ok(client) => {
                 tracing::info!(url, attempt, "connected to nats");
                 return Ok(Bus {
@@ -106,5 +118,17 @@ pub async fn connect(s: &NatsSettings, url: &str, name: &str) -> Result<Bus, Bus
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_list_is_split_on_commas() {
+        assert_eq!(
+            super::server_urls("nats://a:1, nats://b:2,,nats://c:3 "),
+            ["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
+        assert_eq!(super::server_urls("nats://a:1"), ["nats://a:1"]);
     }
 }

@@ -32,6 +32,7 @@ impl<T> Kv<T> {
         client: async_nats::Client,
         bucket: &str,
         history: i64,
+        replicas: usize,
     ) -> Result<Self, BusError> {
         let js = jetstream::new(client);
         let err = |e: &dyn std::fmt::Display| BusError::Kv {
@@ -44,6 +45,7 @@ impl<T> Kv<T> {
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),
                     history,
+                    num_replicas: replicas.max(1),
                     ..Default::default()
                 })
                 .await

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 pub use async_nats::{Message, Subscriber};
-pub use connect::connect;
+pub use connect::{connect, server_urls};
 pub use health::{ConnectionHealth, HealthSnapshot};
 pub use kv::{Kv, KvEntry};
 pub use server::LocalNatsServer;
@@ -192,7 +192,19 @@ impl Bus {
 
     /// Opens (creating if absent) a JetStream key-value bucket of MessagePack values.
     pub async fn kv<T>(&self, bucket: &str, history: i64) -> Result<Kv<T>, BusError> {
-        Kv::open(self.client.clone(), bucket, history).await
+        Kv::open(self.client.clone(), bucket, history, 1).await
+    }
+
+    /// As [`kv`](Self::kv), creating an absent bucket with `replicas` copies on the servers of
+    /// a NATS cluster (so it survives the loss of a server); an existing bucket is opened as it
+    /// is.
+    pub async fn kv_replicated<T>(
+        &self,
+        bucket: &str,
+        history: i64,
+        replicas: usize,
+    ) -> Result<Kv<T>, BusError> {
+        Kv::open(self.client.clone(), bucket, history, replicas).await
     }
 
     /// Sends a request encoded as a MessagePack map and waits at most `timeout` for one reply,

@@ -49,6 +49,122 @@ impl TestNats {
     }
 }
 
+/// A cluster of nats-servers for one test: each on its own client port and cluster (route)
+/// port on 127.0.0.1, routes to all the others, JetStream with its own store directory. Killed
+/// and cleaned up on drop.
+#[derive(Debug)]
+pub struct TestNatsCluster {
+    /// The servers; `None` once killed.
+    pub servers: Vec<Option<LocalNatsServer>>,
+}
+
+/// The KV buckets the cluster mode uses, to be created with replicas on a [`TestNatsCluster`].
+pub const CLUSTER_BUCKETS: [&str; 5] = [
+    "its_cameras",
+    "its_camera_leases",
+    "its_cluster_nodes",
+    "its_cluster_assignments",
+    "its_cluster_leader",
+];
+
+impl TestNatsCluster {
+    /// Starts `n` servers forming one cluster and waits until JetStream accepts a bucket
+    /// replicated on all of them; panics with what to install if a server cannot start.
+    pub async fn start(n: usize) -> Self {
+        let ports = free_ports(n);
+        let mut servers = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|p| *p != port)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let args = [
+                "-n".to_owned(),
+                format!("its-test-{i}"),
+                "--cluster_name".to_owned(),
+                "its-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{port}"),
+                "--routes".to_owned(),
+                routes.join(","),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let server = LocalNatsServer::start_with_args(&nats_server_bin(), None, &args)
+                .unwrap_or_else(|e| panic!("test needs a nats-server (run scripts/setup.sh): {e}"));
+            servers.push(Some(server));
+        }
+        let cluster = TestNatsCluster { servers };
+        let bus = cluster.bus().await;
+        within(60, "JetStream of the NATS cluster ready", async {
+            loop {
+                match bus.kv_replicated::<u8>("its_test_ready", 1, n).await {
+                    Ok(_) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+        .await;
+        cluster
+    }
+
+    /// Every live server's client URL, comma-separated (the form `nats.url` takes).
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .flatten()
+            .map(LocalNatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Connects a client to all live servers.
+    pub async fn bus(&self) -> Bus {
+        within(
+            10,
+            "connect to the test nats cluster",
+            its_bus::connect(&NatsSettings::default(), &self.url(), "test"),
+        )
+        .await
+        .expect("connect to the test nats cluster")
+    }
+
+    /// Creates the cluster mode's buckets ([`CLUSTER_BUCKETS`]) replicated on every server, so
+    /// they survive the loss of one.
+    pub async fn replicated_cluster_buckets(&self, bus: &Bus) {
+        let n = self.servers.len();
+        for b in CLUSTER_BUCKETS {
+            within(30, "create a replicated bucket", async {
+                loop {
+                    match bus.kv_replicated::<u8>(b, 1, n).await {
+                        Ok(_) => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Kills server `i` as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut s) = self.servers[i].take() {
+            s.kill();
+        }
+    }
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (bound together, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
 /// Awaits `fut`, failing the test if it takes more than `secs` seconds.
 pub async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
