@@ -36,8 +36,14 @@ pub const QUALITY_SRC: KernelSource = KernelSource {
     source: include_str!("../../../kernels/quality.cu"),
 };
 
+/// `kernels/engine.cu` (the native inference engine's kernels).
+pub const ENGINE_SRC: KernelSource = KernelSource {
+    name: "engine.cu",
+    source: include_str!("../../../kernels/engine.cu"),
+};
+
 /// Every kernel file of the crate (the compile test walks this list).
-pub const ALL_KERNELS: &[KernelSource] = &[LETTERBOX_SRC, POSTPROCESS_SRC, QUALITY_SRC];
+pub const ALL_KERNELS: &[KernelSource] = &[LETTERBOX_SRC, POSTPROCESS_SRC, QUALITY_SRC, ENGINE_SRC];
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

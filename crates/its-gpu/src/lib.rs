@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 pub mod context;
+pub mod engine;
 mod error;
 pub mod letterbox;
 pub mod nvjpeg;

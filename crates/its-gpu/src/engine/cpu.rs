@@ -1,0 +1,235 @@
+//! The CPU reference executor of a [`Plan`]: plain loops, f32 with f32 accumulation, the
+//! semantics every CUDA kernel of `kernels/engine.cu` is checked against.
+
+use super::EngineBuildError;
+use super::plan::{Conv, Op, Plan};
+use super::tensor::{broadcast_index, strides, transpose_index};
+
+/// Runs `plan` on `input` (the input tensor's elements) and returns every graph output.
+pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError> {
+    let expected = plan.tensors[plan.input].numel();
+    if input.len() != expected {
+        return Err(EngineBuildError::Shape(format!(
+            "input has {} values, the plan takes {expected}",
+            input.len()
+        )));
+    }
+    let mut st: Vec<Vec<f32>> = plan.storage_len.iter().map(|&n| vec![0.0; n]).collect();
+    for (s, v) in &plan.constants {
+        st[*s].clone_from(v);
+    }
+    st[plan.tensors[plan.input].storage].copy_from_slice(input);
+    for op in &plan.ops {
+        let ys = plan.tensors[op.output()].storage;
+        let mut out = std::mem::take(&mut st[ys]);
+        let get = |t: usize| -> &[f32] { &st[plan.tensors[t].storage] };
+        match op {
+            Op::Conv(c) => conv(plan, c, get(c.x), &mut out),
+            Op::Act { x, act, .. } => {
+                for (o, &v) in out.iter_mut().zip(get(*x)) {
+                    *o = act.apply(v);
+                }
+            }
+            Op::Binary {
+                op,
+                a,
+                b,
+                y,
+                a_strides,
+                b_strides,
+            } => {
+                let ys = plan.shape(*y);
+                let ia = broadcast_index(ys, a_strides);
+                let ib = broadcast_index(ys, b_strides);
+                let (va, vb) = (get(*a), get(*b));
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = op.apply(va[ia[k]], vb[ib[k]]);
+                }
+            }
+            Op::Concat { xs, y, axis } => {
+                let yshape = plan.shape(*y);
+                let outer: usize = yshape[..*axis].iter().product();
+                let ychunk: usize = yshape[*axis..].iter().product();
+                let mut off = 0;
+                for &x in xs {
+                    let chunk: usize = plan.shape(x)[*axis..].iter().product();
+                    let v = get(x);
+                    for o in 0..outer {
+                        out[o * ychunk + off..o * ychunk + off + chunk]
+                            .copy_from_slice(&v[o * chunk..(o + 1) * chunk]);
+                    }
+                    off += chunk;
+                }
+            }
+            Op::Narrow {
+                x,
+                y,
+                axis,
+                start,
+                step,
+            } => {
+                let xs = plan.shape(*x);
+                let outer: usize = xs[..*axis].iter().product();
+                let inner: usize = xs[*axis + 1..].iter().product();
+                let (dim, len) = (xs[*axis], plan.shape(*y)[*axis]);
+                let v = get(*x);
+                let mut k = 0;
+                for o in 0..outer {
+                    for j in 0..len {
+                        let src = (o * dim + start + j * step) * inner;
+                        out[k..k + inner].copy_from_slice(&v[src..src + inner]);
+                        k += inner;
+                    }
+                }
+            }
+            Op::MaxPool {
+                x,
+                y,
+                kernel,
+                stride,
+                pad,
+            } => {
+                let xs = plan.shape(*x);
+                let yshape = plan.shape(*y);
+                let (h, w, oh, ow) = (xs[2], xs[3], yshape[2], yshape[3]);
+                let v = get(*x);
+                for p in 0..xs[0] * xs[1] {
+                    for i in 0..oh {
+                        for j in 0..ow {
+                            let mut m = f32::NEG_INFINITY;
+                            for ki in 0..kernel[0] {
+                                let r = (i * stride[0] + ki) as isize - pad[0] as isize;
+                                if r < 0 || r >= h as isize {
+                                    continue;
+                                }
+                                for kj in 0..kernel[1] {
+                                    let c = (j * stride[1] + kj) as isize - pad[1] as isize;
+                                    if c < 0 || c >= w as isize {
+                                        continue;
+                                    }
+                                    m = m.max(v[(p * h + r as usize) * w + c as usize]);
+                                }
+                            }
+                            out[(p * oh + i) * ow + j] = m;
+                        }
+                    }
+                }
+            }
+            Op::Upsample { x, factor, .. } => {
+                let xs = plan.shape(*x);
+                let (h, w) = (xs[2], xs[3]);
+                let (oh, ow) = (h * factor[0], w * factor[1]);
+                let v = get(*x);
+                for p in 0..xs[0] * xs[1] {
+                    for i in 0..oh {
+                        for j in 0..ow {
+                            out[(p * oh + i) * ow + j] =
+                                v[(p * h + i / factor[0]) * w + j / factor[1]];
+                        }
+                    }
+                }
+            }
+            Op::Transpose { x, perm, .. } => {
+                let (_, idx) = transpose_index(plan.shape(*x), perm);
+                let v = get(*x);
+                for (o, &i) in out.iter_mut().zip(&idx) {
+                    *o = v[i];
+                }
+            }
+            Op::MatMul { a, b, y } => {
+                let ash = plan.shape(*a);
+                let r = ash.len();
+                let (m, k) = (ash[r - 2], ash[r - 1]);
+                let n = plan.shape(*b)[r - 1];
+                let batch: usize = plan.shape(*y)[..r - 2].iter().product();
+                let (va, vb) = (get(*a), get(*b));
+                for bi in 0..batch {
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut acc = 0.0f32;
+                            for p in 0..k {
+                                acc += va[(bi * m + i) * k + p] * vb[(bi * k + p) * n + j];
+                            }
+                            out[(bi * m + i) * n + j] = acc;
+                        }
+                    }
+                }
+            }
+            Op::Softmax { x, axis, .. } => {
+                let xs = plan.shape(*x);
+                let outer: usize = xs[..*axis].iter().product();
+                let inner: usize = xs[*axis + 1..].iter().product();
+                let len = xs[*axis];
+                let v = get(*x);
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let at = |j: usize| (o * len + j) * inner + i;
+                        let mx = (0..len).map(|j| v[at(j)]).fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0f32;
+                        for j in 0..len {
+                            let e = (v[at(j)] - mx).exp();
+                            out[at(j)] = e;
+                            sum += e;
+                        }
+                        for j in 0..len {
+                            out[at(j)] /= sum;
+                        }
+                    }
+                }
+            }
+        }
+        st[ys] = out;
+    }
+    Ok(plan
+        .outputs
+        .iter()
+        .map(|(_, t)| {
+            let s = plan.tensors[*t].storage;
+            st[s][..plan.tensors[*t].numel()].to_vec()
+        })
+        .collect())
+}
+
+fn conv(plan: &Plan, c: &Conv, x: &[f32], out: &mut [f32]) {
+    let xs = plan.shape(c.x);
+    let ys = plan.shape(c.y);
+    let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    let (oh, ow) = (ys[2], ys[3]);
+    let cg = cin / c.group;
+    let mg = c.m / c.group;
+    let [kh, kw] = c.kernel;
+    let ws = strides(&[c.m, cg, kh, kw]);
+    let mut acc = vec![0.0f32; ow];
+    for b in 0..n {
+        for m in 0..c.m {
+            let g = m / mg;
+            for i in 0..oh {
+                acc.fill(c.bias[m]);
+                for ci in 0..cg {
+                    let plane = &x[((b * cin) + g * cg + ci) * h * w..][..h * w];
+                    for ki in 0..kh {
+                        let r = (i * c.stride[0] + ki * c.dilation[0]) as isize - c.pad[0] as isize;
+                        if r < 0 || r >= h as isize {
+                            continue;
+                        }
+                        let row = &plane[r as usize * w..][..w];
+                        for kj in 0..kw {
+                            let wv = c.weight[m * ws[0] + ci * ws[1] + ki * ws[2] + kj];
+                            let off = (kj * c.dilation[1]) as isize - c.pad[1] as isize;
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                let col = (j * c.stride[1]) as isize + off;
+                                if col >= 0 && col < w as isize {
+                                    *a += wv * row[col as usize];
+                                }
+                            }
+                        }
+                    }
+                }
+                let dst = &mut out[((b * c.m + m) * oh + i) * ow..][..ow];
+                for (d, &a) in dst.iter_mut().zip(&acc) {
+                    *d = c.act.apply(a);
+                }
+            }
+        }
+    }
+}

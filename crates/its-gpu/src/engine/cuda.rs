@@ -1,0 +1,850 @@
+//! The CUDA executor of a [`Plan`]: one execution context (stream, cuDNN handle, activation
+//! buffers, workspace) per [`CudaEngine`]; convolutions on cuDNN with the algorithm chosen
+//! by timing every one cuDNN offers for the layer, everything else on `kernels/engine.cu`.
+//! After the build, the whole plan is captured once into a CUDA graph and replayed.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::cudnn::{result as dnn, sys as dnn_sys};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use super::EngineBuildError;
+use super::plan::{Conv, Op, Plan};
+use super::tensor::strides;
+use crate::context::ENGINE_SRC;
+use crate::{GpuContext, GpuError};
+
+/// Arithmetic of the convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvMath {
+    /// Plain FP32 FMA (the reference mode).
+    Fp32,
+    /// FP32 storage, TF32 tensor cores allowed inside cuDNN.
+    Tf32,
+}
+
+/// How to build an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Convolution arithmetic.
+    pub math: ConvMath,
+    /// Time every cuDNN algorithm per layer and keep the fastest (else cuDNN's heuristic).
+    pub time_algorithms: bool,
+    /// Capture the plan into a CUDA graph and replay it.
+    pub cuda_graph: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            math: ConvMath::Fp32,
+            time_algorithms: true,
+            cuda_graph: true,
+        }
+    }
+}
+
+/// What the build did, for logs and the bench.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuildReport {
+    /// Wall time of the build (compile, uploads, algorithm timing, graph capture), ms.
+    pub build_ms: f64,
+    /// Convolution layers.
+    pub convs: usize,
+    /// Kernel launches plus cuDNN calls per run.
+    pub launches: usize,
+    /// Bytes of activation buffers.
+    pub activation_bytes: usize,
+    /// Bytes of the largest cuDNN workspace.
+    pub workspace_bytes: usize,
+    /// Whether the run replays a CUDA graph.
+    pub cuda_graph: bool,
+    /// Why graph capture was not used, when it was asked for and failed.
+    pub graph_fallback: Option<String>,
+}
+
+struct Kernels {
+    bias_act: CudaFunction,
+    act: CudaFunction,
+    binary: CudaFunction,
+    permute: CudaFunction,
+    copy_rows: CudaFunction,
+    maxpool2d: CudaFunction,
+    upsample: CudaFunction,
+    matmul: CudaFunction,
+    softmax: CudaFunction,
+}
+
+/// Matches `struct Strides` in `kernels/engine.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct KStrides {
+    rank: i32,
+    shape: [i64; 6],
+    a: [i64; 6],
+    b: [i64; 6],
+}
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for KStrides {}
+
+impl KStrides {
+    fn new(shape: &[usize], a: &[usize], b: &[usize]) -> Result<Self, EngineBuildError> {
+        if shape.len() > 6 {
+            return Err(EngineBuildError::Shape(format!("rank {} > 6", shape.len())));
+        }
+        let mut s = Self {
+            rank: shape.len() as i32,
+            shape: [1; 6],
+            a: [0; 6],
+            b: [0; 6],
+        };
+        for i in 0..shape.len() {
+            s.shape[i] = shape[i] as i64;
+            s.a[i] = a[i] as i64;
+            s.b[i] = b.get(i).copied().unwrap_or(0) as i64;
+        }
+        Ok(s)
+    }
+}
+
+struct ConvLayer {
+    x_desc: dnn_sys::cudnnTensorDescriptor_t,
+    y_desc: dnn_sys::cudnnTensorDescriptor_t,
+    w_desc: dnn_sys::cudnnFilterDescriptor_t,
+    conv_desc: dnn_sys::cudnnConvolutionDescriptor_t,
+    algo: dnn_sys::cudnnConvolutionFwdAlgo_t,
+    workspace: usize,
+    weight: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+}
+
+/// One execution context of a model on one GPU.
+pub struct CudaEngine {
+    plan: Plan,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    handle: dnn_sys::cudnnHandle_t,
+    convs: Vec<Option<ConvLayer>>,
+    buffers: Vec<CudaSlice<f32>>,
+    ptrs: Vec<u64>,
+    workspace: Option<CudaSlice<u8>>,
+    workspace_ptr: u64,
+    graph: Option<cudarc::driver::CudaGraph>,
+    report: BuildReport,
+}
+
+impl std::fmt::Debug for CudaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaEngine")
+            .field("ops", &self.plan.ops.len())
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+fn dnn_err(what: &str) -> impl FnOnce(dnn::CudnnError) -> EngineBuildError + '_ {
+    move |e| EngineBuildError::Gpu(GpuError::InvalidInput(format!("cudnn {what}: {e:?}")))
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    let threads = 256u32;
+    let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 8) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn dims4(s: &[usize]) -> [i32; 4] {
+    [s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32]
+}
+
+const ALGOS: [dnn_sys::cudnnConvolutionFwdAlgo_t; 8] = [
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+    dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+];
+
+/// Whether cuDNN can be loaded here (never panics).
+pub fn cudnn_available() -> Result<(), GpuError> {
+    // SAFETY: only tries to dlopen the library by name.
+    let present = catch_unwind(|| unsafe { dnn_sys::is_culib_present() }).unwrap_or(false);
+    if present {
+        Ok(())
+    } else {
+        Err(GpuError::NoDriver(
+            "libcudnn.so.9 could not be loaded (install cuDNN 9 or set LD_LIBRARY_PATH)".into(),
+        ))
+    }
+}
+
+impl CudaEngine {
+    /// Builds an execution context for `plan` on `gpu`, on a new stream.
+    pub fn build(
+        gpu: &GpuContext,
+        plan: Plan,
+        opts: EngineOptions,
+    ) -> Result<Self, EngineBuildError> {
+        let started = Instant::now();
+        cudnn_available()?;
+        let stream = gpu.new_stream()?;
+        let module = gpu.module(ENGINE_SRC)?;
+        let f = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| EngineBuildError::Gpu(e.into()))
+        };
+        let kernels = Kernels {
+            bias_act: f("bias_act")?,
+            act: f("act")?,
+            binary: f("binary")?,
+            permute: f("permute")?,
+            copy_rows: f("copy_rows")?,
+            maxpool2d: f("maxpool2d")?,
+            upsample: f("upsample_nearest")?,
+            matmul: f("matmul")?,
+            softmax: f("softmax")?,
+        };
+        let handle = catch_unwind(AssertUnwindSafe(dnn::create_handle))
+            .map_err(|_| EngineBuildError::Gpu(GpuError::NoDriver("cuDNN failed to load".into())))?
+            .map_err(dnn_err("create handle"))?;
+        // SAFETY: the handle was just created; the stream outlives it (both owned by self).
+        unsafe { dnn::set_stream(handle, stream.cu_stream() as dnn_sys::cudaStream_t) }
+            .map_err(dnn_err("set stream"))?;
+
+        let mut buffers = Vec::with_capacity(plan.storage_len.len());
+        let mut ptrs = Vec::with_capacity(plan.storage_len.len());
+        let mut activation_bytes = 0;
+        for &n in &plan.storage_len {
+            let b = stream.alloc_zeros::<f32>(n.max(1))?;
+            let p = b.device_ptr(&stream).0;
+            ptrs.push(p);
+            activation_bytes += n * 4;
+            buffers.push(b);
+        }
+        for (s, v) in &plan.constants {
+            stream.memcpy_htod(v.as_slice(), &mut buffers[*s])?;
+        }
+        let mut engine = Self {
+            stream,
+            kernels,
+            handle,
+            convs: Vec::new(),
+            buffers,
+            ptrs,
+            workspace: None,
+            workspace_ptr: 0,
+            graph: None,
+            report: BuildReport {
+                activation_bytes,
+                ..BuildReport::default()
+            },
+            plan,
+        };
+        engine.build_convs(opts)?;
+        engine.report.launches = engine
+            .plan
+            .ops
+            .iter()
+            .map(|o| match o {
+                Op::Conv(_) => 2,
+                Op::Concat { xs, .. } => xs.len(),
+                _ => 1,
+            })
+            .sum();
+        if opts.cuda_graph {
+            match engine.capture() {
+                Ok(()) => engine.report.cuda_graph = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cuda graph capture failed; running the plan eagerly");
+                    engine.report.graph_fallback = Some(e.to_string());
+                }
+            }
+        }
+        engine.stream.synchronize()?;
+        engine.report.build_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(engine)
+    }
+
+    /// The plan this context runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// What the build did.
+    pub fn report(&self) -> &BuildReport {
+        &self.report
+    }
+
+    /// The context's stream.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn build_convs(&mut self, opts: EngineOptions) -> Result<(), EngineBuildError> {
+        let mut max_ws = 0usize;
+        let mut layers = Vec::with_capacity(self.plan.ops.len());
+        for op in &self.plan.ops {
+            let Op::Conv(c) = op else {
+                layers.push(None);
+                continue;
+            };
+            layers.push(Some(self.conv_layer(c, opts)?));
+        }
+        for l in layers.iter().flatten() {
+            max_ws = max_ws.max(l.workspace);
+        }
+        self.report.convs = layers.iter().flatten().count();
+        self.report.workspace_bytes = max_ws;
+        if max_ws > 0 {
+            let ws = self.stream.alloc_zeros::<u8>(max_ws)?;
+            self.workspace_ptr = ws.device_ptr(&self.stream).0;
+            self.workspace = Some(ws);
+        }
+        self.convs = layers;
+        if opts.time_algorithms {
+            self.time_algorithms()?;
+        }
+        Ok(())
+    }
+
+    fn conv_layer(&self, c: &Conv, opts: EngineOptions) -> Result<ConvLayer, EngineBuildError> {
+        let xs = self.plan.shape(c.x);
+        let ys = self.plan.shape(c.y);
+        let f32t = dnn_sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+        let nchw = dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let x_desc = dnn::create_tensor_descriptor().map_err(dnn_err("tensor desc"))?;
+        let y_desc = dnn::create_tensor_descriptor().map_err(dnn_err("tensor desc"))?;
+        let w_desc = dnn::create_filter_descriptor().map_err(dnn_err("filter desc"))?;
+        let conv_desc = dnn::create_convolution_descriptor().map_err(dnn_err("conv desc"))?;
+        if c.pad[0] != c.pad[2] || c.pad[1] != c.pad[3] {
+            return Err(EngineBuildError::Shape(format!(
+                "asymmetric convolution padding {:?} is not supported on cuDNN",
+                c.pad
+            )));
+        }
+        let math = match opts.math {
+            ConvMath::Fp32 => dnn_sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            ConvMath::Tf32 => dnn_sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+        };
+        // SAFETY: descriptors were just created; the values describe the plan's tensors.
+        unsafe {
+            dnn::set_tensor4d_descriptor(x_desc, nchw, f32t, dims4(xs)).map_err(dnn_err("x"))?;
+            dnn::set_tensor4d_descriptor(y_desc, nchw, f32t, dims4(ys)).map_err(dnn_err("y"))?;
+            dnn::set_filter4d_descriptor(
+                w_desc,
+                f32t,
+                nchw,
+                [
+                    c.m as i32,
+                    (xs[1] / c.group) as i32,
+                    c.kernel[0] as i32,
+                    c.kernel[1] as i32,
+                ],
+            )
+            .map_err(dnn_err("w"))?;
+            dnn::set_convolution2d_descriptor(
+                conv_desc,
+                c.pad[0] as i32,
+                c.pad[1] as i32,
+                c.stride[0] as i32,
+                c.stride[1] as i32,
+                c.dilation[0] as i32,
+                c.dilation[1] as i32,
+                dnn_sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                f32t,
+            )
+            .map_err(dnn_err("conv"))?;
+            dnn::set_convolution_group_count(conv_desc, c.group as i32)
+                .map_err(dnn_err("group"))?;
+            dnn::set_convolution_math_type(conv_desc, math).map_err(dnn_err("math"))?;
+        }
+        // Heuristic choice first; timing may replace it.
+        let mut algo = ALGOS[1];
+        let mut workspace = usize::MAX;
+        for a in [ALGOS[1], ALGOS[0]] {
+            // SAFETY: valid descriptors.
+            if let Ok(ws) = unsafe {
+                dnn::get_convolution_forward_workspace_size(
+                    self.handle,
+                    x_desc,
+                    w_desc,
+                    conv_desc,
+                    y_desc,
+                    a,
+                )
+            } {
+                algo = a;
+                workspace = ws;
+                break;
+            }
+        }
+        if workspace == usize::MAX {
+            return Err(EngineBuildError::Shape(format!(
+                "cuDNN offers no algorithm for convolution {xs:?} -> {ys:?}"
+            )));
+        }
+        // Room for the timed candidates too (bounded: 256 MiB).
+        for a in ALGOS {
+            // SAFETY: valid descriptors.
+            if let Ok(ws) = unsafe {
+                dnn::get_convolution_forward_workspace_size(
+                    self.handle,
+                    x_desc,
+                    w_desc,
+                    conv_desc,
+                    y_desc,
+                    a,
+                )
+            } && ws <= 256 << 20
+            {
+                workspace = workspace.max(ws);
+            }
+        }
+        Ok(ConvLayer {
+            x_desc,
+            y_desc,
+            w_desc,
+            conv_desc,
+            algo,
+            workspace,
+            weight: self.stream.clone_htod(&c.weight)?,
+            bias: self.stream.clone_htod(&c.bias)?,
+        })
+    }
+
+    fn time_algorithms(&mut self) -> Result<(), EngineBuildError> {
+        let ws_cap = self.report.workspace_bytes;
+        for i in 0..self.plan.ops.len() {
+            let Op::Conv(c) = &self.plan.ops[i] else {
+                continue;
+            };
+            let (x, y) = (self.ptr(c.x), self.ptr(c.y));
+            let Some(layer) = self.convs[i].as_ref() else {
+                continue;
+            };
+            let mut best = (f32::INFINITY, layer.algo);
+            for a in ALGOS {
+                // SAFETY: valid descriptors.
+                let Ok(ws) = (unsafe {
+                    dnn::get_convolution_forward_workspace_size(
+                        self.handle,
+                        layer.x_desc,
+                        layer.w_desc,
+                        layer.conv_desc,
+                        layer.y_desc,
+                        a,
+                    )
+                }) else {
+                    continue;
+                };
+                if ws > ws_cap {
+                    continue;
+                }
+                let mut ms = f32::INFINITY;
+                let mut ok = true;
+                for rep in 0..3 {
+                    let start = self.stream.record_event(None)?;
+                    if self.conv_call(layer, a, x, y).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    let end = self.stream.record_event(None)?;
+                    end.synchronize()?;
+                    if rep > 0 {
+                        ms = ms.min(start.elapsed_ms(&end)?);
+                    }
+                }
+                if ok && ms < best.0 {
+                    best = (ms, a);
+                }
+            }
+            if let Some(layer) = self.convs[i].as_mut() {
+                layer.algo = best.1;
+            }
+        }
+        Ok(())
+    }
+
+    fn ptr(&self, t: usize) -> u64 {
+        self.ptrs[self.plan.tensors[t].storage]
+    }
+
+    fn conv_call(
+        &self,
+        l: &ConvLayer,
+        algo: dnn_sys::cudnnConvolutionFwdAlgo_t,
+        x: u64,
+        y: u64,
+    ) -> Result<(), EngineBuildError> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (wp, _s) = l.weight.device_ptr(&self.stream);
+        // SAFETY: descriptors match the buffers (built from the same plan shapes), the
+        // workspace is at least the size cuDNN asked for every algorithm used.
+        unsafe {
+            dnn::convolution_forward(
+                self.handle,
+                (&alpha as *const f32).cast(),
+                l.x_desc,
+                x as *const std::ffi::c_void,
+                l.w_desc,
+                wp as *const std::ffi::c_void,
+                l.conv_desc,
+                algo,
+                self.workspace_ptr as *mut std::ffi::c_void,
+                self.report.workspace_bytes,
+                (&beta as *const f32).cast(),
+                l.y_desc,
+                y as *mut std::ffi::c_void,
+            )
+        }
+        .map_err(dnn_err("convolution forward"))
+    }
+
+    /// Enqueues every op of the plan on the stream.
+    fn enqueue(&self) -> Result<(), EngineBuildError> {
+        for (i, op) in self.plan.ops.iter().enumerate() {
+            self.enqueue_op(i, op)?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues op `i` of the plan.
+    fn enqueue_op(&self, i: usize, op: &Op) -> Result<(), EngineBuildError> {
+        let s = &self.stream;
+        {
+            match op {
+                Op::Conv(c) => {
+                    let l = self.convs[i].as_ref().ok_or_else(|| {
+                        EngineBuildError::Shape("convolution without a cuDNN layer".into())
+                    })?;
+                    let y = self.ptr(c.y);
+                    self.conv_call(l, l.algo, self.ptr(c.x), y)?;
+                    let ys = self.plan.shape(c.y);
+                    let total = ys.iter().product::<usize>() as i64;
+                    let (ch, hw) = (ys[1] as i32, (ys[2] * ys[3]) as i32);
+                    let (code, alpha) = (c.act.code(), c.act.alpha());
+                    let (bp, _s) = l.bias.device_ptr(s);
+                    let mut b = s.launch_builder(&self.kernels.bias_act);
+                    b.arg(&y)
+                        .arg(&bp)
+                        .arg(&total)
+                        .arg(&ch)
+                        .arg(&hw)
+                        .arg(&code)
+                        .arg(&alpha);
+                    // SAFETY: y holds `total` floats, bias `ch`.
+                    unsafe { b.launch(grid(total as usize)) }?;
+                }
+                Op::Act { x, y, act } => {
+                    let n = self.plan.tensors[*y].numel() as i64;
+                    let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    let (code, alpha) = (act.code(), act.alpha());
+                    let mut b = s.launch_builder(&self.kernels.act);
+                    b.arg(&xp).arg(&yp).arg(&n).arg(&code).arg(&alpha);
+                    // SAFETY: x and y hold n floats.
+                    unsafe { b.launch(grid(n as usize)) }?;
+                }
+                Op::Binary {
+                    op,
+                    a,
+                    b: bb,
+                    y,
+                    a_strides,
+                    b_strides,
+                } => {
+                    let ys = self.plan.shape(*y);
+                    let st = KStrides::new(ys, a_strides, b_strides)?;
+                    let n = ys.iter().product::<usize>() as i64;
+                    let (ap, bp, yp) = (self.ptr(*a), self.ptr(*bb), self.ptr(*y));
+                    let code = op.code();
+                    let mut b = s.launch_builder(&self.kernels.binary);
+                    b.arg(&ap).arg(&bp).arg(&yp).arg(&n).arg(&code).arg(&st);
+                    // SAFETY: the strides address inside a and b (built from their shapes).
+                    unsafe { b.launch(grid(n as usize)) }?;
+                }
+                Op::Concat { xs, y, axis } => {
+                    let yshape = self.plan.shape(*y);
+                    let outer = yshape[..*axis].iter().product::<usize>() as i64;
+                    let inner = yshape[*axis + 1..].iter().product::<usize>() as i64;
+                    let y_rows = yshape[*axis] as i64;
+                    let yp = self.ptr(*y);
+                    let mut off = 0i64;
+                    for &x in xs {
+                        let rows = self.plan.shape(x)[*axis] as i64;
+                        self.copy_rows(
+                            self.ptr(x),
+                            yp,
+                            outer,
+                            rows,
+                            rows,
+                            y_rows,
+                            inner,
+                            0,
+                            1,
+                            off,
+                        )?;
+                        off += rows;
+                    }
+                }
+                Op::Narrow {
+                    x,
+                    y,
+                    axis,
+                    start,
+                    step,
+                } => {
+                    let xs = self.plan.shape(*x);
+                    let outer = xs[..*axis].iter().product::<usize>() as i64;
+                    let inner = xs[*axis + 1..].iter().product::<usize>() as i64;
+                    let rows = self.plan.shape(*y)[*axis] as i64;
+                    self.copy_rows(
+                        self.ptr(*x),
+                        self.ptr(*y),
+                        outer,
+                        rows,
+                        xs[*axis] as i64,
+                        rows,
+                        inner,
+                        *start as i64,
+                        *step as i64,
+                        0,
+                    )?;
+                }
+                Op::MaxPool {
+                    x,
+                    y,
+                    kernel,
+                    stride,
+                    pad,
+                } => {
+                    let xs = self.plan.shape(*x);
+                    let ys = self.plan.shape(*y);
+                    let planes = (xs[0] * xs[1]) as i64;
+                    let v = [
+                        xs[2], xs[3], ys[2], ys[3], kernel[0], kernel[1], stride[0], stride[1],
+                        pad[0], pad[1],
+                    ]
+                    .map(|v| v as i32);
+                    let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    let mut b = s.launch_builder(&self.kernels.maxpool2d);
+                    b.arg(&xp).arg(&yp).arg(&planes);
+                    for a in &v {
+                        b.arg(a);
+                    }
+                    // SAFETY: sizes from the plan's shapes.
+                    unsafe { b.launch(grid(planes as usize * ys[2] * ys[3])) }?;
+                }
+                Op::Upsample { x, y, factor } => {
+                    let xs = self.plan.shape(*x);
+                    let planes = (xs[0] * xs[1]) as i64;
+                    let v = [xs[2], xs[3], factor[0], factor[1]].map(|v| v as i32);
+                    let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    let mut b = s.launch_builder(&self.kernels.upsample);
+                    b.arg(&xp).arg(&yp).arg(&planes);
+                    for a in &v {
+                        b.arg(a);
+                    }
+                    let n = self.plan.tensors[*y].numel();
+                    // SAFETY: sizes from the plan's shapes.
+                    unsafe { b.launch(grid(n)) }?;
+                }
+                Op::Transpose { x, y, perm } => {
+                    let xs = self.plan.shape(*x);
+                    let in_s = strides(xs);
+                    let st: Vec<usize> = perm.iter().map(|&p| in_s[p]).collect();
+                    let ks = KStrides::new(self.plan.shape(*y), &st, &[])?;
+                    let n = self.plan.tensors[*y].numel() as i64;
+                    let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    let mut b = s.launch_builder(&self.kernels.permute);
+                    b.arg(&xp).arg(&yp).arg(&n).arg(&ks);
+                    // SAFETY: a permutation reads every input element once.
+                    unsafe { b.launch(grid(n as usize)) }?;
+                }
+                Op::MatMul { a, b: bm, y } => {
+                    let ash = self.plan.shape(*a);
+                    let r = ash.len();
+                    let (m, k) = (ash[r - 2] as i32, ash[r - 1] as i32);
+                    let n = self.plan.shape(*bm)[r - 1] as i32;
+                    let batch = self.plan.shape(*y)[..r - 2].iter().product::<usize>() as u32;
+                    let (ap, bp, yp) = (self.ptr(*a), self.ptr(*bm), self.ptr(*y));
+                    let cfg = LaunchConfig {
+                        grid_dim: (
+                            (n as u32).div_ceil(16),
+                            (m as u32).div_ceil(16),
+                            batch.max(1),
+                        ),
+                        block_dim: (16, 16, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let mut b = s.launch_builder(&self.kernels.matmul);
+                    b.arg(&ap).arg(&bp).arg(&yp).arg(&m).arg(&n).arg(&k);
+                    // SAFETY: shapes from the plan; the kernel bounds-checks the tiles.
+                    unsafe { b.launch(cfg) }?;
+                }
+                Op::Softmax { x, y, axis } => {
+                    let xs = self.plan.shape(*x);
+                    let outer = xs[..*axis].iter().product::<usize>() as i64;
+                    let inner = xs[*axis + 1..].iter().product::<usize>() as i64;
+                    let len = xs[*axis] as i32;
+                    let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    let mut b = s.launch_builder(&self.kernels.softmax);
+                    b.arg(&xp).arg(&yp).arg(&outer).arg(&len).arg(&inner);
+                    // SAFETY: sizes from the plan's shapes.
+                    unsafe { b.launch(grid((outer * inner) as usize)) }?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        x: u64,
+        y: u64,
+        outer: i64,
+        rows: i64,
+        x_rows: i64,
+        y_rows: i64,
+        inner: i64,
+        start: i64,
+        step: i64,
+        y_off: i64,
+    ) -> Result<(), EngineBuildError> {
+        let mut b = self.stream.launch_builder(&self.kernels.copy_rows);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&outer)
+            .arg(&rows)
+            .arg(&x_rows)
+            .arg(&y_rows)
+            .arg(&inner)
+            .arg(&start)
+            .arg(&step)
+            .arg(&y_off);
+        // SAFETY: row ranges from the plan's shapes stay inside x and y.
+        unsafe { b.launch(grid((outer * rows * inner) as usize)) }?;
+        Ok(())
+    }
+
+    fn capture(&mut self) -> Result<(), EngineBuildError> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        // One eager run first: cuDNN may allocate or tune on first use, which capture forbids.
+        self.enqueue()?;
+        self.stream.synchronize()?;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let enq = self.enqueue();
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(|e| EngineBuildError::Gpu(e.into()));
+        enq?;
+        let graph = graph?.ok_or_else(|| {
+            EngineBuildError::Gpu(GpuError::InvalidInput("empty cuda graph".into()))
+        })?;
+        graph.upload()?;
+        self.graph = Some(graph);
+        Ok(())
+    }
+
+    /// Enqueues one inference over what the input buffer holds (graph replay or eager).
+    pub fn launch(&self) -> Result<(), EngineBuildError> {
+        match &self.graph {
+            Some(g) => Ok(g.launch()?),
+            None => self.enqueue(),
+        }
+    }
+
+    /// Copies `input` in, runs, and returns every output (synchronous).
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError> {
+        let t = self.plan.input;
+        let expected = self.plan.tensors[t].numel();
+        if input.len() != expected {
+            return Err(EngineBuildError::Shape(format!(
+                "input has {} values, the plan takes {expected}",
+                input.len()
+            )));
+        }
+        let s = self.plan.tensors[t].storage;
+        self.stream.memcpy_htod(input, &mut self.buffers[s])?;
+        self.launch()?;
+        let mut outs = Vec::new();
+        for (_, o) in &self.plan.outputs {
+            let info = &self.plan.tensors[*o];
+            let v = self
+                .stream
+                .clone_dtoh(&self.buffers[info.storage].slice(0..info.numel()))?;
+            outs.push(v);
+        }
+        self.stream.synchronize()?;
+        Ok(outs)
+    }
+
+    /// Times `iters` launches with CUDA events (input left as it is); median ms per run.
+    pub fn time(&self, iters: usize) -> Result<f64, EngineBuildError> {
+        let mut v = Vec::with_capacity(iters);
+        for _ in 0..3 {
+            self.launch()?;
+        }
+        for _ in 0..iters.max(1) {
+            let start = self
+                .stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            self.launch()?;
+            let end = self
+                .stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            end.synchronize()?;
+            v.push(f64::from(start.elapsed_ms(&end)?));
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    }
+
+    /// Per-op device time of one eager run, ms, in plan order (for finding the slow ops).
+    pub fn profile(&self) -> Result<Vec<(&'static str, f64)>, EngineBuildError> {
+        let mut out = Vec::with_capacity(self.plan.ops.len());
+        for (i, op) in self.plan.ops.iter().enumerate() {
+            let start = self
+                .stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            self.enqueue_op(i, op)?;
+            let end = self
+                .stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            end.synchronize()?;
+            out.push((op.kind(), f64::from(start.elapsed_ms(&end)?)));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for CudaEngine {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        // SAFETY: every descriptor and the handle were created by this engine and are not
+        // used after this point.
+        unsafe {
+            for l in self.convs.iter().flatten() {
+                let _ = dnn::destroy_tensor_descriptor(l.x_desc);
+                let _ = dnn::destroy_tensor_descriptor(l.y_desc);
+                let _ = dnn::destroy_filter_descriptor(l.w_desc);
+                let _ = dnn::destroy_convolution_descriptor(l.conv_desc);
+            }
+            let _ = dnn::destroy_handle(self.handle);
+        }
+    }
+}

@@ -1,0 +1,1487 @@
+//! From an ONNX graph to a [`Plan`]: every shape fixed for one batch profile, every value that
+//! does not depend on the input folded to a constant (the Shape/Gather/Range arithmetic of
+//! exported graphs), the rest lowered to a short list of [`Op`]s over numbered tensors, with
+//! Sigmoid·Mul recognised as SiLU and activations fused into the convolution before them.
+//!
+//! The CPU reference ([`super::cpu`]) and the CUDA executor ([`super::cuda`]) both run a
+//! `Plan`, so the lowering is tested on machines without a GPU against ONNX Runtime.
+
+use std::collections::HashMap;
+
+use its_model::onnx::{AttributeProto, ModelProto, NodeProto, TensorProto};
+
+use super::EngineBuildError;
+use super::tensor::{
+    Data, HostTensor, broadcast_index, broadcast_shape, broadcast_strides, norm_axis, strides,
+    transpose_index,
+};
+
+/// A tensor of the plan.
+pub type Tid = usize;
+
+/// Element-wise activation, alone or fused into a convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    /// Identity.
+    None,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` if `x >= 0`, else `alpha * x`.
+    LeakyRelu(f32),
+}
+
+impl Act {
+    /// The code the kernels take (`ACT_*` in `kernels/engine.cu`).
+    pub fn code(self) -> i32 {
+        match self {
+            Act::None => 0,
+            Act::Sigmoid => 1,
+            Act::Silu => 2,
+            Act::Relu => 3,
+            Act::LeakyRelu(_) => 4,
+        }
+    }
+
+    /// The LeakyRelu slope (0 for the others).
+    pub fn alpha(self) -> f32 {
+        match self {
+            Act::LeakyRelu(a) => a,
+            _ => 0.0,
+        }
+    }
+
+    /// The activation of one value (the reference the kernels follow).
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::None => x,
+            Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Act::Silu => x / (1.0 + (-x).exp()),
+            Act::Relu => x.max(0.0),
+            Act::LeakyRelu(a) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    a * x
+                }
+            }
+        }
+    }
+}
+
+/// Element-wise binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `a + b`.
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b`.
+    Mul,
+    /// `a / b`.
+    Div,
+}
+
+impl BinOp {
+    /// The code the kernels take (`BIN_*` in `kernels/engine.cu`).
+    pub fn code(self) -> i32 {
+        match self {
+            BinOp::Add => 0,
+            BinOp::Sub => 1,
+            BinOp::Mul => 2,
+            BinOp::Div => 3,
+        }
+    }
+
+    /// The operator on one pair.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+        }
+    }
+}
+
+/// A 2-D convolution (NCHW, weights `[out, in / group, kh, kw]`), with bias and a fused
+/// activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv {
+    /// Input `[n, c, h, w]`.
+    pub x: Tid,
+    /// Output `[n, m, oh, ow]`.
+    pub y: Tid,
+    /// Weights, `m * (c / group) * kh * kw` values.
+    pub weight: Vec<f32>,
+    /// Bias, `m` values (zeros when the graph has none).
+    pub bias: Vec<f32>,
+    /// Output channels.
+    pub m: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Strides (h, w).
+    pub stride: [usize; 2],
+    /// Padding (top, left, bottom, right).
+    pub pad: [usize; 4],
+    /// Dilations (h, w).
+    pub dilation: [usize; 2],
+    /// Groups.
+    pub group: usize,
+    /// Activation applied after the bias.
+    pub act: Act,
+}
+
+/// One step of a plan. Every op reads and writes whole tensors of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Convolution with bias and activation.
+    Conv(Conv),
+    /// `y = act(x)`.
+    Act {
+        /// Input.
+        x: Tid,
+        /// Output, same shape.
+        y: Tid,
+        /// Activation.
+        act: Act,
+    },
+    /// `y = a op b` with numpy broadcasting; the strides read each input at `y`'s shape.
+    Binary {
+        /// Operator.
+        op: BinOp,
+        /// Left input.
+        a: Tid,
+        /// Right input.
+        b: Tid,
+        /// Output.
+        y: Tid,
+        /// Strides of `a` over `y`'s dimensions (0 where broadcast).
+        a_strides: Vec<usize>,
+        /// Strides of `b` over `y`'s dimensions.
+        b_strides: Vec<usize>,
+    },
+    /// Concatenation along `axis`.
+    Concat {
+        /// Inputs in order.
+        xs: Vec<Tid>,
+        /// Output.
+        y: Tid,
+        /// Axis.
+        axis: usize,
+    },
+    /// `y = x[.., start::step, ..]` along `axis` (Split and Slice), `y.shape[axis]` long.
+    Narrow {
+        /// Input.
+        x: Tid,
+        /// Output.
+        y: Tid,
+        /// Axis.
+        axis: usize,
+        /// First index read.
+        start: usize,
+        /// Step (>= 1).
+        step: usize,
+    },
+    /// 2-D max pooling over `[n, c, h, w]`, padding never selected.
+    MaxPool {
+        /// Input.
+        x: Tid,
+        /// Output.
+        y: Tid,
+        /// Window (h, w).
+        kernel: [usize; 2],
+        /// Strides (h, w).
+        stride: [usize; 2],
+        /// Padding (top, left, bottom, right).
+        pad: [usize; 4],
+    },
+    /// Nearest-neighbour upsampling of `[n, c, h, w]` by integer factors.
+    Upsample {
+        /// Input.
+        x: Tid,
+        /// Output.
+        y: Tid,
+        /// Factors (h, w).
+        factor: [usize; 2],
+    },
+    /// Permutation of dimensions.
+    Transpose {
+        /// Input.
+        x: Tid,
+        /// Output.
+        y: Tid,
+        /// `y.shape[i] = x.shape[perm[i]]`.
+        perm: Vec<usize>,
+    },
+    /// Batched matrix product `[.., m, k] x [.., k, n]`.
+    MatMul {
+        /// Left.
+        a: Tid,
+        /// Right.
+        b: Tid,
+        /// Output `[.., m, n]`.
+        y: Tid,
+    },
+    /// Softmax along `axis`.
+    Softmax {
+        /// Input.
+        x: Tid,
+        /// Output.
+        y: Tid,
+        /// Axis.
+        axis: usize,
+    },
+}
+
+impl Op {
+    /// The tensors the op reads.
+    pub fn inputs(&self) -> Vec<Tid> {
+        match self {
+            Op::Conv(c) => vec![c.x],
+            Op::Act { x, .. }
+            | Op::Narrow { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::Upsample { x, .. }
+            | Op::Transpose { x, .. }
+            | Op::Softmax { x, .. } => vec![*x],
+            Op::Binary { a, b, .. } | Op::MatMul { a, b, .. } => vec![*a, *b],
+            Op::Concat { xs, .. } => xs.clone(),
+        }
+    }
+
+    /// The tensor the op writes.
+    pub fn output(&self) -> Tid {
+        match self {
+            Op::Conv(c) => c.y,
+            Op::Act { y, .. }
+            | Op::Binary { y, .. }
+            | Op::Concat { y, .. }
+            | Op::Narrow { y, .. }
+            | Op::MaxPool { y, .. }
+            | Op::Upsample { y, .. }
+            | Op::Transpose { y, .. }
+            | Op::MatMul { y, .. }
+            | Op::Softmax { y, .. } => *y,
+        }
+    }
+
+    /// A short name for profiles and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv(_) => "conv",
+            Op::Act { .. } => "act",
+            Op::Binary { .. } => "binary",
+            Op::Concat { .. } => "concat",
+            Op::Narrow { .. } => "narrow",
+            Op::MaxPool { .. } => "maxpool",
+            Op::Upsample { .. } => "upsample",
+            Op::Transpose { .. } => "transpose",
+            Op::MatMul { .. } => "matmul",
+            Op::Softmax { .. } => "softmax",
+        }
+    }
+}
+
+/// A tensor of the plan: its shape and the storage it lives in (a reshape shares its input's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Storage index.
+    pub storage: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A model lowered for one input shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Every tensor.
+    pub tensors: Vec<TensorInfo>,
+    /// Elements of every storage.
+    pub storage_len: Vec<usize>,
+    /// Storages filled once at build time (folded constants that ops read).
+    pub constants: Vec<(usize, Vec<f32>)>,
+    /// The steps, in order.
+    pub ops: Vec<Op>,
+    /// The graph input.
+    pub input: Tid,
+    /// The graph outputs, by name.
+    pub outputs: Vec<(String, Tid)>,
+}
+
+impl Plan {
+    /// Lowers `model` for an input of `[batch, channels, height, width]`. Dimensions the graph
+    /// fixes must agree; dynamic ones take these values.
+    pub fn build(model: &ModelProto, input_shape: [usize; 4]) -> Result<Self, EngineBuildError> {
+        Lowering::run(model, input_shape)
+    }
+
+    /// The shape of tensor `t`.
+    pub fn shape(&self, t: Tid) -> &[usize] {
+        &self.tensors[t].shape
+    }
+
+    /// Multiply-accumulates of the convolutions and matrix products, for a GFLOP figure.
+    pub fn macs(&self) -> u64 {
+        let mut total = 0u64;
+        for op in &self.ops {
+            match op {
+                Op::Conv(c) => {
+                    let x = self.shape(c.x);
+                    let y = self.shape(c.y);
+                    let per_out = (x[1] / c.group * c.kernel[0] * c.kernel[1]) as u64;
+                    total += y.iter().product::<usize>() as u64 * per_out;
+                }
+                Op::MatMul { a, y, .. } => {
+                    let k = *self.shape(*a).last().unwrap_or(&1) as u64;
+                    total += self.shape(*y).iter().product::<usize>() as u64 * k;
+                }
+                _ => {}
+            }
+        }
+        total
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Val {
+    Const(HostTensor),
+    Rt(Tid),
+}
+
+struct Lowering {
+    tensors: Vec<TensorInfo>,
+    storage_len: Vec<usize>,
+    constants: Vec<(usize, Vec<f32>)>,
+    ops: Vec<Op>,
+    env: HashMap<String, Val>,
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).and_then(|a| a.i).unwrap_or(default)
+}
+
+fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
+    attr(node, name).and_then(|a| a.f).unwrap_or(default)
+}
+
+fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+fn attr_s(node: &NodeProto, name: &str) -> Option<String> {
+    attr(node, name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+fn unsupported(node: &NodeProto, what: impl std::fmt::Display) -> EngineBuildError {
+    EngineBuildError::Unsupported {
+        op: node.op_type.clone(),
+        node: node.name.clone(),
+        detail: what.to_string(),
+    }
+}
+
+fn tensor_from_proto(t: &TensorProto) -> Result<HostTensor, EngineBuildError> {
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let n: usize = shape.iter().product();
+    let bad = |why: &str| EngineBuildError::Model(format!("tensor `{}`: {why}", t.name));
+    match t.data_type {
+        1 => {
+            let v = t.to_f32().map_err(|e| bad(&e.to_string()))?;
+            if v.len() != n {
+                return Err(bad("element count does not match its dims"));
+            }
+            Ok(HostTensor::f32(shape, v))
+        }
+        // int64, int32, bool
+        7 | 6 | 9 => {
+            let v: Vec<i64> = if !t.raw_data.is_empty() {
+                let width = match t.data_type {
+                    7 => 8,
+                    6 => 4,
+                    _ => 1,
+                };
+                if t.raw_data.len() != n * width {
+                    return Err(bad("raw data length does not match its dims"));
+                }
+                t.raw_data
+                    .chunks_exact(width)
+                    .map(|c| match width {
+                        8 => i64::from_le_bytes(c.try_into().unwrap_or([0; 8])),
+                        4 => i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4]))),
+                        _ => i64::from(c[0]),
+                    })
+                    .collect()
+            } else {
+                return Err(bad("integer data outside raw_data is not supported"));
+            };
+            Ok(HostTensor::i64(shape, v))
+        }
+        other => Err(bad(&format!("data type {other} is not supported"))),
+    }
+}
+
+impl Lowering {
+    fn run(model: &ModelProto, input_shape: [usize; 4]) -> Result<Plan, EngineBuildError> {
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| EngineBuildError::Model("the model has no graph".into()))?;
+        let mut l = Lowering {
+            tensors: Vec::new(),
+            storage_len: Vec::new(),
+            constants: Vec::new(),
+            ops: Vec::new(),
+            env: HashMap::new(),
+        };
+        for init in &graph.initializer {
+            l.env
+                .insert(init.name.clone(), Val::Const(tensor_from_proto(init)?));
+        }
+        let inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|i| !l.env.contains_key(&i.name))
+            .collect();
+        let [input] = inputs.as_slice() else {
+            return Err(EngineBuildError::Model(format!(
+                "expected one graph input, found {}",
+                inputs.len()
+            )));
+        };
+        if let Some(dims) = input.dims() {
+            if dims.len() != 4 {
+                return Err(EngineBuildError::Model(format!(
+                    "input `{}` has rank {}, expected 4 (NCHW)",
+                    input.name,
+                    dims.len()
+                )));
+            }
+            for (i, d) in dims.iter().enumerate() {
+                if let Some(d) = d
+                    && *d as usize != input_shape[i]
+                {
+                    return Err(EngineBuildError::Model(format!(
+                        "input `{}` fixes dimension {i} to {d}, the profile asks for {}",
+                        input.name, input_shape[i]
+                    )));
+                }
+            }
+        }
+        let input_tid = l.new_tensor(input_shape.to_vec());
+        l.env.insert(input.name.clone(), Val::Rt(input_tid));
+
+        for node in &graph.node {
+            l.node(node)?;
+        }
+
+        let mut outputs = Vec::new();
+        for o in &graph.output {
+            match l.env.get(&o.name) {
+                Some(Val::Rt(t)) => outputs.push((o.name.clone(), *t)),
+                Some(Val::Const(_)) => {
+                    return Err(EngineBuildError::Model(format!(
+                        "output `{}` does not depend on the input",
+                        o.name
+                    )));
+                }
+                None => {
+                    return Err(EngineBuildError::Model(format!(
+                        "output `{}` is produced by no node",
+                        o.name
+                    )));
+                }
+            }
+        }
+        let mut plan = Plan {
+            tensors: l.tensors,
+            storage_len: l.storage_len,
+            constants: l.constants,
+            ops: l.ops,
+            input: input_tid,
+            outputs,
+        };
+        fuse(&mut plan);
+        Ok(plan)
+    }
+
+    fn new_tensor(&mut self, shape: Vec<usize>) -> Tid {
+        self.storage_len.push(shape.iter().product());
+        self.tensors.push(TensorInfo {
+            shape,
+            storage: self.storage_len.len() - 1,
+        });
+        self.tensors.len() - 1
+    }
+
+    fn alias(&mut self, of: Tid, shape: Vec<usize>) -> Tid {
+        let storage = self.tensors[of].storage;
+        self.tensors.push(TensorInfo { shape, storage });
+        self.tensors.len() - 1
+    }
+
+    /// A runtime tensor for a value: constants become storages filled at build time.
+    fn tensor_of(&mut self, v: &Val) -> Tid {
+        match v {
+            Val::Rt(t) => *t,
+            Val::Const(c) => {
+                let t = self.new_tensor(c.shape.clone());
+                self.constants.push((self.tensors[t].storage, c.as_f32()));
+                t
+            }
+        }
+    }
+
+    fn shape_of(&self, v: &Val) -> Vec<usize> {
+        match v {
+            Val::Rt(t) => self.tensors[*t].shape.clone(),
+            Val::Const(c) => c.shape.clone(),
+        }
+    }
+
+    fn node(&mut self, node: &NodeProto) -> Result<(), EngineBuildError> {
+        let mut ins: Vec<Option<Val>> = Vec::with_capacity(node.input.len());
+        for name in &node.input {
+            if name.is_empty() {
+                ins.push(None);
+            } else {
+                let v = self.env.get(name).cloned().ok_or_else(|| {
+                    EngineBuildError::Model(format!(
+                        "node `{}` reads `{name}`, which nothing produced",
+                        node.name
+                    ))
+                })?;
+                ins.push(Some(v));
+            }
+        }
+        let all_const = ins.iter().flatten().all(|v| matches!(v, Val::Const(_)));
+        let outs: Vec<Val> = if node.op_type == "Shape" {
+            let x = ins
+                .first()
+                .cloned()
+                .flatten()
+                .ok_or_else(|| unsupported(node, "no input"))?;
+            let shape = self.shape_of(&x);
+            let rank = shape.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
+            let start = clamp(attr_i(node, "start", 0));
+            let end = clamp(attr_i(node, "end", rank));
+            let dims: Vec<i64> = shape[start..end.max(start)]
+                .iter()
+                .map(|&d| d as i64)
+                .collect();
+            vec![Val::Const(HostTensor::i64(vec![dims.len()], dims))]
+        } else if all_const {
+            let consts: Vec<Option<HostTensor>> = ins
+                .into_iter()
+                .map(|v| match v {
+                    Some(Val::Const(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            fold(node, &consts)?.into_iter().map(Val::Const).collect()
+        } else {
+            self.lower(node, &ins)?
+        };
+        if outs.len() < node.output.iter().filter(|o| !o.is_empty()).count() {
+            return Err(unsupported(
+                node,
+                "fewer outputs produced than the node declares",
+            ));
+        }
+        for (name, v) in node.output.iter().zip(outs) {
+            if !name.is_empty() {
+                self.env.insert(name.clone(), v);
+            }
+        }
+        Ok(())
+    }
+
+    fn lower(
+        &mut self,
+        node: &NodeProto,
+        ins: &[Option<Val>],
+    ) -> Result<Vec<Val>, EngineBuildError> {
+        let input = |i: usize| -> Result<Val, EngineBuildError> {
+            ins.get(i)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| unsupported(node, format!("input {i} is missing")))
+        };
+        let konst = |i: usize| -> Result<HostTensor, EngineBuildError> {
+            match input(i)? {
+                Val::Const(c) => Ok(c),
+                Val::Rt(_) => Err(unsupported(
+                    node,
+                    format!("input {i} must be a constant (after folding)"),
+                )),
+            }
+        };
+        let x = input(0)?;
+        let xs = self.shape_of(&x);
+        match node.op_type.as_str() {
+            "Identity" => Ok(vec![x]),
+            "Conv" => {
+                let w = konst(1)?;
+                let b = match ins.get(2).cloned().flatten() {
+                    Some(Val::Const(b)) => Some(b),
+                    Some(Val::Rt(_)) => return Err(unsupported(node, "runtime bias")),
+                    None => None,
+                };
+                if xs.len() != 4 || w.shape.len() != 4 {
+                    return Err(unsupported(node, "only 2-D convolutions"));
+                }
+                if let Some(p) = attr_s(node, "auto_pad")
+                    && p != "NOTSET"
+                {
+                    return Err(unsupported(node, format!("auto_pad={p}")));
+                }
+                let group = attr_i(node, "group", 1).max(1) as usize;
+                let m = w.shape[0];
+                if !xs[1].is_multiple_of(group)
+                    || w.shape[1] * group != xs[1]
+                    || !m.is_multiple_of(group)
+                {
+                    return Err(unsupported(
+                        node,
+                        format!("channels {} / group {group} / weight {:?}", xs[1], w.shape),
+                    ));
+                }
+                let kernel = [w.shape[2], w.shape[3]];
+                let two = |name: &str| -> Result<[usize; 2], EngineBuildError> {
+                    match attr_ints(node, name).as_deref() {
+                        None | Some([]) => Ok([1, 1]),
+                        Some([a, b]) if *a >= 1 && *b >= 1 => Ok([*a as usize, *b as usize]),
+                        Some(v) => Err(unsupported(node, format!("{name}={v:?}"))),
+                    }
+                };
+                let stride = two("strides")?;
+                let dilation = two("dilations")?;
+                let pad = pads4(node)?;
+                let oh = conv_out(xs[2], kernel[0], stride[0], pad[0] + pad[2], dilation[0])
+                    .ok_or_else(|| unsupported(node, "kernel larger than the padded input"))?;
+                let ow = conv_out(xs[3], kernel[1], stride[1], pad[1] + pad[3], dilation[1])
+                    .ok_or_else(|| unsupported(node, "kernel larger than the padded input"))?;
+                let xt = self.tensor_of(&x);
+                let y = self.new_tensor(vec![xs[0], m, oh, ow]);
+                let bias = b.map(|b| b.as_f32()).unwrap_or_else(|| vec![0.0; m]);
+                if bias.len() != m {
+                    return Err(unsupported(
+                        node,
+                        "bias length differs from output channels",
+                    ));
+                }
+                self.ops.push(Op::Conv(Conv {
+                    x: xt,
+                    y,
+                    weight: w.as_f32(),
+                    bias,
+                    m,
+                    kernel,
+                    stride,
+                    pad,
+                    dilation,
+                    group,
+                    act: Act::None,
+                }));
+                Ok(vec![Val::Rt(y)])
+            }
+            "Sigmoid" | "Relu" | "LeakyRelu" => {
+                let act = match node.op_type.as_str() {
+                    "Sigmoid" => Act::Sigmoid,
+                    "Relu" => Act::Relu,
+                    _ => Act::LeakyRelu(attr_f(node, "alpha", 0.01)),
+                };
+                let xt = self.tensor_of(&x);
+                let y = self.new_tensor(xs);
+                self.ops.push(Op::Act { x: xt, y, act });
+                Ok(vec![Val::Rt(y)])
+            }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let op = match node.op_type.as_str() {
+                    "Add" => BinOp::Add,
+                    "Sub" => BinOp::Sub,
+                    "Mul" => BinOp::Mul,
+                    _ => BinOp::Div,
+                };
+                let bv = input(1)?;
+                let bs = self.shape_of(&bv);
+                let ys = broadcast_shape(&xs, &bs)?;
+                let a = self.tensor_of(&x);
+                let b = self.tensor_of(&bv);
+                let y = self.new_tensor(ys.clone());
+                self.ops.push(Op::Binary {
+                    op,
+                    a,
+                    b,
+                    y,
+                    a_strides: broadcast_strides(&xs, &ys),
+                    b_strides: broadcast_strides(&bs, &ys),
+                });
+                Ok(vec![Val::Rt(y)])
+            }
+            "Concat" => {
+                let axis = norm_axis(attr_i(node, "axis", 0), xs.len())?;
+                let mut tids = Vec::new();
+                let mut ys = xs.clone();
+                ys[axis] = 0;
+                for v in ins.iter().flatten() {
+                    let s = self.shape_of(v);
+                    if s.len() != xs.len()
+                        || s.iter().enumerate().any(|(i, &d)| i != axis && d != xs[i])
+                    {
+                        return Err(unsupported(
+                            node,
+                            format!("mismatched shapes {s:?} and {xs:?}"),
+                        ));
+                    }
+                    ys[axis] += s[axis];
+                    tids.push(self.tensor_of(v));
+                }
+                let y = self.new_tensor(ys);
+                self.ops.push(Op::Concat { xs: tids, y, axis });
+                Ok(vec![Val::Rt(y)])
+            }
+            "Split" => {
+                let axis = norm_axis(attr_i(node, "axis", 0), xs.len())?;
+                let sizes: Vec<usize> = match ins.get(1).cloned().flatten() {
+                    Some(_) => konst(1)?
+                        .as_i64()
+                        .iter()
+                        .map(|&v| v.max(0) as usize)
+                        .collect(),
+                    None => match attr_ints(node, "split") {
+                        Some(v) if !v.is_empty() => v.iter().map(|&v| v.max(0) as usize).collect(),
+                        _ => {
+                            let n = attr_i(node, "num_outputs", node.output.len() as i64).max(1)
+                                as usize;
+                            let chunk = xs[axis].div_ceil(n);
+                            (0..n)
+                                .map(|i| chunk.min(xs[axis].saturating_sub(i * chunk)))
+                                .collect()
+                        }
+                    },
+                };
+                if sizes.iter().sum::<usize>() != xs[axis] {
+                    return Err(unsupported(
+                        node,
+                        format!("split sizes {sizes:?} of {}", xs[axis]),
+                    ));
+                }
+                let xt = self.tensor_of(&x);
+                let mut outs = Vec::new();
+                let mut start = 0;
+                for s in sizes {
+                    let mut ys = xs.clone();
+                    ys[axis] = s;
+                    let y = self.new_tensor(ys);
+                    self.ops.push(Op::Narrow {
+                        x: xt,
+                        y,
+                        axis,
+                        start,
+                        step: 1,
+                    });
+                    start += s;
+                    outs.push(Val::Rt(y));
+                }
+                Ok(outs)
+            }
+            "Slice" => {
+                let starts = konst(1)?.as_i64();
+                let ends = konst(2)?.as_i64();
+                let axes: Vec<i64> = match ins.get(3).cloned().flatten() {
+                    Some(_) => konst(3)?.as_i64(),
+                    None => (0..starts.len() as i64).collect(),
+                };
+                let steps: Vec<i64> = match ins.get(4).cloned().flatten() {
+                    Some(_) => konst(4)?.as_i64(),
+                    None => vec![1; starts.len()],
+                };
+                let mut cur = self.tensor_of(&x);
+                for i in 0..starts.len() {
+                    let axis = norm_axis(axes[i], xs.len())?;
+                    let (start, len, step) =
+                        slice_range(self.tensors[cur].shape[axis], starts[i], ends[i], steps[i])
+                            .ok_or_else(|| unsupported(node, "negative or zero steps"))?;
+                    let mut ys = self.tensors[cur].shape.clone();
+                    if len == ys[axis] && step == 1 {
+                        continue;
+                    }
+                    ys[axis] = len;
+                    let y = self.new_tensor(ys);
+                    self.ops.push(Op::Narrow {
+                        x: cur,
+                        y,
+                        axis,
+                        start,
+                        step,
+                    });
+                    cur = y;
+                }
+                Ok(vec![Val::Rt(cur)])
+            }
+            "MaxPool" => {
+                if attr_i(node, "ceil_mode", 0) != 0 {
+                    return Err(unsupported(node, "ceil_mode=1"));
+                }
+                if let Some(d) = attr_ints(node, "dilations")
+                    && d.iter().any(|&v| v != 1)
+                {
+                    return Err(unsupported(node, "dilations"));
+                }
+                if let Some(p) = attr_s(node, "auto_pad")
+                    && p != "NOTSET"
+                {
+                    return Err(unsupported(node, format!("auto_pad={p}")));
+                }
+                let k = attr_ints(node, "kernel_shape").unwrap_or_default();
+                let [kh, kw] = k.as_slice() else {
+                    return Err(unsupported(node, "only 2-D pooling"));
+                };
+                let s = attr_ints(node, "strides").unwrap_or_else(|| vec![1, 1]);
+                let pad = pads4(node)?;
+                let kernel = [*kh as usize, *kw as usize];
+                let stride = [s[0].max(1) as usize, s[1].max(1) as usize];
+                let oh = conv_out(xs[2], kernel[0], stride[0], pad[0] + pad[2], 1)
+                    .ok_or_else(|| unsupported(node, "window larger than the padded input"))?;
+                let ow = conv_out(xs[3], kernel[1], stride[1], pad[1] + pad[3], 1)
+                    .ok_or_else(|| unsupported(node, "window larger than the padded input"))?;
+                let xt = self.tensor_of(&x);
+                let y = self.new_tensor(vec![xs[0], xs[1], oh, ow]);
+                self.ops.push(Op::MaxPool {
+                    x: xt,
+                    y,
+                    kernel,
+                    stride,
+                    pad,
+                });
+                Ok(vec![Val::Rt(y)])
+            }
+            "Resize" | "Upsample" => {
+                let mode = attr_s(node, "mode").unwrap_or_else(|| "nearest".into());
+                if mode != "nearest" {
+                    return Err(unsupported(node, format!("mode={mode}")));
+                }
+                let ctm = attr_s(node, "coordinate_transformation_mode")
+                    .unwrap_or_else(|| "half_pixel".into());
+                let nearest =
+                    attr_s(node, "nearest_mode").unwrap_or_else(|| "round_prefer_floor".into());
+                // Integer factors: asymmetric/floor picks src = dst / f exactly.
+                let ok_mode =
+                    ctm == "asymmetric" && (nearest == "floor" || node.op_type == "Upsample");
+                let scales_idx = if node.op_type == "Upsample" { 1 } else { 2 };
+                let out: Vec<usize> = match ins.get(scales_idx).cloned().flatten() {
+                    Some(Val::Const(s)) if s.numel() == xs.len() => s
+                        .as_f32()
+                        .iter()
+                        .zip(&xs)
+                        .map(|(f, &d)| (d as f32 * f).floor() as usize)
+                        .collect(),
+                    _ => match ins.get(3).cloned().flatten() {
+                        Some(Val::Const(s)) => s.as_i64().iter().map(|&v| v as usize).collect(),
+                        _ => return Err(unsupported(node, "scales or sizes must be constant")),
+                    },
+                };
+                if out.len() != 4 || out[0] != xs[0] || out[1] != xs[1] {
+                    return Err(unsupported(node, format!("resize {xs:?} to {out:?}")));
+                }
+                if !out[2].is_multiple_of(xs[2]) || !out[3].is_multiple_of(xs[3]) || !ok_mode {
+                    return Err(unsupported(
+                        node,
+                        format!(
+                            "only integer nearest upsampling (asymmetric, floor); got {xs:?} -> {out:?}, {ctm}/{nearest}"
+                        ),
+                    ));
+                }
+                let xt = self.tensor_of(&x);
+                let y = self.new_tensor(out.clone());
+                self.ops.push(Op::Upsample {
+                    x: xt,
+                    y,
+                    factor: [out[2] / xs[2], out[3] / xs[3]],
+                });
+                Ok(vec![Val::Rt(y)])
+            }
+            "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => {
+                let numel: usize = xs.iter().product();
+                let ys = match node.op_type.as_str() {
+                    "Reshape" => {
+                        reshape_dims(&xs, &konst(1)?.as_i64(), attr_i(node, "allowzero", 0) != 0)
+                            .ok_or_else(|| {
+                                unsupported(node, "shape does not fit the element count")
+                            })?
+                    }
+                    "Flatten" => {
+                        let axis = norm_axis(attr_i(node, "axis", 1), xs.len() + 1)?;
+                        vec![xs[..axis].iter().product(), xs[axis..].iter().product()]
+                    }
+                    "Squeeze" => {
+                        let axes = axes_input(node, ins, 1)?;
+                        squeeze_dims(&xs, axes.as_deref())?
+                    }
+                    _ => {
+                        let axes = axes_input(node, ins, 1)?
+                            .ok_or_else(|| unsupported(node, "no axes"))?;
+                        unsqueeze_dims(&xs, &axes)?
+                    }
+                };
+                if ys.iter().product::<usize>() != numel {
+                    return Err(unsupported(node, format!("reshape {xs:?} to {ys:?}")));
+                }
+                let xt = self.tensor_of(&x);
+                Ok(vec![Val::Rt(self.alias(xt, ys))])
+            }
+            "Transpose" => {
+                let perm: Vec<usize> = match attr_ints(node, "perm") {
+                    Some(p) => p.iter().map(|&v| v as usize).collect(),
+                    None => (0..xs.len()).rev().collect(),
+                };
+                let mut seen = perm.clone();
+                seen.sort_unstable();
+                if seen != (0..xs.len()).collect::<Vec<_>>() {
+                    return Err(unsupported(node, format!("perm {perm:?}")));
+                }
+                let ys: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
+                let xt = self.tensor_of(&x);
+                let y = self.new_tensor(ys);
+                self.ops.push(Op::Transpose { x: xt, y, perm });
+                Ok(vec![Val::Rt(y)])
+            }
+            "MatMul" => {
+                let bv = input(1)?;
+                let bs = self.shape_of(&bv);
+                if xs.len() < 2 || bs.len() != xs.len() || xs[..xs.len() - 2] != bs[..bs.len() - 2]
+                {
+                    return Err(unsupported(
+                        node,
+                        format!("only equal-rank batched products, got {xs:?} x {bs:?}"),
+                    ));
+                }
+                let r = xs.len();
+                if xs[r - 1] != bs[r - 2] {
+                    return Err(unsupported(node, format!("inner dims {xs:?} x {bs:?}")));
+                }
+                let mut ys = xs.clone();
+                ys[r - 1] = bs[r - 1];
+                let a = self.tensor_of(&x);
+                let b = self.tensor_of(&bv);
+                let y = self.new_tensor(ys);
+                self.ops.push(Op::MatMul { a, b, y });
+                Ok(vec![Val::Rt(y)])
+            }
+            "Softmax" => {
+                let axis = norm_axis(attr_i(node, "axis", -1), xs.len())?;
+                let xt = self.tensor_of(&x);
+                let y = self.new_tensor(xs);
+                self.ops.push(Op::Softmax { x: xt, y, axis });
+                Ok(vec![Val::Rt(y)])
+            }
+            other => Err(unsupported(
+                node,
+                format!("operator `{other}` on a runtime input"),
+            )),
+        }
+    }
+}
+
+fn conv_out(input: usize, k: usize, s: usize, pad: usize, d: usize) -> Option<usize> {
+    let span = d * (k - 1) + 1;
+    (input + pad).checked_sub(span).map(|v| v / s + 1)
+}
+
+fn pads4(node: &NodeProto) -> Result<[usize; 4], EngineBuildError> {
+    match attr_ints(node, "pads").as_deref() {
+        None | Some([]) => Ok([0; 4]),
+        Some([a, b, c, d]) if [*a, *b, *c, *d].iter().all(|v| *v >= 0) => {
+            Ok([*a as usize, *b as usize, *c as usize, *d as usize])
+        }
+        Some(v) => Err(unsupported(node, format!("pads={v:?}"))),
+    }
+}
+
+fn axes_input(
+    node: &NodeProto,
+    ins: &[Option<Val>],
+    i: usize,
+) -> Result<Option<Vec<i64>>, EngineBuildError> {
+    match ins.get(i).cloned().flatten() {
+        Some(Val::Const(c)) => Ok(Some(c.as_i64())),
+        Some(Val::Rt(_)) => Err(unsupported(node, "runtime axes")),
+        None => Ok(attr_ints(node, "axes")),
+    }
+}
+
+fn squeeze_dims(xs: &[usize], axes: Option<&[i64]>) -> Result<Vec<usize>, EngineBuildError> {
+    let drop: Vec<usize> = match axes {
+        Some(a) => a
+            .iter()
+            .map(|&v| norm_axis(v, xs.len()))
+            .collect::<Result<_, _>>()?,
+        None => (0..xs.len()).filter(|&i| xs[i] == 1).collect(),
+    };
+    Ok(xs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i))
+        .map(|(_, &d)| d)
+        .collect())
+}
+
+fn unsqueeze_dims(xs: &[usize], axes: &[i64]) -> Result<Vec<usize>, EngineBuildError> {
+    let rank = xs.len() + axes.len();
+    let mut add: Vec<usize> = axes
+        .iter()
+        .map(|&v| norm_axis(v, rank))
+        .collect::<Result<_, _>>()?;
+    add.sort_unstable();
+    let mut out = Vec::with_capacity(rank);
+    let mut it = xs.iter();
+    for i in 0..rank {
+        if add.contains(&i) {
+            out.push(1);
+        } else {
+            out.push(*it.next().unwrap_or(&1));
+        }
+    }
+    Ok(out)
+}
+
+fn reshape_dims(xs: &[usize], shape: &[i64], allowzero: bool) -> Option<Vec<usize>> {
+    let numel: usize = xs.iter().product();
+    let mut out = Vec::with_capacity(shape.len());
+    let mut infer = None;
+    for (i, &d) in shape.iter().enumerate() {
+        if d == -1 {
+            if infer.is_some() {
+                return None;
+            }
+            infer = Some(i);
+            out.push(1);
+        } else if d == 0 && !allowzero {
+            out.push(*xs.get(i)?);
+        } else if d < 0 {
+            return None;
+        } else {
+            out.push(d as usize);
+        }
+    }
+    if let Some(i) = infer {
+        let known: usize = out.iter().product();
+        if known == 0 || !numel.is_multiple_of(known) {
+            return None;
+        }
+        out[i] = numel / known;
+    }
+    (out.iter().product::<usize>() == numel).then_some(out)
+}
+
+/// (start, len, step) of an ONNX slice of a dimension of `dim`; None for steps < 1.
+fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize, usize, usize)> {
+    if step < 1 {
+        return None;
+    }
+    let d = dim as i64;
+    let clamp = |v: i64| (if v < 0 { v + d } else { v }).clamp(0, d);
+    let s = clamp(start);
+    let e = clamp(end);
+    let len = if e > s { (e - s + step - 1) / step } else { 0 };
+    Some((s as usize, len as usize, step as usize))
+}
+
+/// Evaluates a node whose inputs are all constant.
+fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>, EngineBuildError> {
+    let input = |i: usize| -> Result<&HostTensor, EngineBuildError> {
+        ins.get(i)
+            .and_then(|v| v.as_ref())
+            .ok_or_else(|| unsupported(node, format!("input {i} is missing")))
+    };
+    let one = |t: HostTensor| Ok(vec![t]);
+    match node.op_type.as_str() {
+        "Constant" => {
+            if let Some(t) = attr(node, "value").and_then(|a| a.t.as_ref()) {
+                return one(tensor_from_proto(t)?);
+            }
+            if let Some(f) = attr(node, "value_float").and_then(|a| a.f) {
+                return one(HostTensor::f32(vec![], vec![f]));
+            }
+            if let Some(i) = attr(node, "value_int").and_then(|a| a.i) {
+                return one(HostTensor::i64(vec![], vec![i]));
+            }
+            if let Some(v) = attr_ints(node, "value_ints") {
+                return one(HostTensor::i64(vec![v.len()], v));
+            }
+            Err(unsupported(
+                node,
+                "constant without a value this engine reads",
+            ))
+        }
+        "Identity" => one(input(0)?.clone()),
+        "Cast" => {
+            let x = input(0)?;
+            match attr_i(node, "to", 1) {
+                1 => one(HostTensor::f32(x.shape.clone(), x.as_f32())),
+                6 | 7 => one(HostTensor::i64(x.shape.clone(), x.as_i64())),
+                9 => one(HostTensor::i64(
+                    x.shape.clone(),
+                    x.as_f32().iter().map(|&v| i64::from(v != 0.0)).collect(),
+                )),
+                t => Err(unsupported(node, format!("cast to type {t}"))),
+            }
+        }
+        "Gather" => {
+            let x = input(0)?;
+            let idx = input(1)?;
+            let axis = norm_axis(attr_i(node, "axis", 0), x.shape.len())?;
+            let dim = x.shape[axis] as i64;
+            let outer: usize = x.shape[..axis].iter().product();
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            let mut shape = x.shape[..axis].to_vec();
+            shape.extend_from_slice(&idx.shape);
+            shape.extend_from_slice(&x.shape[axis + 1..]);
+            let ids = idx.as_i64();
+            let mut src = Vec::with_capacity(outer * ids.len() * inner);
+            for o in 0..outer {
+                for &i in &ids {
+                    let i = if i < 0 { i + dim } else { i };
+                    if i < 0 || i >= dim {
+                        return Err(unsupported(node, format!("index {i} out of range {dim}")));
+                    }
+                    for k in 0..inner {
+                        src.push((o * dim as usize + i as usize) * inner + k);
+                    }
+                }
+            }
+            one(x.gather_flat(shape, &src))
+        }
+        "Unsqueeze" | "Squeeze" | "Reshape" | "Flatten" => {
+            let x = input(0)?;
+            let shape = match node.op_type.as_str() {
+                "Unsqueeze" => {
+                    let axes = match ins.get(1).and_then(|v| v.as_ref()) {
+                        Some(a) => a.as_i64(),
+                        None => attr_ints(node, "axes").unwrap_or_default(),
+                    };
+                    unsqueeze_dims(&x.shape, &axes)?
+                }
+                "Squeeze" => {
+                    let axes = match ins.get(1).and_then(|v| v.as_ref()) {
+                        Some(a) => Some(a.as_i64()),
+                        None => attr_ints(node, "axes"),
+                    };
+                    squeeze_dims(&x.shape, axes.as_deref())?
+                }
+                "Flatten" => {
+                    let axis = norm_axis(attr_i(node, "axis", 1), x.shape.len() + 1)?;
+                    vec![
+                        x.shape[..axis].iter().product(),
+                        x.shape[axis..].iter().product(),
+                    ]
+                }
+                _ => reshape_dims(
+                    &x.shape,
+                    &input(1)?.as_i64(),
+                    attr_i(node, "allowzero", 0) != 0,
+                )
+                .ok_or_else(|| unsupported(node, "shape does not fit"))?,
+            };
+            let mut t = x.clone();
+            t.shape = shape;
+            one(t)
+        }
+        "Concat" => {
+            let parts: Vec<&HostTensor> = ins.iter().flatten().collect();
+            let first = parts
+                .first()
+                .ok_or_else(|| unsupported(node, "no inputs"))?;
+            let axis = norm_axis(attr_i(node, "axis", 0), first.shape.len())?;
+            let outer: usize = first.shape[..axis].iter().product();
+            let mut shape = first.shape.clone();
+            shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
+            let any_f32 = parts.iter().any(|p| matches!(p.data, Data::F32(_)));
+            let mut f = Vec::new();
+            let mut i = Vec::new();
+            for o in 0..outer {
+                for p in &parts {
+                    let chunk: usize = p.shape[axis..].iter().product();
+                    if any_f32 {
+                        f.extend_from_slice(&p.as_f32()[o * chunk..(o + 1) * chunk]);
+                    } else {
+                        i.extend_from_slice(&p.as_i64()[o * chunk..(o + 1) * chunk]);
+                    }
+                }
+            }
+            one(if any_f32 {
+                HostTensor::f32(shape, f)
+            } else {
+                HostTensor::i64(shape, i)
+            })
+        }
+        "Range" => {
+            let (s, l, d) = (input(0)?, input(1)?, input(2)?);
+            if matches!(s.data, Data::F32(_)) {
+                let (s, l, d) = (s.as_f32()[0], l.as_f32()[0], d.as_f32()[0]);
+                let n = ((l - s) / d).ceil().max(0.0) as usize;
+                one(HostTensor::f32(
+                    vec![n],
+                    (0..n).map(|i| s + i as f32 * d).collect(),
+                ))
+            } else {
+                let (s, l, d) = (s.as_i64()[0], l.as_i64()[0], d.as_i64()[0]);
+                if d == 0 {
+                    return Err(unsupported(node, "zero delta"));
+                }
+                let n = ((l - s + d - d.signum()) / d).max(0) as usize;
+                one(HostTensor::i64(
+                    vec![n],
+                    (0..n as i64).map(|i| s + i * d).collect(),
+                ))
+            }
+        }
+        "ConstantOfShape" => {
+            let shape: Vec<usize> = input(0)?
+                .as_i64()
+                .iter()
+                .map(|&v| v.max(0) as usize)
+                .collect();
+            let n = shape.iter().product();
+            let value = match attr(node, "value").and_then(|a| a.t.as_ref()) {
+                Some(t) => tensor_from_proto(t)?,
+                None => HostTensor::f32(vec![1], vec![0.0]),
+            };
+            one(match value.data {
+                Data::F32(v) => HostTensor::f32(shape, vec![v.first().copied().unwrap_or(0.0); n]),
+                Data::I64(v) => HostTensor::i64(shape, vec![v.first().copied().unwrap_or(0); n]),
+            })
+        }
+        "Expand" => {
+            let x = input(0)?;
+            let target: Vec<usize> = input(1)?
+                .as_i64()
+                .iter()
+                .map(|&v| v.max(0) as usize)
+                .collect();
+            let shape = broadcast_shape(&x.shape, &target)?;
+            let idx = broadcast_index(&shape, &broadcast_strides(&x.shape, &shape));
+            one(x.gather_flat(shape, &idx))
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Pow" => {
+            let (a, b) = (input(0)?, input(1)?);
+            let shape = broadcast_shape(&a.shape, &b.shape)?;
+            let ia = broadcast_index(&shape, &broadcast_strides(&a.shape, &shape));
+            let ib = broadcast_index(&shape, &broadcast_strides(&b.shape, &shape));
+            let floats = matches!(a.data, Data::F32(_)) || matches!(b.data, Data::F32(_));
+            if node.op_type == "Equal" {
+                let (va, vb) = (a.as_f32(), b.as_f32());
+                let v = ia
+                    .iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| i64::from(va[i] == vb[j]))
+                    .collect();
+                return one(HostTensor::i64(shape, v));
+            }
+            if floats {
+                let (va, vb) = (a.as_f32(), b.as_f32());
+                let f = |x: f32, y: f32| match node.op_type.as_str() {
+                    "Add" => x + y,
+                    "Sub" => x - y,
+                    "Mul" => x * y,
+                    "Div" => x / y,
+                    _ => x.powf(y),
+                };
+                let v = ia.iter().zip(&ib).map(|(&i, &j)| f(va[i], vb[j])).collect();
+                one(HostTensor::f32(shape, v))
+            } else {
+                let (va, vb) = (a.as_i64(), b.as_i64());
+                let mut v = Vec::with_capacity(ia.len());
+                for (&i, &j) in ia.iter().zip(&ib) {
+                    let (x, y) = (va[i], vb[j]);
+                    v.push(match node.op_type.as_str() {
+                        "Add" => x + y,
+                        "Sub" => x - y,
+                        "Mul" => x * y,
+                        "Div" if y != 0 => x.div_euclid(y),
+                        "Pow" => x.pow(y.clamp(0, 62) as u32),
+                        _ => return Err(unsupported(node, "integer division by zero")),
+                    });
+                }
+                one(HostTensor::i64(shape, v))
+            }
+        }
+        "Sigmoid" | "Sqrt" | "Exp" | "Neg" | "Floor" | "Ceil" => {
+            let x = input(0)?;
+            let v = x
+                .as_f32()
+                .iter()
+                .map(|&v| match node.op_type.as_str() {
+                    "Sigmoid" => Act::Sigmoid.apply(v),
+                    "Sqrt" => v.sqrt(),
+                    "Exp" => v.exp(),
+                    "Neg" => -v,
+                    "Floor" => v.floor(),
+                    _ => v.ceil(),
+                })
+                .collect();
+            one(HostTensor::f32(x.shape.clone(), v))
+        }
+        "Transpose" => {
+            let x = input(0)?;
+            let perm: Vec<usize> = match attr_ints(node, "perm") {
+                Some(p) => p.iter().map(|&v| v as usize).collect(),
+                None => (0..x.shape.len()).rev().collect(),
+            };
+            let (shape, idx) = transpose_index(&x.shape, &perm);
+            one(x.gather_flat(shape, &idx))
+        }
+        "Slice" => {
+            let x = input(0)?;
+            let starts = input(1)?.as_i64();
+            let ends = input(2)?.as_i64();
+            let axes: Vec<i64> = match ins.get(3).and_then(|v| v.as_ref()) {
+                Some(a) => a.as_i64(),
+                None => (0..starts.len() as i64).collect(),
+            };
+            let steps: Vec<i64> = match ins.get(4).and_then(|v| v.as_ref()) {
+                Some(s) => s.as_i64(),
+                None => vec![1; starts.len()],
+            };
+            let mut cur = x.clone();
+            for i in 0..starts.len() {
+                let axis = norm_axis(axes[i], cur.shape.len())?;
+                let (start, len, step) = slice_range(cur.shape[axis], starts[i], ends[i], steps[i])
+                    .ok_or_else(|| unsupported(node, "negative or zero steps"))?;
+                cur = narrow_host(&cur, axis, start, len, step);
+            }
+            one(cur)
+        }
+        "Split" => {
+            let x = input(0)?;
+            let axis = norm_axis(attr_i(node, "axis", 0), x.shape.len())?;
+            let sizes: Vec<usize> = match ins.get(1).and_then(|v| v.as_ref()) {
+                Some(s) => s.as_i64().iter().map(|&v| v.max(0) as usize).collect(),
+                None => {
+                    let n = node.output.len().max(1);
+                    vec![x.shape[axis] / n; n]
+                }
+            };
+            let mut start = 0;
+            let mut outs = Vec::new();
+            for s in sizes {
+                outs.push(narrow_host(x, axis, start, s, 1));
+                start += s;
+            }
+            Ok(outs)
+        }
+        other => Err(unsupported(
+            node,
+            format!("operator `{other}` (constant inputs)"),
+        )),
+    }
+}
+
+fn narrow_host(x: &HostTensor, axis: usize, start: usize, len: usize, step: usize) -> HostTensor {
+    let outer: usize = x.shape[..axis].iter().product();
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let dim = x.shape[axis];
+    let mut idx = Vec::with_capacity(outer * len * inner);
+    for o in 0..outer {
+        for j in 0..len {
+            let src = start + j * step;
+            for k in 0..inner {
+                idx.push((o * dim + src) * inner + k);
+            }
+        }
+    }
+    let mut shape = x.shape.clone();
+    shape[axis] = len;
+    x.gather_flat(shape, &idx)
+}
+
+/// Sigmoid·Mul → SiLU, then activations into the convolution that feeds them.
+fn fuse(plan: &mut Plan) {
+    let uses = |plan: &Plan, t: Tid| -> usize {
+        let s = plan.tensors[t].storage;
+        let in_ops = plan
+            .ops
+            .iter()
+            .flat_map(|o| o.inputs())
+            .filter(|&i| plan.tensors[i].storage == s)
+            .count();
+        let in_outs = plan
+            .outputs
+            .iter()
+            .filter(|(_, o)| plan.tensors[*o].storage == s)
+            .count();
+        in_ops + in_outs
+    };
+    // SiLU: s = Sigmoid(x); y = Mul(x, s) or Mul(s, x), s read only by that Mul.
+    let mut i = 0;
+    while i < plan.ops.len() {
+        if let Op::Act {
+            x,
+            y: s,
+            act: Act::Sigmoid,
+        } = plan.ops[i].clone()
+            && uses(plan, s) == 1
+            && let Some(j) = plan.ops.iter().position(|o| {
+                matches!(o, Op::Binary { op: BinOp::Mul, a, b, .. }
+                    if (*a == x && *b == s) || (*a == s && *b == x))
+            })
+            && plan.shape(x) == plan.shape(s)
+            && plan.shape(plan.ops[j].output()) == plan.shape(x)
+        {
+            let y = plan.ops[j].output();
+            plan.ops[j] = Op::Act {
+                x,
+                y,
+                act: Act::Silu,
+            };
+            plan.ops.remove(i);
+            continue;
+        }
+        i += 1;
+    }
+    // Activation into the conv: conv writes x, x read only by the activation.
+    let mut i = 0;
+    while i < plan.ops.len() {
+        if let Op::Act { x, y, act } = plan.ops[i].clone()
+            && uses(plan, x) == 1
+            && let Some(j) = plan.ops[..i]
+                .iter()
+                .position(|o| matches!(o, Op::Conv(c) if c.y == x && c.act == Act::None))
+            && let Op::Conv(c) = &mut plan.ops[j]
+        {
+            c.act = act;
+            c.y = y;
+            plan.ops.remove(i);
+            continue;
+        }
+        i += 1;
+    }
+}
+
+/// Total elements of every storage (the activation memory without reuse).
+pub fn storage_elems(plan: &Plan) -> usize {
+    plan.storage_len.iter().sum()
+}
+
+/// Row-major strides of tensor `t`.
+pub fn tensor_strides(plan: &Plan, t: Tid) -> Vec<usize> {
+    strides(plan.shape(t))
+}
