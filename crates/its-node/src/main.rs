@@ -10,6 +10,7 @@ use its_config::{Settings, Sources};
 use its_node::Node;
 
 mod annotate;
+mod engine_cmd;
 mod model_cmd;
 
 /// ITS Camera AI: live traffic-camera streams to object detections over NATS.
@@ -62,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
     },
+    /// The native GPU engine: build, bench or check (against ONNX Runtime) a model.
+    Engine {
+        #[command(subcommand)]
+        command: engine_cmd::EngineCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -109,6 +115,7 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Model { command } => model_cmd::run(command),
+        Command::Engine { command } => engine_cmd::run(command),
         Command::Detect {
             model,
             json,

@@ -1,0 +1,371 @@
+//! `its engine build | bench | check MODEL`: the native GPU engine (its-gpu) from the command
+//! line. `check` compares it with ONNX Runtime on the CPU, `bench` times it with CUDA events.
+//! Both print a table, or JSON with `--json`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use its_engine::{Engine as _, ModelManifest, OrtEngine, OrtOptions};
+use its_gpu::GpuContext;
+use its_gpu::engine::{ConvMath, CudaEngine, EngineOptions, Plan, cpu};
+use its_model::onnx::ModelProto;
+use serde_json::json;
+
+/// `its engine` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// Lower the model for each batch profile and build an execution context on GPU 0:
+    /// prints the plan size, activation memory and build time per profile.
+    Build(Common),
+    /// Time inference per batch profile with CUDA events (median of --iters runs).
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        /// Timed runs per profile.
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Also print the device time of every op of the largest profile (eager, unfused).
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Run the engine and ONNX Runtime (CPU) on the same deterministic input; fails when the
+    /// largest relative difference exceeds --tolerance.
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// Largest allowed |ours - ort| / max|ort|.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f32,
+        /// Compare the plan on the CPU reference executor instead of the GPU (no GPU needed).
+        #[arg(long)]
+        cpu: bool,
+    },
+}
+
+/// Arithmetic of the convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MathArg {
+    /// FP32 FMA (the reference).
+    Fp32,
+    /// TF32 tensor cores inside cuDNN, FP32 storage.
+    Tf32,
+}
+
+/// Options every `its engine` subcommand takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// A model directory (model.toml + ONNX file) or a bare .onnx file.
+    pub model: PathBuf,
+    /// Batch profiles, comma-separated.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Square input size for a bare .onnx with dynamic height and width.
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: usize,
+    /// Convolution arithmetic.
+    #[arg(long, value_enum, default_value_t = MathArg::Fp32)]
+    pub math: MathArg,
+    /// Run the plan eagerly instead of replaying a CUDA graph.
+    #[arg(long)]
+    pub no_graph: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Common {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            math: match self.math {
+                MathArg::Fp32 => ConvMath::Fp32,
+                MathArg::Tf32 => ConvMath::Tf32,
+            },
+            time_algorithms: true,
+            cuda_graph: !self.no_graph,
+        }
+    }
+}
+
+/// The model file and its input size.
+struct Loaded {
+    path: PathBuf,
+    model: ModelProto,
+    manifest: Option<ModelManifest>,
+    height: usize,
+    width: usize,
+}
+
+fn load(common: &Common) -> anyhow::Result<Loaded> {
+    let p = &common.model;
+    if p.is_dir() {
+        let manifest =
+            ModelManifest::load(p).with_context(|| format!("reading {}", p.display()))?;
+        let path = manifest.model_path(p);
+        let model =
+            ModelProto::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Loaded {
+            height: manifest.input.height as usize,
+            width: manifest.input.width as usize,
+            path,
+            model,
+            manifest: Some(manifest),
+        })
+    } else {
+        let model = ModelProto::read(p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(Loaded {
+            path: p.clone(),
+            model,
+            manifest: None,
+            height: common.imgsz,
+            width: common.imgsz,
+        })
+    }
+}
+
+/// Deterministic image-like input in 0..1 (xorshift).
+fn input(n: usize) -> Vec<f32> {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+fn gpu() -> anyhow::Result<GpuContext> {
+    GpuContext::new(0).context("the native engine needs a CUDA GPU (device 0)")
+}
+
+fn out(v: &serde_json::Value, table: &str, json: bool) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    if json {
+        writeln!(o, "{}", serde_json::to_string_pretty(v)?)?;
+    } else {
+        write!(o, "{table}")?;
+    }
+    Ok(())
+}
+
+/// Runs one `its engine` subcommand.
+pub fn run(command: &EngineCommand) -> anyhow::Result<()> {
+    match command {
+        EngineCommand::Build(common) => build(common),
+        EngineCommand::Bench {
+            common,
+            iters,
+            profile,
+        } => bench(common, *iters, *profile),
+        EngineCommand::Check {
+            common,
+            tolerance,
+            cpu,
+        } => check(common, *tolerance, *cpu),
+    }
+}
+
+fn plan_for(l: &Loaded, batch: usize) -> anyhow::Result<(Plan, f64)> {
+    let t = Instant::now();
+    let plan = Plan::build(&l.model, [batch, 3, l.height, l.width])
+        .with_context(|| format!("lowering {} for batch {batch}", l.path.display()))?;
+    Ok((plan, t.elapsed().as_secs_f64() * 1e3))
+}
+
+fn build(common: &Common) -> anyhow::Result<()> {
+    let l = load(common)?;
+    let gpu = gpu()?;
+    let mut rows = Vec::new();
+    let mut table = format!(
+        "{} on {} ({}x{}, {:?})\nbatch  ops  convs  lower ms  build ms  activations MiB  graph\n",
+        l.path.display(),
+        gpu.device_name(),
+        l.width,
+        l.height,
+        common.math
+    );
+    for &b in &common.batch {
+        let (plan, lower_ms) = plan_for(&l, b)?;
+        let ops = plan.ops.len();
+        let engine = CudaEngine::build(&gpu, plan, common.options())?;
+        let r = engine.report();
+        table += &format!(
+            "{b:>5}  {ops:>3}  {:>5}  {lower_ms:>8.1}  {:>8.1}  {:>15.1}  {}\n",
+            r.convs,
+            r.build_ms,
+            r.activation_bytes as f64 / (1 << 20) as f64,
+            r.cuda_graph
+        );
+        rows.push(json!({
+            "batch": b, "ops": ops, "convs": r.convs, "lower_ms": lower_ms,
+            "build_ms": r.build_ms, "activation_bytes": r.activation_bytes,
+            "workspace_bytes": r.workspace_bytes, "cuda_graph": r.cuda_graph,
+            "graph_fallback": r.graph_fallback,
+        }));
+    }
+    out(
+        &json!({"model": l.path, "device": gpu.device_name(), "profiles": rows}),
+        &table,
+        common.json,
+    )
+}
+
+fn bench(common: &Common, iters: usize, profile: bool) -> anyhow::Result<()> {
+    let l = load(common)?;
+    let gpu = gpu()?;
+    let mut rows = Vec::new();
+    let mut table = format!(
+        "{} on {} ({}x{}, {:?}, {}), CUDA events, median of {iters}\nbatch   ms/batch   img/s   GFLOP/s  build ms\n",
+        l.path.display(),
+        gpu.device_name(),
+        l.width,
+        l.height,
+        common.math,
+        if common.no_graph {
+            "eager"
+        } else {
+            "CUDA graph"
+        }
+    );
+    let mut last = None;
+    for &b in &common.batch {
+        let (plan, _) = plan_for(&l, b)?;
+        let macs = plan.macs();
+        let mut engine = CudaEngine::build(&gpu, plan, common.options())?;
+        engine.run(&input(engine.plan().tensors[engine.plan().input].numel()))?;
+        let ms = engine.time(iters)?;
+        let ips = b as f64 * 1e3 / ms;
+        let gflops = 2.0 * macs as f64 / (ms * 1e6);
+        table += &format!(
+            "{b:>5}  {ms:>9.3}  {ips:>7.0}  {gflops:>8.0}  {:>8.0}\n",
+            engine.report().build_ms
+        );
+        rows.push(json!({
+            "batch": b, "ms": ms, "img_per_s": ips, "gflop_per_s": gflops,
+            "build_ms": engine.report().build_ms, "cuda_graph": engine.report().cuda_graph,
+        }));
+        last = Some(engine);
+    }
+    let mut ops_json = Vec::new();
+    if profile && let Some(engine) = &last {
+        let p = engine.profile()?;
+        let total: f64 = p.iter().map(|(_, ms)| ms).sum();
+        let mut by_kind = std::collections::BTreeMap::<&str, (usize, f64)>::new();
+        for (k, ms) in &p {
+            let e = by_kind.entry(k).or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
+        table += &format!("op profile (eager, one event pair per op): {total:.3} ms\n");
+        for (k, (n, ms)) in &by_kind {
+            table += &format!(
+                "  {k:<10} {n:>4} ops  {ms:>8.3} ms  {:>5.1}%\n",
+                100.0 * ms / total
+            );
+            ops_json.push(json!({"kind": k, "count": n, "ms": ms}));
+        }
+    }
+    out(
+        &json!({"model": l.path, "device": gpu.device_name(), "math": format!("{:?}", common.math),
+                "iters": iters, "profiles": rows, "op_profile": ops_json}),
+        &table,
+        common.json,
+    )
+}
+
+/// A manifest for a bare .onnx, so ONNX Runtime's interface check can run.
+fn bare_manifest(l: &Loaded, classes: usize) -> anyhow::Result<ModelManifest> {
+    let names: Vec<String> = (0..classes).map(|i| format!("\"class{i}\"")).collect();
+    let text = format!(
+        "name = \"{}\"\nversion = \"0\"\nfile = \"{}\"\nclasses = [{}]\n[input]\nwidth = {}\nheight = {}\nlayout = \"nchw\"\ncolor = \"rgb\"\nscale = \"0..1\"\n[output]\nformat = \"yolov8\"\n",
+        l.path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model"),
+        l.path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model.onnx"),
+        names.join(", "),
+        l.width,
+        l.height
+    );
+    Ok(ModelManifest::parse(&text)?)
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+fn check(common: &Common, tolerance: f32, on_cpu: bool) -> anyhow::Result<()> {
+    let l = load(common)?;
+    let gpu = if on_cpu { None } else { Some(gpu()?) };
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    let mut table = format!(
+        "{} vs ONNX Runtime (CPU) on {} ({}x{})\nbatch  output          rel. error  max |ort|   ok\n",
+        l.path.display(),
+        gpu.as_ref()
+            .map_or("the CPU reference executor", |g| g.device_name()),
+        l.width,
+        l.height
+    );
+    for &b in &common.batch {
+        let (plan, _) = plan_for(&l, b)?;
+        let out_shape = plan.shape(plan.outputs[0].1).to_vec();
+        let x = input(plan.tensors[plan.input].numel());
+        let ours = match &gpu {
+            Some(g) => CudaEngine::build(g, plan, common.options())?.run(&x)?,
+            None => cpu::run(&plan, &x)?,
+        };
+        let manifest = match &l.manifest {
+            Some(m) => m.clone(),
+            None => bare_manifest(&l, out_shape.get(1).copied().unwrap_or(5).saturating_sub(4))?,
+        };
+        let model_dir = l.path.parent().unwrap_or(Path::new("."));
+        let mut ort = OrtEngine::load(
+            &manifest.model_path(model_dir),
+            &manifest,
+            &OrtOptions::default(),
+        )
+        .context("loading ONNX Runtime (set ORT_DYLIB_PATH to libonnxruntime.so)")?;
+        let theirs = ort.run(&x, b)?;
+        if theirs.shape != out_shape {
+            bail!(
+                "output shapes differ: ours {out_shape:?}, ONNX Runtime {:?}",
+                theirs.shape
+            );
+        }
+        let err = rel_err(&ours[0], &theirs.data);
+        let scale = theirs.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let ok = err <= tolerance && ours[0].iter().all(|v| v.is_finite());
+        if !ok {
+            failed.push(b);
+        }
+        table += &format!(
+            "{b:>5}  {:<14}  {err:>10.2e}  {scale:>9.1}  {}\n",
+            format!("{out_shape:?}"),
+            if ok { "yes" } else { "NO" }
+        );
+        rows.push(json!({"batch": b, "output_shape": out_shape, "rel_error": err, "max_abs_ort": scale, "ok": ok}));
+    }
+    out(
+        &json!({"model": l.path, "device": gpu.as_ref().map(|g| g.device_name().to_string()),
+                "tolerance": tolerance, "profiles": rows}),
+        &table,
+        common.json,
+    )?;
+    if !failed.is_empty() {
+        bail!("engine differs from ONNX Runtime beyond {tolerance} at batch {failed:?}");
+    }
+    Ok(())
+}
