@@ -235,7 +235,7 @@ impl CameraActor {
     }
 
     fn fail(&mut self, error: String) {
-        let error = error.replace(&self.spec.url, &self.spec.redacted_url());
+        let error = redact_error(&error, &self.spec);
         tracing::warn!(camera = %self.spec.id, %error, "camera source failed");
         self.counters.set_error(error.clone());
         self.event(EventKind::Error, error);
@@ -504,4 +504,50 @@ pub(crate) fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// An error text fit to show: the camera's URL in it redacted, and its credentials removed
+/// wherever else they appear (a tool may print the URL decoded, or only part of it).
+fn redact_error(error: &str, spec: &CameraSpec) -> String {
+    let mut text = error.replace(&spec.url, &spec.redacted_url());
+    if let Some((_, rest)) = spec.url.split_once("://") {
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some(at) = authority.rfind('@') {
+            let userinfo = &authority[..at];
+            let password = userinfo.split_once(':').map(|(_, p)| p).unwrap_or("");
+            // A password this short would mangle the message; the full URL is redacted anyway.
+            for secret in [userinfo, password] {
+                if secret.len() >= 3 {
+                    text = text.replace(secret, "***");
+                }
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_lose_the_url_credentials_in_any_form() {
+        let spec = CameraSpec::new("c", "rtsp://admin:hunter22@10.0.0.5:554/s", 5.0);
+        let e = redact_error(
+            "rtsp://admin:hunter22@10.0.0.5:554/s: Connection refused; auth admin:hunter22 \
+             failed; password hunter22",
+            &spec,
+        );
+        assert!(!e.contains("hunter22"), "{e}");
+        assert!(
+            e.starts_with("rtsp://***@10.0.0.5:554/s: Connection refused"),
+            "{e}"
+        );
+        // Without credentials nothing changes.
+        let plain = CameraSpec::new("c", "http://cam/x", 5.0);
+        assert_eq!(
+            redact_error("http://cam/x: 404", &plain),
+            "http://cam/x: 404"
+        );
+    }
 }
