@@ -31,6 +31,7 @@ pub(crate) struct AppState {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) tokens: Tokens,
     pub(crate) http: Arc<crate::metrics::HttpCounters>,
+    pub(crate) limiter: crate::limits::RateLimiter,
 }
 
 type State = web::Data<AppState>;
@@ -48,6 +49,26 @@ fn json<T: Serialize>(status: actix_web::http::StatusCode, body: &T) -> HttpResp
 
 fn ok<T: Serialize>(body: &T) -> ApiResult {
     Ok(json(actix_web::http::StatusCode::OK, body))
+}
+
+/// Checks the caller's role for a change, then takes one token of its address's rate limit.
+fn may_change(req: &HttpRequest, st: &AppState, need: AdminRole) -> Result<(), ApiError> {
+    use crate::limits::{MUTATION_BURST, MUTATIONS_PER_SEC};
+    st.tokens.require(req, need)?;
+    let client = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    st.limiter
+        .admit(client, std::time::Instant::now())
+        .map_err(|retry_after| {
+            tracing::info!(%client, path = %req.path(), "admin change refused: rate limit");
+            ApiError::TooManyRequests {
+                retry_after,
+                burst: MUTATION_BURST,
+                per_sec: MUTATIONS_PER_SEC,
+            }
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,13 +323,16 @@ impl TuningInput {
     }
 }
 
-/// Reads a JSON body: content type, size limit, then a typed parse whose errors name the
-/// field.
+/// Reads a JSON body: content type, size limit (`admin.max_body_bytes`), time limit
+/// (`admin.request_timeout_ms` for the whole body, so a client trickling bytes cannot hold a
+/// connection), then a typed parse whose errors name the field.
 async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    settings: &AdminSettings,
 ) -> Result<T, ApiError> {
+    let limit = settings.max_body_bytes;
+    let time_limit = Duration::from_millis(settings.request_timeout_ms);
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -331,17 +355,23 @@ async fn read_json<T: DeserializeOwned>(
     {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest {
-            detail: format!("cannot read the request body: {e}"),
-            field: None,
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest {
+                detail: format!("cannot read the request body: {e}"),
+                field: None,
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(time_limit, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(time_limit))??;
     let de = &mut serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -487,15 +517,17 @@ pub(crate) async fn list_cameras(req: HttpRequest, st: State) -> ApiResult {
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The id exists", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within admin.request_timeout_ms", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The registry cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn create_camera(req: HttpRequest, st: State, payload: web::Payload) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Operator)?;
-    let input: CameraInput = read_json(&req, payload, st.settings.max_body_bytes).await?;
+    may_change(&req, &st, AdminRole::Operator)?;
+    let input: CameraInput = read_json(&req, payload, &st.settings).await?;
     let Some(id) = input.id.clone() else {
         return Err(ApiError::invalid("id", "required when creating a camera"));
     };
@@ -556,10 +588,12 @@ pub(crate) async fn get_camera(req: HttpRequest, st: State, id: web::Path<String
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such camera", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within admin.request_timeout_ms", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The registry cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn replace_camera(
@@ -568,9 +602,9 @@ pub(crate) async fn replace_camera(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Operator)?;
+    may_change(&req, &st, AdminRole::Operator)?;
     check_camera_id(&id)?;
-    let input: CameraInput = read_json(&req, payload, st.settings.max_body_bytes).await?;
+    let input: CameraInput = read_json(&req, payload, &st.settings).await?;
     if let Some(body_id) = &input.id
         && body_id != id.as_str()
     {
@@ -618,10 +652,11 @@ pub(crate) async fn replace_camera(
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such camera", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The registry cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn delete_camera(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Operator)?;
+    may_change(&req, &st, AdminRole::Operator)?;
     check_camera_id(&id)?;
     if st.kv.get(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no camera {id}")));
@@ -979,7 +1014,7 @@ async fn control(
 }
 
 async fn worker_control(req: HttpRequest, st: State, id: String, drain: bool) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Admin)?;
+    may_change(&req, &st, AdminRole::Admin)?;
     let w = find_worker(&st, &id)?;
     let cmd = if drain {
         SchedulerControl::DrainWorker {
@@ -1013,6 +1048,7 @@ async fn worker_control(req: HttpRequest, st: State, id: String, drain: bool) ->
         (status = 404, description = "No such worker", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The scheduler refused or did not answer", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn drain_worker(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {
@@ -1030,6 +1066,7 @@ pub(crate) async fn drain_worker(req: HttpRequest, st: State, id: web::Path<Stri
         (status = 404, description = "No such worker", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The scheduler refused or did not answer", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn resume_worker(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {
@@ -1135,10 +1172,12 @@ pub struct TuneReply {
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such node, or no node reported yet", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A node refused or did not answer; `detail` says which", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within admin.request_timeout_ms", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn patch_scheduler(
@@ -1147,7 +1186,7 @@ pub(crate) async fn patch_scheduler(
     query: web::Query<NodeQuery>,
     payload: web::Payload,
 ) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Operator)?;
+    may_change(&req, &st, AdminRole::Operator)?;
     let known: Vec<String> = st
         .view
         .nodes()
@@ -1167,7 +1206,7 @@ pub(crate) async fn patch_scheduler(
         }
         None => known,
     };
-    let input: TuningInput = read_json(&req, payload, st.settings.max_body_bytes).await?;
+    let input: TuningInput = read_json(&req, payload, &st.settings).await?;
     let tuning = input.validate()?;
     let cmd = SchedulerControl::Tune { tuning };
     let replies = futures::future::join_all(targets.iter().map(|n| control(&st, n, &cmd))).await;
@@ -1232,10 +1271,11 @@ pub(crate) async fn list_models(req: HttpRequest, st: State) -> ApiResult {
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "Hot swap is not available in this build", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn swap_model(req: HttpRequest, st: State) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Admin)?;
+    may_change(&req, &st, AdminRole::Admin)?;
     Err(ApiError::NotImplemented(
         "model hot swap is not available in this build: restart the nodes with the new engine.model_dir".into(),
     ))

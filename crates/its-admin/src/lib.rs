@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod limits;
 pub mod metrics;
 mod problem;
 mod view;
@@ -21,6 +22,7 @@ use its_config::AdminSettings;
 use its_proto::registry::CAMERAS_BUCKET;
 use utoipa::OpenApi;
 
+pub use limits::{MUTATION_BURST, MUTATIONS_PER_SEC};
 pub use problem::Problem;
 
 /// Errors of starting the admin server.
@@ -184,6 +186,7 @@ impl AdminServer {
             view,
             tokens,
             http: http.clone(),
+            limiter: limits::RateLimiter::new(limits::MUTATION_BURST, limits::MUTATIONS_PER_SEC),
         });
         let query_cfg = web::QueryConfig::default().error_handler(|e, _| {
             problem::ApiError::BadRequest {

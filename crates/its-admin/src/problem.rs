@@ -61,6 +61,9 @@ pub enum ApiError {
     /// The body is larger than `admin.max_body_bytes`.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `admin.request_timeout_ms`.
+    #[error("the request body did not arrive within {} ms", .0.as_millis())]
+    RequestTimeout(std::time::Duration),
     /// The body is not JSON.
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
@@ -78,6 +81,17 @@ pub enum ApiError {
     /// Not built yet.
     #[error("{0}")]
     NotImplemented(String),
+    /// The client sent more mutating requests than the rate limit allows; retry after the
+    /// duration given.
+    #[error("too many changes from this client: at most {burst} at once and {per_sec} per second; retry in {} ms", .retry_after.as_millis())]
+    TooManyRequests {
+        /// When the next request will be admitted.
+        retry_after: std::time::Duration,
+        /// The burst allowed.
+        burst: f64,
+        /// The sustained rate allowed.
+        per_sec: f64,
+    },
 }
 
 impl ApiError {
@@ -135,10 +149,12 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -154,6 +170,11 @@ impl ResponseError for ApiError {
                     "Bearer realm=\"its-admin\""
                 }),
             ));
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = self {
+            // Whole seconds, rounded up, at least 1.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            resp.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
         }
         resp.body(serde_json::to_string(&self.problem()).unwrap_or_default())
     }
