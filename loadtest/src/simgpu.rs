@@ -120,6 +120,7 @@ impl Handler<RunBatch> for SimGpu {
         MessageResult(BatchOutcome {
             results,
             service_ns: t0.elapsed().as_nanos() as u64,
+            model: None,
         })
     }
 }

@@ -165,20 +165,24 @@ impl Node {
         };
         let acct = Accounting::new(&node_id, bus.clone());
 
+        // Workers that can switch models at run time (`swap_model` control requests).
+        let mut model_switches = Vec::new();
         let workers = match workers {
             Some(workers) => workers,
             None => {
                 // scheduler.workers CPU workers, each its own worker id and threads.
                 let mut workers = Vec::new();
                 for n in 0..settings.scheduler.workers {
-                    let (worker_addr, info) = CpuWorker::start(&CpuWorkerOptions {
-                        id: format!("cpu-{n}"),
-                        model_dir: settings.engine.model_dir.clone(),
-                        ort: ort_options(&settings),
-                        threads: settings.engine.cpu_workers,
-                        max_frame_dim: settings.engine.max_frame_dim,
-                        faults: Default::default(),
-                    })?;
+                    let (worker_addr, info, switch) =
+                        CpuWorker::start_swappable(&CpuWorkerOptions {
+                            id: format!("cpu-{n}"),
+                            model_dir: settings.engine.model_dir.clone(),
+                            ort: ort_options(&settings),
+                            threads: settings.engine.cpu_workers,
+                            max_frame_dim: settings.engine.max_frame_dim,
+                            faults: Default::default(),
+                        })?;
+                    model_switches.push((info.id.clone(), switch.recipient()));
                     workers.push(WorkerHandle {
                         info,
                         addr: worker_addr.recipient(),
@@ -228,10 +232,11 @@ impl Node {
         }
         let scheduler = scheduler.start();
         let scheduler_tasks = vec![
-            actix::spawn(its_scheduler::run_control(
+            actix::spawn(its_scheduler::run_control_with_models(
                 bus.clone(),
                 node_id.clone(),
                 scheduler.clone(),
+                model_switches,
             )),
             actix::spawn(its_scheduler::run_worker_status(
                 bus.clone(),

@@ -509,6 +509,55 @@ pub enum SchedulerControl {
         /// Worker id on this node.
         worker_id: String,
     },
+    /// Load the model in `model_dir` beside the one a worker runs, switch to it between
+    /// batches, then release the old one. Answered with a [`ModelSwapReply`].
+    SwapModel {
+        /// Model directory (`model.toml` + ONNX file) on the node's file system.
+        model_dir: String,
+        /// Only this worker; absent means every worker of the node, one after another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker_id: Option<String>,
+    },
+}
+
+/// Why a [`SchedulerControl::SwapModel`] request was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapFailure {
+    /// The model directory could not be loaded (missing, bad manifest, bad ONNX file); the
+    /// worker keeps its model.
+    BadModel,
+    /// No worker with the requested id on this node.
+    UnknownWorker,
+    /// The node's workers cannot swap models (for example simulated workers).
+    Unsupported,
+    /// The worker stopped before it answered.
+    WorkerStopped,
+}
+
+/// The model a worker runs after a swap request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerModel {
+    /// Worker id on the node.
+    pub worker_id: String,
+    /// The model it runs now.
+    pub model: ModelRef,
+}
+
+/// Answer to [`SchedulerControl::SwapModel`]: a [`ControlReply`] with more fields, so a reader
+/// of `ControlReply` reads it too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelSwapReply {
+    /// Whether every requested worker switched.
+    pub ok: bool,
+    /// What was done, or why not.
+    pub message: String,
+    /// The workers that switched, each with the model it runs now.
+    #[serde(default)]
+    pub workers: Vec<WorkerModel>,
+    /// Why not, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<SwapFailure>,
 }
 
 /// Answer to a control request.

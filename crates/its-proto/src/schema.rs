@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 
 use crate::{
     Assignment, CameraSpec, CameraStatus, ClusterControl, ControlReply, DetectionMsg, EventMsg,
-    FrameMsg, LeaderLease, NodeInfo, NodeStatus, PriorityBoost, SCHEMA_VERSION, SchedulerControl,
-    WorkerStatus,
+    FrameMsg, LeaderLease, ModelSwapReply, NodeInfo, NodeStatus, PriorityBoost, SCHEMA_VERSION,
+    SchedulerControl, WorkerStatus,
 };
 
 /// JSON Schema (draft 2020-12) of every message, keyed by message name, with the subject each
@@ -25,8 +25,9 @@ pub fn generate() -> Value {
             "NodeStatus": { "subject": "its.status.node.<node_id>", "schema": schema_for!(NodeStatus) },
             "PriorityBoost": { "subject": "its.control.priority.<camera_id>", "schema": schema_for!(PriorityBoost) },
             "CameraStatus": { "subject": "its.status.camera.<camera_id>", "schema": schema_for!(CameraStatus) },
-            "SchedulerControl": { "subject": "its.control.scheduler.<node_id> (request; reply ControlReply)", "schema": schema_for!(SchedulerControl) },
+            "SchedulerControl": { "subject": "its.control.scheduler.<node_id> (request; reply ControlReply, ModelSwapReply for swap_model)", "schema": schema_for!(SchedulerControl) },
             "ControlReply": { "subject": "reply to SchedulerControl", "schema": schema_for!(ControlReply) },
+            "ModelSwapReply": { "subject": "reply to SchedulerControl swap_model", "schema": schema_for!(ModelSwapReply) },
             "CameraSpec": { "subject": "KV bucket its_cameras, key = camera id", "schema": schema_for!(CameraSpec) },
             "NodeInfo": { "subject": "KV bucket its_cluster_nodes, key = node id", "schema": schema_for!(NodeInfo) },
             "LeaderLease": { "subject": "KV bucket its_cluster_leader, key = leader", "schema": schema_for!(LeaderLease) },

@@ -41,6 +41,7 @@ impl Handler<RunBatch> for NullWorker {
         MessageResult(BatchOutcome {
             results,
             service_ns: 1_000,
+            model: None,
         })
     }
 }

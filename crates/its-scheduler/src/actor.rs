@@ -471,6 +471,12 @@ impl SchedulerActor {
                                 .service
                                 .record(outcome.service_ns.clamp(1_000, 600_000_000_000));
                         }
+                        // A worker that swapped its model reports the one each batch ran on.
+                        if let Some(m) = &outcome.model
+                            && *m != worker.handle.info.model
+                        {
+                            worker.handle.info.model = m.clone();
+                        }
                         let info = worker.handle.info.clone();
                         act.settle(outcome, w, &info);
                     }
@@ -500,6 +506,7 @@ impl SchedulerActor {
     /// device errors retried once on another worker.
     fn settle(&mut self, outcome: BatchOutcome, w: usize, info: &WorkerInfo) {
         let batch_size = outcome.results.len() as u32;
+        let model = outcome.model.unwrap_or_else(|| info.model.clone());
         let now = Instant::now();
         for (job, result) in outcome.results {
             let f = job.frame;
@@ -554,7 +561,7 @@ impl SchedulerActor {
                         frame_height,
                         node_id: self.acct.node_id().to_owned(),
                         worker_id: info.id.clone(),
-                        model: info.model.clone(),
+                        model: model.clone(),
                         batch_size,
                         detections,
                         timings: Timings {
@@ -838,6 +845,9 @@ impl Handler<Control> for SchedulerActor {
                     tracing::info!(worker = %worker_id, "worker resumed");
                     Ok(format!("worker {worker_id} takes batches again"))
                 })
+            }
+            SchedulerControl::SwapModel { .. } => {
+                Err("model swaps are served by the control server (run_control_with_models), not the scheduler".to_owned())
             }
         };
         self.pump(ctx);

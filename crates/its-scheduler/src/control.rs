@@ -1,12 +1,17 @@
 //! Run-time control of the scheduler: tuning validation, the control-subject server, and the
 //! periodic worker status.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use futures::StreamExt;
 use its_bus::Bus;
-use its_proto::{ControlReply, SchedulerControl, SchedulerTuning, subjects};
+use its_proto::{
+    ControlReply, ModelSwapReply, SchedulerControl, SchedulerTuning, SwapFailure, WorkerModel,
+    subjects,
+};
+use its_worker::{SwapError, SwapModel};
 
 use crate::actor::{Control, GetSchedulerSnapshot, SchedulerActor};
 
@@ -115,8 +120,25 @@ pub fn validate_tuning(
 
 /// Serves [`SchedulerControl`] requests on `its.control.scheduler.<node_id>` until the
 /// subscription ends; each request with a reply subject gets a [`ControlReply`]. A request that
-/// does not decode gets `ok: false` with the decoding error.
+/// does not decode gets `ok: false` with the decoding error. This node's workers cannot swap
+/// models: `swap_model` is refused (see [`run_control_with_models`]).
 pub async fn run_control(bus: Bus, node_id: String, scheduler: Addr<SchedulerActor>) {
+    run_control_with_models(bus, node_id, scheduler, Vec::new()).await
+}
+
+/// A worker that can switch models at run time: its id and where [`SwapModel`] goes.
+pub type ModelSwitches = Vec<(String, Recipient<SwapModel>)>;
+
+/// As [`run_control`], and serves `swap_model` with the workers' model switches: the named
+/// worker, or every one in turn, loads the new model beside the old one and switches between
+/// batches; the answer is a [`ModelSwapReply`]. Swaps run one at a time, beside the other
+/// requests (a load does not hold up a drain or a tuning).
+pub async fn run_control_with_models(
+    bus: Bus,
+    node_id: String,
+    scheduler: Addr<SchedulerActor>,
+    models: ModelSwitches,
+) {
     let subject = subjects::control_scheduler(&node_id);
     let mut sub = match bus.subscribe(&subject).await {
         Ok(s) => s,
@@ -125,12 +147,35 @@ pub async fn run_control(bus: Bus, node_id: String, scheduler: Addr<SchedulerAct
             return;
         }
     };
+    let models = Arc::new(models);
+    let one_swap = Arc::new(tokio::sync::Mutex::new(()));
     while let Some(msg) = sub.next().await {
         let reply = match its_proto::decode::<SchedulerControl>(&msg.payload) {
             Err(e) => ControlReply {
                 ok: false,
                 message: format!("not a SchedulerControl request: {e}"),
             },
+            Ok(SchedulerControl::SwapModel {
+                model_dir,
+                worker_id,
+            }) => {
+                let (bus, models, one_swap) = (bus.clone(), models.clone(), one_swap.clone());
+                actix::spawn(async move {
+                    let reply = {
+                        let _one = one_swap.lock().await;
+                        swap_models(&models, &model_dir, worker_id.as_deref()).await
+                    };
+                    if !reply.ok {
+                        tracing::warn!(message = %reply.message, "model swap refused");
+                    }
+                    if let Some(to) = msg.reply
+                        && let Err(e) = bus.publish_msg(to.to_string(), &reply).await
+                    {
+                        tracing::warn!(error = %e, "cannot answer a model swap request");
+                    }
+                });
+                continue;
+            }
             Ok(cmd) => match scheduler.send(Control(cmd)).await {
                 Ok(r) => r,
                 Err(e) => ControlReply {
@@ -147,6 +192,84 @@ pub async fn run_control(bus: Bus, node_id: String, scheduler: Addr<SchedulerAct
         {
             tracing::warn!(error = %e, "cannot answer a scheduler control request");
         }
+    }
+}
+
+/// Swaps the model of `worker_id`, or of every worker in order (stopping at the first that
+/// fails: the workers before it keep the new model, the reply lists them).
+async fn swap_models(
+    models: &ModelSwitches,
+    model_dir: &str,
+    worker_id: Option<&str>,
+) -> ModelSwapReply {
+    let refuse = |failure, message: String, workers| ModelSwapReply {
+        ok: false,
+        message,
+        workers,
+        failure: Some(failure),
+    };
+    if models.is_empty() {
+        return refuse(
+            SwapFailure::Unsupported,
+            "the workers of this node cannot swap models".into(),
+            Vec::new(),
+        );
+    }
+    let targets: Vec<&(String, Recipient<SwapModel>)> = match worker_id {
+        None => models.iter().collect(),
+        Some(id) => match models.iter().find(|(w, _)| w == id) {
+            Some(t) => vec![t],
+            None => {
+                let known: Vec<&str> = models.iter().map(|(w, _)| w.as_str()).collect();
+                return refuse(
+                    SwapFailure::UnknownWorker,
+                    format!(
+                        "no worker {id:?} on this node (workers: {})",
+                        known.join(", ")
+                    ),
+                    Vec::new(),
+                );
+            }
+        },
+    };
+    let mut done = Vec::new();
+    let mut said = Vec::new();
+    for (id, switch) in targets {
+        let r = switch
+            .send(SwapModel {
+                model_dir: model_dir.into(),
+            })
+            .await
+            .unwrap_or_else(|e| Err(SwapError::Stopped(e.to_string())));
+        match r {
+            Ok(s) => {
+                said.push(format!(
+                    "{id}: {} {} (was {} {})",
+                    s.model.name, s.model.version, s.previous.name, s.previous.version
+                ));
+                done.push(WorkerModel {
+                    worker_id: id.clone(),
+                    model: s.model,
+                });
+            }
+            Err(e) => {
+                let failure = match e {
+                    SwapError::Load { .. } => SwapFailure::BadModel,
+                    SwapError::Stopped(_) => SwapFailure::WorkerStopped,
+                };
+                let mut message = format!("worker {id}: {e}");
+                if !done.is_empty() {
+                    message.push_str(&format!("; already switched: {}", said.join(", ")));
+                }
+                return refuse(failure, message, done);
+            }
+        }
+    }
+    ModelSwapReply {
+        ok: true,
+        message: format!("switched {}", said.join(", ")),
+        workers: done,
+        failure: None,
     }
 }
 

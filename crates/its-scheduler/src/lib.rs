@@ -26,6 +26,9 @@ pub use actor::{
     Control, Drain, Enqueue, GetSchedulerSnapshot, ResultFilter, SchedulerActor, SchedulerOptions,
     SchedulerSnapshot, WorkerHandle,
 };
-pub use control::{LatePolicy, ValidTuning, run_control, run_worker_status, validate_tuning};
+pub use control::{
+    LatePolicy, ModelSwitches, ValidTuning, run_control, run_control_with_models,
+    run_worker_status, validate_tuning,
+};
 pub use intake::{run_intake, run_intake_assigned};
 pub use stats::{Accounting, now_ns};

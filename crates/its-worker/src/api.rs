@@ -1,8 +1,10 @@
 //! The messages between the scheduler and any worker.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use actix::Message;
+use its_engine::EngineError;
 use its_proto::{Detection, DropReason, FrameMsg, ModelRef};
 
 /// One frame handed to a worker.
@@ -69,6 +71,9 @@ pub struct BatchOutcome {
     pub results: Vec<(FrameJob, JobResult)>,
     /// Wall time the worker spent on the batch, ns.
     pub service_ns: u64,
+    /// The model the batch ran on; `None` for a worker whose model never changes (its
+    /// [`WorkerInfo::model`]).
+    pub model: Option<ModelRef>,
 }
 
 impl BatchOutcome {
@@ -92,4 +97,38 @@ pub struct WorkerInfo {
     pub slots: u32,
     /// The model it runs.
     pub model: ModelRef,
+}
+
+/// Loads another model beside the one a worker runs and switches to it between batches; the
+/// old one is released. Answered with the models before and after.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Swapped, SwapError>")]
+pub struct SwapModel {
+    /// Model directory (`model.toml` + ONNX file).
+    pub model_dir: PathBuf,
+}
+
+/// A completed model swap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Swapped {
+    /// The model the worker ran before.
+    pub previous: ModelRef,
+    /// The model it runs now.
+    pub model: ModelRef,
+}
+
+/// Why a model swap did not happen; the worker keeps its model.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The new model could not be loaded.
+    #[error("cannot load the model in {model_dir}: {source}")]
+    Load {
+        /// The model directory.
+        model_dir: PathBuf,
+        /// Why.
+        source: EngineError,
+    },
+    /// The worker has stopped.
+    #[error("the worker has stopped: {0}")]
+    Stopped(String),
 }

@@ -1,16 +1,24 @@
 //! The CPU worker: decode, letterbox, ONNX Runtime, NMS, on its own threads.
+//!
+//! Each thread runs batches on its own detector, kept in a slot of its own. A model swap
+//! ([`ModelSwitch`]) loads one new detector per thread on a separate loader thread, beside the
+//! running ones, then takes every slot (waiting for the batches running in them to end), puts
+//! the new detectors in and releases the old ones: every batch runs whole on one model, the
+//! batches after the switch on the new one, and no frame waits for the load.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use its_engine::{DecodeLimits, Detector, EngineError, OrtOptions, RgbImage};
 use its_proto::{Detection, DropReason, Encoding, ModelRef};
 
-use crate::{BatchOutcome, FrameJob, JobResult, RunBatch, WorkerInfo};
+use crate::{
+    BatchOutcome, FrameJob, JobResult, RunBatch, SwapError, SwapModel, Swapped, WorkerInfo,
+};
 
 /// Errors of starting a worker.
 #[derive(Debug, thiserror::Error)]
@@ -121,83 +129,220 @@ enum BatchFailure {
     Device(String),
 }
 
+/// A loaded detector and where it came from.
+struct Loaded {
+    detector: Detector,
+    model: ModelRef,
+    classes: Vec<String>,
+    model_dir: PathBuf,
+}
+
+impl Loaded {
+    fn load(model_dir: &Path, ort: &OrtOptions) -> Result<Loaded, EngineError> {
+        let detector = Detector::load(model_dir, ort)?;
+        let m = detector.manifest();
+        Ok(Loaded {
+            model: ModelRef {
+                name: m.name.clone(),
+                version: m.version.clone(),
+            },
+            classes: m.classes.clone(),
+            model_dir: model_dir.to_owned(),
+            detector,
+        })
+    }
+}
+
+/// What the threads of one worker and its model loader share.
+struct Shared {
+    /// One detector per thread; a thread holds its slot for the inference of a batch.
+    slots: Vec<Mutex<Loaded>>,
+    /// The slot the next thread to start takes.
+    next_slot: AtomicUsize,
+    opts: CpuWorkerOptions,
+    limits: DecodeLimits,
+}
+
+impl Shared {
+    fn slot(&self, i: usize) -> MutexGuard<'_, Loaded> {
+        // A panic in a batch is caught inside the guard's scope, so a slot is never poisoned
+        // by one; if it were, the detector in it is still whole.
+        self.slots[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// One thread of the CPU worker. Start them with [`CpuWorker::start`].
 pub struct CpuWorker {
-    detector: Detector,
-    classes: Arc<Vec<String>>,
-    limits: DecodeLimits,
-    opts: Arc<CpuWorkerOptions>,
+    slot: usize,
+    shared: Arc<Shared>,
 }
 
 impl Actor for CpuWorker {
     type Context = SyncContext<Self>;
 }
 
+/// Switches a running [`CpuWorker`] to another model: send it a [`SwapModel`] (or call
+/// [`swap`](Self::swap)). Cheap to clone. Swaps of one worker run one at a time.
+#[derive(Clone)]
+pub struct ModelSwitch {
+    loader: Addr<ModelLoader>,
+}
+
+impl std::fmt::Debug for ModelSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSwitch").finish_non_exhaustive()
+    }
+}
+
+impl ModelSwitch {
+    /// Where [`SwapModel`] requests go.
+    pub fn recipient(&self) -> Recipient<SwapModel> {
+        self.loader.clone().recipient()
+    }
+
+    /// Loads `model_dir` beside the running model, switches every thread to it between
+    /// batches and releases the old detectors. On a load error nothing changes.
+    pub async fn swap(&self, model_dir: impl Into<PathBuf>) -> Result<Swapped, SwapError> {
+        self.loader
+            .send(SwapModel {
+                model_dir: model_dir.into(),
+            })
+            .await
+            .unwrap_or_else(|e| Err(SwapError::Stopped(e.to_string())))
+    }
+}
+
+/// The loader thread of one CPU worker: loads new detectors off the batch threads.
+struct ModelLoader {
+    shared: Arc<Shared>,
+}
+
+impl Actor for ModelLoader {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<SwapModel> for ModelLoader {
+    type Result = Result<Swapped, SwapError>;
+
+    fn handle(&mut self, msg: SwapModel, _: &mut SyncContext<Self>) -> Self::Result {
+        let sh = &self.shared;
+        let t0 = Instant::now();
+        // Load beside the running detectors: the batch threads keep serving meanwhile.
+        let mut fresh = Vec::with_capacity(sh.slots.len());
+        for _ in 0..sh.slots.len() {
+            fresh.push(
+                Loaded::load(&msg.model_dir, &sh.opts.ort).map_err(|source| SwapError::Load {
+                    model_dir: msg.model_dir.clone(),
+                    source,
+                })?,
+            );
+        }
+        let loaded_in = t0.elapsed();
+        let model = fresh[0].model.clone();
+        // Take every slot (each waits for the batch running in it), then switch them all at
+        // once: every batch after this point runs on the new model.
+        let t1 = Instant::now();
+        let mut guards: Vec<MutexGuard<'_, Loaded>> =
+            (0..sh.slots.len()).map(|i| sh.slot(i)).collect();
+        let previous = guards[0].model.clone();
+        let mut old = Vec::with_capacity(guards.len());
+        for (g, new) in guards.iter_mut().zip(fresh) {
+            old.push(std::mem::replace(&mut **g, new));
+        }
+        drop(guards);
+        let paused = t1.elapsed();
+        // The old detectors (ONNX Runtime sessions and their buffers) are released here.
+        drop(old);
+        tracing::info!(
+            worker = %sh.opts.id,
+            from = %format!("{} {}", previous.name, previous.version),
+            to = %format!("{} {}", model.name, model.version),
+            load_ms = loaded_in.as_secs_f64() * 1e3,
+            switch_ms = paused.as_secs_f64() * 1e3,
+            "model swapped"
+        );
+        Ok(Swapped { previous, model })
+    }
+}
+
 impl CpuWorker {
     /// Loads one detector per thread (so a bad model fails here, at start-up) and starts the
     /// threads. Must be called inside an actix system.
     pub fn start(opts: &CpuWorkerOptions) -> Result<(Addr<CpuWorker>, WorkerInfo), CpuWorkerError> {
+        Self::start_swappable(opts).map(|(addr, info, _)| (addr, info))
+    }
+
+    /// As [`start`](Self::start), and also returns the worker's [`ModelSwitch`] (and starts
+    /// its loader thread).
+    pub fn start_swappable(
+        opts: &CpuWorkerOptions,
+    ) -> Result<(Addr<CpuWorker>, WorkerInfo, ModelSwitch), CpuWorkerError> {
         let threads = opts.threads.max(1);
-        let mut detectors = Vec::with_capacity(threads as usize);
+        let mut slots = Vec::with_capacity(threads as usize);
         for _ in 0..threads {
-            detectors.push(
-                Detector::load(&opts.model_dir, &opts.ort).map_err(|source| {
+            slots.push(Mutex::new(
+                Loaded::load(&opts.model_dir, &opts.ort).map_err(|source| {
                     CpuWorkerError::Load {
                         model_dir: opts.model_dir.clone(),
                         source,
                     }
                 })?,
-            );
+            ));
         }
-        let manifest = detectors[0].manifest().clone();
+        let model = slots[0]
+            .lock()
+            .map(|l| l.model.clone())
+            .unwrap_or_else(|p| p.into_inner().model.clone());
         let info = WorkerInfo {
             id: opts.id.clone(),
             device: "cpu".into(),
             slots: threads,
-            model: ModelRef {
-                name: manifest.name.clone(),
-                version: manifest.version.clone(),
+            model,
+        };
+        let shared = Arc::new(Shared {
+            slots,
+            next_slot: AtomicUsize::new(0),
+            opts: opts.clone(),
+            limits: DecodeLimits {
+                max_width: opts.max_frame_dim,
+                max_height: opts.max_frame_dim,
             },
-        };
-        let classes = Arc::new(manifest.classes.clone());
-        let limits = DecodeLimits {
-            max_width: opts.max_frame_dim,
-            max_height: opts.max_frame_dim,
-        };
-        let pool = Arc::new(Mutex::new(detectors));
-        let shared = Arc::new(opts.clone());
+        });
+        let s = shared.clone();
         let addr = SyncArbiter::start(threads as usize, move || {
-            // Each thread takes one preloaded detector. A panic in a batch is caught in the
-            // handler, which restarts the engine in place, so the arbiter never restarts a
-            // thread (a restart would find the pool empty).
-            let detector = pool.lock().ok().and_then(|mut p| p.pop());
+            // Each thread takes its own slot. A panic in a batch is caught in the handler,
+            // which restarts the engine in place, so the arbiter never restarts a thread.
+            let slot = s.next_slot.fetch_add(1, Relaxed) % s.slots.len();
             CpuWorker {
-                detector: detector.expect("one preloaded detector per worker thread"),
-                classes: classes.clone(),
-                limits,
-                opts: shared.clone(),
+                slot,
+                shared: s.clone(),
             }
         });
-        tracing::info!(worker = %info.id, threads, model = %info.model.name, "cpu worker started");
-        Ok((addr, info))
+        let s = shared.clone();
+        let loader = SyncArbiter::start(1, move || ModelLoader { shared: s.clone() });
+        tracing::info!(worker = %info.id, threads, model = %info.model.name, version = %info.model.version, "cpu worker started");
+        Ok((addr, info, ModelSwitch { loader }))
     }
 
-    /// Replaces this thread's engine with a freshly loaded one (after a panic or a device
-    /// error). When loading fails, the old engine stays and the next batch tries again.
-    fn restart(&mut self) {
-        match Detector::load(&self.opts.model_dir, &self.opts.ort) {
-            Ok(d) => {
-                self.detector = d;
-                self.opts.faults.0.restarts.fetch_add(1, Relaxed);
-                tracing::warn!(worker = %self.opts.id, "engine restarted");
+    /// Replaces the engine in `slot` with a freshly loaded one of the same model (after a
+    /// panic or a device error). When loading fails, the old engine stays and the next batch
+    /// tries again.
+    fn restart(opts: &CpuWorkerOptions, slot: &mut Loaded) {
+        match Loaded::load(&slot.model_dir, &opts.ort) {
+            Ok(l) => {
+                *slot = l;
+                opts.faults.0.restarts.fetch_add(1, Relaxed);
+                tracing::warn!(worker = %opts.id, "engine restarted");
             }
             Err(e) => {
-                tracing::error!(worker = %self.opts.id, error = %e, "engine restart failed")
+                tracing::error!(worker = %opts.id, error = %e, "engine restart failed")
             }
         }
     }
 
-    fn run(&mut self, jobs: Vec<FrameJob>) -> Vec<(FrameJob, JobResult)> {
+    /// Runs one batch; returns every job with its result and the model it ran on.
+    fn run(&mut self, jobs: Vec<FrameJob>) -> (Vec<(FrameJob, JobResult)>, ModelRef) {
+        let sh = self.shared.clone();
         let t0 = Instant::now();
         let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
         let mut decoded: Vec<Result<usize, JobResult>> = Vec::with_capacity(jobs.len());
@@ -212,7 +357,7 @@ impl CpuWorker {
                 }));
                 continue;
             }
-            match its_engine::decode_jpeg_with_limits(&job.frame.data, &self.limits) {
+            match its_engine::decode_jpeg_with_limits(&job.frame.data, &sh.limits) {
                 Ok(img) => {
                     decoded.push(Ok(images.len()));
                     images.push(img);
@@ -232,11 +377,15 @@ impl CpuWorker {
             }
         }
         let decode_ns = t0.elapsed().as_nanos() as u64;
+        // The slot is held from here to the end of the batch: a model swap waits for it, so
+        // the whole batch runs on one model.
+        let mut slot = sh.slot(self.slot);
+        let model = slot.model.clone();
         let outputs = if images.is_empty() {
             Ok(Vec::new())
         } else {
-            let faults = self.opts.faults.clone();
-            let detector = &mut self.detector;
+            let faults = sh.opts.faults.clone();
+            let detector = &mut slot.detector;
             let run = catch_unwind(AssertUnwindSafe(|| match faults.next() {
                 Fault::Panic => panic!("injected fault: the engine died mid-batch"),
                 Fault::Fail => Err(BatchFailure::Device(
@@ -256,11 +405,11 @@ impl CpuWorker {
             Err(failure) => {
                 let device = matches!(failure, BatchFailure::Device(_));
                 let (BatchFailure::Engine(message) | BatchFailure::Device(message)) = failure;
-                tracing::warn!(worker = %self.opts.id, %message, frames = images.len(), "batch failed");
+                tracing::warn!(worker = %sh.opts.id, %message, frames = images.len(), "batch failed");
                 if device {
-                    self.restart();
+                    Self::restart(&sh.opts, &mut slot);
                 }
-                return jobs
+                let results = jobs
                     .into_iter()
                     .zip(decoded)
                     .map(|(job, d)| {
@@ -279,9 +428,12 @@ impl CpuWorker {
                         (job, r)
                     })
                     .collect();
+                return (results, model);
             }
         };
-        jobs.into_iter()
+        let classes = &slot.classes;
+        let results = jobs
+            .into_iter()
             .zip(decoded)
             .map(|(job, d)| {
                 let result = match d {
@@ -295,8 +447,7 @@ impl CpuWorker {
                                 .take(its_proto::limits::MAX_DETECTIONS)
                                 .map(|d| Detection {
                                     class_id: d.class_id,
-                                    class_name: self
-                                        .classes
+                                    class_name: classes
                                         .get(d.class_id as usize)
                                         .cloned()
                                         .unwrap_or_default(),
@@ -317,7 +468,8 @@ impl CpuWorker {
                 };
                 (job, result)
             })
-            .collect()
+            .collect();
+        (results, model)
     }
 }
 
@@ -326,10 +478,11 @@ impl Handler<RunBatch> for CpuWorker {
 
     fn handle(&mut self, msg: RunBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let t0 = Instant::now();
-        let results = self.run(msg.jobs);
+        let (results, model) = self.run(msg.jobs);
         MessageResult(BatchOutcome {
             results,
             service_ns: t0.elapsed().as_nanos() as u64,
+            model: Some(model),
         })
     }
 }

@@ -8,5 +8,7 @@
 mod api;
 mod cpu;
 
-pub use api::{BatchOutcome, FrameJob, JobResult, RunBatch, WorkerInfo};
-pub use cpu::{CpuWorker, CpuWorkerError, CpuWorkerOptions, FaultHook};
+pub use api::{
+    BatchOutcome, FrameJob, JobResult, RunBatch, SwapError, SwapModel, Swapped, WorkerInfo,
+};
+pub use cpu::{CpuWorker, CpuWorkerError, CpuWorkerOptions, FaultHook, ModelSwitch};
