@@ -13,8 +13,8 @@ use futures::StreamExt;
 use its_bus::{Bus, BusError, Kv};
 use its_config::{AdminRole, AdminSettings};
 use its_proto::{
-    CameraSpec, ControlReply, HttpMode, Priority, RtspTransport, SchedulerControl, SchedulerTuning,
-    subjects,
+    CameraSpec, ControlReply, HttpMode, ModelSwapReply, Priority, RtspTransport, SchedulerControl,
+    SchedulerTuning, SwapFailure, subjects,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use utoipa::{IntoParams, ToSchema};
@@ -1145,7 +1145,7 @@ pub(crate) async fn get_scheduler(req: HttpRequest, st: State) -> ApiResult {
     ok(&out)
 }
 
-/// Which node `PATCH /api/v1/scheduler` tunes.
+/// Which node `PATCH /api/v1/scheduler` tunes, or `POST /api/v1/models/swap` swaps on.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct NodeQuery {
@@ -1265,20 +1265,199 @@ pub(crate) async fn list_models(req: HttpRequest, st: State) -> ApiResult {
     ok(&by_model.into_values().collect::<Vec<_>>())
 }
 
-/// Loads another model version on the workers (not available yet).
+/// Longest time a node gets to load a model and switch to it (or `admin.control_timeout_ms`
+/// when that is longer).
+const SWAP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A model hot swap (`POST /api/v1/models/swap`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwapInput {
+    /// Model directory (`model.toml` and its ONNX file) on the nodes' file system, absolute or
+    /// relative to the node's working directory; 1 to 4096 bytes, no control characters.
+    #[schema(min_length = 1, max_length = 4096)]
+    pub model_dir: String,
+    /// Only this worker of each node (`cpu-0`, …); default every worker, one after another.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub worker_id: Option<String>,
+}
+
+impl SwapInput {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.model_dir.is_empty() || self.model_dir.len() > 4096 {
+            return Err(ApiError::invalid("model_dir", "give 1 to 4096 bytes"));
+        }
+        if self.model_dir.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "model_dir",
+                "must not contain control characters",
+            ));
+        }
+        if let Some(w) = &self.worker_id
+            && !subjects::is_valid_id(w)
+        {
+            return Err(ApiError::invalid(
+                "worker_id",
+                "1 to 64 ASCII letters, digits, `-` or `_`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A worker and the model it runs after a swap.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SwappedWorker {
+    /// Worker id on its node.
+    pub worker_id: String,
+    /// The model it runs now.
+    pub model: ModelView,
+}
+
+/// The answer of one node to a swap.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SwapResult {
+    /// The node.
+    pub node_id: String,
+    /// Whether every requested worker of the node switched.
+    pub ok: bool,
+    /// What was done, or why not.
+    pub message: String,
+    /// The workers that switched.
+    pub workers: Vec<SwappedWorker>,
+}
+
+/// The answers of every node asked to swap.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SwapReply {
+    /// One entry per node.
+    pub results: Vec<SwapResult>,
+}
+
+async fn swap_on(
+    st: &AppState,
+    node: &str,
+    cmd: &SchedulerControl,
+) -> Result<(SwapResult, Option<SwapFailure>), ApiError> {
+    let timeout = Duration::from_millis(st.settings.control_timeout_ms).max(SWAP_TIMEOUT);
+    let reply = match st
+        .bus
+        .request_msg::<_, ModelSwapReply>(subjects::control_scheduler(node), cmd, timeout)
+        .await
+    {
+        Ok(r) => r,
+        Err(BusError::Request { no_responders, .. }) => ModelSwapReply {
+            ok: false,
+            message: if no_responders {
+                "the node's scheduler does not listen for control requests".into()
+            } else {
+                format!("the node did not answer within {} ms", timeout.as_millis())
+            },
+            workers: Vec::new(),
+            failure: None,
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let failure = match (reply.ok, reply.failure) {
+        (true, _) => None,
+        // A node that does not know the request answers a plain refusal.
+        (false, f) => Some(f.unwrap_or(SwapFailure::Unsupported)),
+    };
+    Ok((
+        SwapResult {
+            node_id: node.to_owned(),
+            ok: reply.ok,
+            message: reply.message,
+            workers: reply
+                .workers
+                .into_iter()
+                .map(|w| SwappedWorker {
+                    worker_id: w.worker_id,
+                    model: ModelView {
+                        name: w.model.name,
+                        version: w.model.version,
+                    },
+                })
+                .collect(),
+        },
+        failure,
+    ))
+}
+
+/// Loads another model on the workers of every node that reported (or of `?node=`), beside the
+/// running one, and switches over between batches without dropping frames; the old model is
+/// released. Results carry the new `model` from the first batch after the switch.
 #[utoipa::path(post, path = "/api/v1/models/swap", tag = "models",
+    params(NodeQuery),
+    request_body = SwapInput,
     responses(
+        (status = 200, description = "Every requested worker switched", body = SwapReply),
+        (status = 400, description = "Malformed body or query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Hot swap is not available in this build", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such node or worker, or no node reported yet", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within admin.request_timeout_ms", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A node cannot swap models or did not answer; `detail` says which", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid, or a node cannot load the model in `model_dir` (it keeps its model); `field` names it", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-pub(crate) async fn swap_model(req: HttpRequest, st: State) -> ApiResult {
+pub(crate) async fn swap_model(
+    req: HttpRequest,
+    st: State,
+    query: web::Query<NodeQuery>,
+    payload: web::Payload,
+) -> ApiResult {
     may_change(&req, &st, AdminRole::Admin)?;
-    Err(ApiError::NotImplemented(
-        "model hot swap is not available in this build: restart the nodes with the new engine.model_dir".into(),
-    ))
+    let known: Vec<String> = st
+        .view
+        .nodes()
+        .into_iter()
+        .map(|n| n.value.node_id)
+        .collect();
+    let targets = match &query.node {
+        Some(n) if !subjects::is_valid_id(n) => {
+            return Err(ApiError::bad_field("node", "not a valid node id"));
+        }
+        Some(n) if !known.contains(n) => {
+            return Err(ApiError::NotFound(format!("no node {n} has reported")));
+        }
+        Some(n) => vec![n.clone()],
+        None if known.is_empty() => {
+            return Err(ApiError::NotFound("no node has reported yet".into()));
+        }
+        None => known,
+    };
+    let input: SwapInput = read_json(&req, payload, &st.settings).await?;
+    input.validate()?;
+    let cmd = SchedulerControl::SwapModel {
+        model_dir: input.model_dir.clone(),
+        worker_id: input.worker_id.clone(),
+    };
+    let replies = futures::future::join_all(targets.iter().map(|n| swap_on(&st, n, &cmd))).await;
+    let replies: Vec<(SwapResult, Option<SwapFailure>)> =
+        replies.into_iter().collect::<Result<_, _>>()?;
+    let switched = replies.iter().filter(|(r, _)| r.ok).count();
+    tracing::info!(nodes = ?targets, model_dir = %input.model_dir, switched, "model swap");
+    if let Some((bad, failure)) = replies.iter().find(|(r, _)| !r.ok) {
+        let detail = format!(
+            "{switched} of {} node(s) switched; node {}: {}",
+            replies.len(),
+            bad.node_id,
+            bad.message
+        );
+        return Err(match failure {
+            Some(SwapFailure::BadModel) => ApiError::invalid("model_dir", detail),
+            Some(SwapFailure::UnknownWorker) => ApiError::NotFound(detail),
+            _ => ApiError::Conflict(detail),
+        });
+    }
+    ok(&SwapReply {
+        results: replies.into_iter().map(|(r, _)| r).collect(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

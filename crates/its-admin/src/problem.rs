@@ -78,9 +78,6 @@ pub enum ApiError {
     /// A dependency (NATS, the registry bucket, a scheduler) cannot be reached now.
     #[error("{0}")]
     Unavailable(String),
-    /// Not built yet.
-    #[error("{0}")]
-    NotImplemented(String),
     /// The client sent more mutating requests than the rate limit allows; retry after the
     /// duration given.
     #[error("too many changes from this client: at most {burst} at once and {per_sec} per second; retry in {} ms", .retry_after.as_millis())]
@@ -153,7 +150,6 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

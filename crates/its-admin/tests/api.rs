@@ -586,20 +586,75 @@ async fn every_endpoint_and_role() {
     .await
     .assert_problem(400, Some("node"));
 
-    // Models: hot swap is admin only and not built yet.
-    api.raw(
+    // Models: hot swap is admin only; the body is checked before anything is sent, and the
+    // node's scheduler gets the request.
+    let swap = json!({"model_dir": "/models/tiny-yolo-2"});
+    api.send(
         Method::POST,
         "/api/v1/models/swap",
         Some(OPERATOR),
-        None,
-        None,
+        swap.clone(),
     )
     .await
     .assert_problem(403, None);
     api.raw(Method::POST, "/api/v1/models/swap", Some(ADMIN), None, None)
         .await
-        .assert_problem(501, None);
-
+        .assert_problem(415, None);
+    for (body, field) in [
+        (json!({"model_dir": ""}), "model_dir"),
+        (json!({"model_dir": "/models/a\u{0}b"}), "model_dir"),
+        (json!({"model_dir": "/m", "worker_id": "a.b"}), "worker_id"),
+        (json!({"model_dir": 7}), "model_dir"),
+        (json!({}), "model_dir"),
+        (json!({"model_dir": "/m", "turbo": true}), "turbo"),
+    ] {
+        api.send(Method::POST, "/api/v1/models/swap", Some(ADMIN), body)
+            .await
+            .assert_problem(422, Some(field));
+    }
+    // This server takes bodies of at most 4096 bytes (a model_dir of 4097 is refused first).
+    api.send(
+        Method::POST,
+        "/api/v1/models/swap",
+        Some(ADMIN),
+        json!({"model_dir": "x".repeat(4097)}),
+    )
+    .await
+    .assert_problem(413, None);
+    api.send(
+        Method::POST,
+        "/api/v1/models/swap?node=n7",
+        Some(ADMIN),
+        swap.clone(),
+    )
+    .await
+    .assert_problem(404, None);
+    api.send(
+        Method::POST,
+        "/api/v1/models/swap?node=a.b",
+        Some(ADMIN),
+        swap.clone(),
+    )
+    .await
+    .assert_problem(400, Some("node"));
+    let r = api
+        .send(
+            Method::POST,
+            "/api/v1/models/swap?node=n1",
+            Some(ADMIN),
+            json!({"model_dir": "/models/tiny-yolo-2", "worker_id": "cpu-0"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["results"][0]["node_id"], "n1");
+    assert_eq!(r.json()["results"][0]["ok"], true);
+    assert_eq!(
+        n1.recv().await.unwrap(),
+        SchedulerControl::SwapModel {
+            model_dir: "/models/tiny-yolo-2".into(),
+            worker_id: Some("cpu-0".into()),
+        }
+    );
     // Unknown paths and methods.
     api.get("/api/v1/nothing", Some(VIEWER))
         .await
