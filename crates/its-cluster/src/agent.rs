@@ -1,6 +1,10 @@
 //! One node's cluster agent: heartbeat, leader contention, placement when leading, and the set
 //! of cameras this node must serve.
 //!
+//! The node, assignment and camera buckets are mirrored in memory by watches
+//! ([`crate::mirror`]), so a round costs the heartbeat write, the lease read and renewal, and
+//! the leader's changed assignments; nothing is polled key by key.
+//!
 //! Every `tick` the agent
 //! 1. writes its [`NodeInfo`] heartbeat;
 //! 2. ticks the [`LeaderElector`]; as leader it reads nodes, the camera registry and the
@@ -32,6 +36,7 @@ use crate::fence::{FenceFilter, FenceVerdict};
 use crate::handover::{Handover, ResultGate};
 use crate::lease::{LeaderElector, Role};
 use crate::membership;
+use crate::mirror::Mirror;
 use crate::placement::{CameraDemand, PlacementParams, place};
 
 /// Settings of one agent.
@@ -81,7 +86,9 @@ impl ClusterAgent {
     pub async fn start(bus: Bus, config: AgentConfig) -> Result<Self, BusError> {
         let nodes: Kv<NodeInfo> = bus.kv(NODES_BUCKET, 1).await?;
         let assignments: Kv<Assignment> = bus.kv(ASSIGNMENTS_BUCKET, 1).await?;
-        let cameras: Kv<CameraSpec> = bus.kv(CAMERAS_BUCKET, 1).await?;
+        let nodes_seen = Mirror::open(nodes.clone()).await?;
+        let assigned = Mirror::open(assignments.clone()).await?;
+        let cameras = Mirror::open(bus.kv::<CameraSpec>(CAMERAS_BUCKET, 1).await?).await?;
         let lease: Kv<LeaderLease> = bus.kv(LEADER_BUCKET, 1).await?;
         let elector = LeaderElector::new(&bus, &config.node_id, config.lease_ttl).await?;
         let control = bus
@@ -96,7 +103,9 @@ impl ClusterAgent {
             bus,
             config,
             nodes,
+            nodes_seen,
             assignments,
+            assigned,
             cameras,
             lease,
             elector,
@@ -159,8 +168,11 @@ struct Run {
     bus: Bus,
     config: AgentConfig,
     nodes: Kv<NodeInfo>,
+    nodes_seen: Mirror<NodeInfo>,
     assignments: Kv<Assignment>,
-    cameras: Kv<CameraSpec>,
+    /// The assignments bucket as last seen, our own writes included.
+    assigned: Mirror<Assignment>,
+    cameras: Mirror<CameraSpec>,
     lease: Kv<LeaderLease>,
     elector: LeaderElector,
     fence: FenceFilter,
@@ -236,7 +248,7 @@ impl Run {
             leader: None,
             fence: 0,
         });
-        let current = self.read_assignments().await?;
+        let current = self.assigned.values();
         if let Role::Leader { fence } = role {
             self.fence.observe_lease(fence);
             self.lead(fence, &current).await?;
@@ -246,7 +258,7 @@ impl Run {
         {
             self.fence.observe_lease(l.term_at(e.revision));
         }
-        let current = self.read_assignments().await?;
+        let current = self.assigned.values();
         let now = Instant::now();
         let obeyed: Vec<&Assignment> = current
             .values()
@@ -306,45 +318,29 @@ impl Run {
         Ok(())
     }
 
-    async fn read_assignments(&self) -> Result<BTreeMap<String, Assignment>, BusError> {
-        let mut out = BTreeMap::new();
-        for key in self.assignments.keys().await? {
-            if let Some(e) = self.assignments.get(&key).await?
-                && let Some(a) = e.value
-            {
-                out.insert(key, a);
-            }
-        }
-        Ok(out)
-    }
-
     async fn lead(
         &mut self,
         fence: u64,
         current: &BTreeMap<String, Assignment>,
     ) -> Result<(), BusError> {
         let now = crate::now_ns();
-        let mut views = Vec::new();
-        for key in self.nodes.keys().await? {
-            if let Some(e) = self.nodes.get(&key).await?
-                && let Some(info) = e.value
-            {
-                views.push(membership::view(&info, now));
-            }
-        }
-        let mut demand = Vec::new();
-        for key in self.cameras.keys().await? {
-            if let Some(e) = self.cameras.get(&key).await?
-                && let Some(spec) = e.value
-                && spec.enabled
-            {
-                demand.push(CameraDemand {
-                    id: spec.id,
-                    priority: spec.priority,
-                    fps: f64::from(spec.fps),
-                });
-            }
-        }
+        let views: Vec<_> = self
+            .nodes_seen
+            .values()
+            .values()
+            .map(|info| membership::view(info, now))
+            .collect();
+        let demand: Vec<CameraDemand> = self
+            .cameras
+            .values()
+            .into_values()
+            .filter(|spec| spec.enabled)
+            .map(|spec| CameraDemand {
+                id: spec.id,
+                priority: spec.priority,
+                fps: f64::from(spec.fps),
+            })
+            .collect();
         // What we wrote under an older term is forgotten: a new term starts from the bucket.
         self.written.retain(|_, (_, f)| *f == fence);
         // The current assignment as placement input. An entry with an older term than ours is
@@ -387,12 +383,15 @@ impl Run {
                 fence,
                 written_at_ns: now,
             };
-            self.assignments.put(camera, &a).await?;
+            tracing::debug!(%camera, to = %node, previous = ?a.previous_node, fence, written_at_ns = now, "assignment");
+            let revision = self.assignments.put(camera, &a).await?;
+            self.assigned.record(camera, revision, a);
             self.written.insert(camera.clone(), (node.clone(), fence));
         }
         for c in current.keys() {
             if !placement.assignments.contains_key(c) && !placement.unplaced.contains(c) {
                 self.assignments.delete(c).await?;
+                self.assigned.forget(c);
                 self.written.remove(c);
             }
         }

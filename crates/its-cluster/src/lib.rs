@@ -20,6 +20,7 @@ pub mod fence;
 pub mod handover;
 pub mod lease;
 pub mod membership;
+mod mirror;
 pub mod placement;
 
 pub use agent::{AgentConfig, AgentState, ClusterAgent};
