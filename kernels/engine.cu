@@ -1,4 +1,5 @@
-// Kernels of the native inference engine (crates/its-gpu/src/engine/cuda.rs), FP32, NCHW.
+// Kernels of the native inference engine (crates/its-gpu/src/engine/cuda.rs), NCHW, FP32 or
+// FP16 storage (ENGINE_F16) with FP32 arithmetic.
 // Semantics: crates/its-gpu/src/engine/cpu.rs is the reference for each kernel here.
 // Convolutions run on cuDNN; these kernels do what follows and surrounds them: bias plus
 // activation after a convolution, element-wise ops with broadcasting, concatenation (each
@@ -17,6 +18,27 @@
 #define BIN_DIV 3
 
 #define MAX_RANK 6
+#define NEG_INF __int_as_float(0xff800000)
+
+// Element type of every activation buffer: float, or IEEE half (as its 16 bits) when compiled
+// with ENGINE_F16; arithmetic is always float.
+#ifdef ENGINE_F16
+typedef unsigned short elem_t;
+__device__ __forceinline__ float ld(elem_t v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+}
+__device__ __forceinline__ elem_t st(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#else
+typedef float elem_t;
+__device__ __forceinline__ float ld(elem_t v) { return v; }
+__device__ __forceinline__ elem_t st(float f) { return f; }
+#endif
 
 __device__ __forceinline__ float act_apply(float x, int act, float alpha) {
     switch (act) {
@@ -29,21 +51,21 @@ __device__ __forceinline__ float act_apply(float x, int act, float alpha) {
 }
 
 // y[n, c, hw] = act(y[n, c, hw] + bias[c]), in place after cuDNN wrote the convolution.
-extern "C" __global__ void bias_act(float* y, const float* __restrict__ bias, long long total,
+extern "C" __global__ void bias_act(elem_t* y, const float* __restrict__ bias, long long total,
                                     int channels, int hw, int act, float alpha) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     for (; i < total; i += stride) {
         int c = (int)((i / hw) % channels);
-        y[i] = act_apply(y[i] + bias[c], act, alpha);
+        y[i] = st(act_apply(ld(y[i]) + bias[c], act, alpha));
     }
 }
 
-extern "C" __global__ void act(const float* __restrict__ x, float* __restrict__ y, long long n,
+extern "C" __global__ void act(const elem_t* __restrict__ x, elem_t* __restrict__ y, long long n,
                                int act, float alpha) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
-    for (; i < n; i += stride) y[i] = act_apply(x[i], act, alpha);
+    for (; i < n; i += stride) y[i] = st(act_apply(ld(x[i]), act, alpha));
 }
 
 struct Strides {
@@ -53,8 +75,8 @@ struct Strides {
     long long b[MAX_RANK];
 };
 
-extern "C" __global__ void binary(const float* __restrict__ a, const float* __restrict__ b,
-                                  float* __restrict__ y, long long n, int op, Strides s) {
+extern "C" __global__ void binary(const elem_t* __restrict__ a, const elem_t* __restrict__ b,
+                                  elem_t* __restrict__ y, long long n, int op, Strides s) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
@@ -65,20 +87,20 @@ extern "C" __global__ void binary(const float* __restrict__ a, const float* __re
             ia += c * s.a[d];
             ib += c * s.b[d];
         }
-        float va = a[ia], vb = b[ib], r;
+        float va = ld(a[ia]), vb = ld(b[ib]), r;
         switch (op) {
         case BIN_ADD: r = va + vb; break;
         case BIN_SUB: r = va - vb; break;
         case BIN_MUL: r = va * vb; break;
         default: r = va / vb; break;
         }
-        y[i] = r;
+        y[i] = st(r);
     }
 }
 
 // Gather by strides: y[i] = x[sum(coord_d(i) * s.a[d])] over y's shape s.shape
 // (Transpose: the permuted input strides).
-extern "C" __global__ void permute(const float* __restrict__ x, float* __restrict__ y,
+extern "C" __global__ void permute(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                    long long n, Strides s) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
@@ -96,7 +118,7 @@ extern "C" __global__ void permute(const float* __restrict__ x, float* __restric
 // Copies x viewed as [outer, rows, inner] rows start, start+step, ... into y viewed as
 // [outer, y_rows, inner] at row offset y_off: Concat (step 1, offset = earlier inputs) and
 // Narrow (offset 0).
-extern "C" __global__ void copy_rows(const float* __restrict__ x, float* __restrict__ y,
+extern "C" __global__ void copy_rows(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                      long long outer, long long rows, long long x_rows,
                                      long long y_rows, long long inner, long long start,
                                      long long step, long long y_off) {
@@ -111,7 +133,7 @@ extern "C" __global__ void copy_rows(const float* __restrict__ x, float* __restr
     }
 }
 
-extern "C" __global__ void maxpool2d(const float* __restrict__ x, float* __restrict__ y,
+extern "C" __global__ void maxpool2d(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                      long long planes, int h, int w, int oh, int ow, int kh,
                                      int kw, int sh, int sw, int pt, int pl) {
     long long n = planes * oh * ow;
@@ -121,22 +143,22 @@ extern "C" __global__ void maxpool2d(const float* __restrict__ x, float* __restr
         int j = (int)(i % ow);
         int r = (int)((i / ow) % oh);
         long long p = i / ((long long)ow * oh);
-        const float* src = x + p * h * w;
-        float m = -INFINITY;
+        const elem_t* src = x + p * h * w;
+        float m = NEG_INF;
         for (int ki = 0; ki < kh; ++ki) {
             int rr = r * sh + ki - pt;
             if (rr < 0 || rr >= h) continue;
             for (int kj = 0; kj < kw; ++kj) {
                 int cc = j * sw + kj - pl;
                 if (cc < 0 || cc >= w) continue;
-                m = fmaxf(m, src[rr * w + cc]);
+                m = fmaxf(m, ld(src[rr * w + cc]));
             }
         }
-        y[i] = m;
+        y[i] = st(m);
     }
 }
 
-extern "C" __global__ void upsample_nearest(const float* __restrict__ x, float* __restrict__ y,
+extern "C" __global__ void upsample_nearest(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                             long long planes, int h, int w, int fh, int fw) {
     int oh = h * fh, ow = w * fw;
     long long n = planes * oh * ow;
@@ -152,47 +174,44 @@ extern "C" __global__ void upsample_nearest(const float* __restrict__ x, float* 
 
 // y[b] = a[b] (m x k) * bm[b] (k x n), 16x16 tiles in shared memory.
 #define TILE 16
-extern "C" __global__ void matmul(const float* __restrict__ a, const float* __restrict__ bm,
-                                  float* __restrict__ y, int m, int n, int k) {
+extern "C" __global__ void matmul(const elem_t* __restrict__ a, const elem_t* __restrict__ bm,
+                                  elem_t* __restrict__ y, int m, int n, int k) {
     __shared__ float ta[TILE][TILE];
     __shared__ float tb[TILE][TILE + 1];
     int b = blockIdx.z;
     int row = blockIdx.y * TILE + threadIdx.y;
     int col = blockIdx.x * TILE + threadIdx.x;
-    const float* A = a + (long long)b * m * k;
-    const float* B = bm + (long long)b * k * n;
+    const elem_t* A = a + (long long)b * m * k;
+    const elem_t* B = bm + (long long)b * k * n;
     float acc = 0.0f;
     for (int t = 0; t < k; t += TILE) {
         int ac = t + threadIdx.x, br = t + threadIdx.y;
-        ta[threadIdx.y][threadIdx.x] = (row < m && ac < k) ? A[(long long)row * k + ac] : 0.0f;
-        tb[threadIdx.y][threadIdx.x] = (br < k && col < n) ? B[(long long)br * n + col] : 0.0f;
+        ta[threadIdx.y][threadIdx.x] = (row < m && ac < k) ? ld(A[(long long)row * k + ac]) : 0.0f;
+        tb[threadIdx.y][threadIdx.x] = (br < k && col < n) ? ld(B[(long long)br * n + col]) : 0.0f;
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < TILE; ++p) acc += ta[threadIdx.y][p] * tb[p][threadIdx.x];
         __syncthreads();
     }
-    if (row < m && col < n) y[((long long)b * m + row) * n + col] = acc;
+    if (row < m && col < n) y[((long long)b * m + row) * n + col] = st(acc);
 }
 
 // Softmax of x viewed as [outer, len, inner] along len; one thread per (outer, inner).
-extern "C" __global__ void softmax(const float* __restrict__ x, float* __restrict__ y,
+extern "C" __global__ void softmax(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                    long long outer, int len, long long inner) {
     long long n = outer * inner;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
         long long o = i / inner, in = i % inner;
-        const float* src = x + o * len * inner + in;
-        float* dst = y + o * len * inner + in;
-        float mx = -INFINITY;
-        for (int j = 0; j < len; ++j) mx = fmaxf(mx, src[(long long)j * inner]);
+        const elem_t* src = x + o * len * inner + in;
+        elem_t* dst = y + o * len * inner + in;
+        float mx = NEG_INF;
+        for (int j = 0; j < len; ++j) mx = fmaxf(mx, ld(src[(long long)j * inner]));
         float sum = 0.0f;
-        for (int j = 0; j < len; ++j) {
-            float e = __expf(src[(long long)j * inner] - mx);
-            dst[(long long)j * inner] = e;
-            sum += e;
-        }
+        for (int j = 0; j < len; ++j) sum += __expf(ld(src[(long long)j * inner]) - mx);
         float inv = 1.0f / sum;
-        for (int j = 0; j < len; ++j) dst[(long long)j * inner] *= inv;
+        for (int j = 0; j < len; ++j)
+            dst[(long long)j * inner] = st(__expf(ld(src[(long long)j * inner]) - mx) * inv);
     }
 }

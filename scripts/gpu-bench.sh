@@ -4,12 +4,15 @@
 #                (release build of gpu-bench and of the its-gpu test binaries, stripped,
 #                copied into the git-ignored .device/)
 # Run there:     bash scripts/gpu-bench.sh            (carry: [".device"])
-#                SKIP_SANITIZER=1 / SKIP_BENCH=1 / ITERS=N to shorten a run.
+#                SKIP_SANITIZER=1 / SKIP_BENCH=1 / ITERS=N to shorten a run;
+#                ONLY_ENGINE=1 runs just the native engine's tests, check and bench.
+# The native engine steps (its engine check / bench) use .device/yolo11n-random.onnx, copied
+# by --prepare from ../shared/models when present, and ONNX Runtime from the device's python.
 # Logs go to $OUT (or ./.device/out when OUT is unset).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(letterbox postprocess quality nvjpeg)
+TESTS=(letterbox postprocess quality nvjpeg engine)
 
 if [[ "${1:-}" == "--prepare" ]]; then
     set -e
@@ -17,12 +20,17 @@ if [[ "${1:-}" == "--prepare" ]]; then
     cargo build --release -p its-gpu --bins
     mkdir -p .device
     cp "$target/release/gpu-bench" .device/gpu-bench
+    cargo build --release -p its-node --bin its
+    cp "$target/release/its" .device/its
+    if [[ -f ../shared/models/yolo11n-random.onnx ]]; then
+        cp ../shared/models/yolo11n-random.onnx .device/
+    fi
     json=$(cargo test -p its-gpu --release --no-run --message-format=json 2>/dev/null)
     for t in "${TESTS[@]}"; do
         bin=$(grep -o "\"executable\":\"[^\"]*/deps/${t}-[^\"]*\"" <<<"$json" | head -1 | cut -d'"' -f4)
         cp "$bin" ".device/its-gpu-${t}-tests"
     done
-    strip .device/gpu-bench .device/its-gpu-*-tests
+    strip .device/gpu-bench .device/its .device/its-gpu-*-tests
     ls -la .device
     exit 0
 fi
@@ -40,10 +48,23 @@ status=0
     ls /usr/local/cuda/lib64/libnvjpeg.so* 2>&1
 } 2>&1 | tee "$out/device.txt"
 
+if [[ -n "${ONLY_ENGINE:-}" ]]; then
+    TESTS=(engine)
+    SKIP_BENCH=1
+    SKIP_SANITIZER=1
+fi
+# ONNX Runtime (CPU) from the device's python, for `its engine check`.
+capi=$(python3 -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))' 2>/dev/null)
+ORT_DYLIB_PATH=$(ls "$capi"/libonnxruntime.so* 2>/dev/null | head -1)
+export ORT_DYLIB_PATH
 echo "== GPU tests" | tee "$out/tests.txt"
 for t in "${TESTS[@]}"; do
     echo "-- $t" | tee -a "$out/tests.txt"
-    "./.device/its-gpu-${t}-tests" --test-threads=1 2>&1 | tee -a "$out/tests.txt" || status=1
+    # The engine's CPU-vs-ONNX-Runtime tests need the workspace's models: CI runs them.
+    filter=""
+    [[ $t == engine ]] && filter="gpu_"
+    "./.device/its-gpu-${t}-tests" --test-threads=1 $filter 2>&1 | tee -a "$out/tests.txt" \
+        || status=1
 done
 
 verdict="not run (no compute-sanitizer found)"
@@ -78,5 +99,29 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
     echo "== gpu-bench" | tee "$out/bench.txt"
     ITS_SANITIZER_VERDICT="$verdict" ./.device/gpu-bench "${ITERS:-200}" --json 2>&1 \
         | tee -a "$out/bench.txt" || status=1
+fi
+# The native engine against ONNX Runtime (CPU, from the device's python) and its timings.
+if [[ -f .device/yolo11n-random.onnx ]]; then
+    m=.device/yolo11n-random.onnx
+    engine_steps() {
+        local rc=0
+        echo "== its engine check (FP32, vs ONNX Runtime $ORT_DYLIB_PATH)"
+        ./.device/its engine check "$m" --batch 1,2,32 || rc=1
+        echo "== its engine check (TF32 and FP16, informational tolerance 5e-2)"
+        ./.device/its engine check "$m" --batch 2 --math tf32 --tolerance 5e-2 || true
+        ./.device/its engine check "$m" --batch 2 --math fp16 --tolerance 5e-2 || true
+        echo "== its engine build"
+        ./.device/its engine build "$m" --batch 1,4,8,16,32 || rc=1
+        for math in fp32 tf32 fp16; do
+            echo "== its engine bench ($math, CUDA graph)"
+            ./.device/its engine bench "$m" --batch 1,8,32 --math "$math" --iters "${ITERS:-100}" || rc=1
+        done
+        echo "== its engine bench (fp16, eager, per-op profile)"
+        ./.device/its engine bench "$m" --batch 32 --math fp16 --no-graph --profile --iters 20 || rc=1
+        return $rc
+    }
+    engine_steps 2>&1 | tee "$out/engine.txt"
+    [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
+    ./.device/its engine bench "$m" --batch 1,8,32 --math fp16 --json >"$out/engine-bench.json" 2>&1 || status=1
 fi
 exit $status

@@ -42,8 +42,23 @@ pub const ENGINE_SRC: KernelSource = KernelSource {
     source: include_str!("../../../kernels/engine.cu"),
 };
 
+/// `kernels/engine.cu` with FP16 activation buffers (`ENGINE_F16`).
+pub const ENGINE_F16_SRC: KernelSource = KernelSource {
+    name: "engine_f16.cu",
+    source: concat!(
+        "#define ENGINE_F16 1\n",
+        include_str!("../../../kernels/engine.cu")
+    ),
+};
+
 /// Every kernel file of the crate (the compile test walks this list).
-pub const ALL_KERNELS: &[KernelSource] = &[LETTERBOX_SRC, POSTPROCESS_SRC, QUALITY_SRC, ENGINE_SRC];
+pub const ALL_KERNELS: &[KernelSource] = &[
+    LETTERBOX_SRC,
+    POSTPROCESS_SRC,
+    QUALITY_SRC,
+    ENGINE_SRC,
+    ENGINE_F16_SRC,
+];
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use its_engine::{Engine, ModelManifest, OrtEngine, OrtOptions};
-use its_gpu::engine::{CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
+use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
 use its_gpu::{GpuContext, gpu_required};
 use its_model::onnx::ModelProto;
 use its_model::synth::{Arch, SynthSpec, write};
@@ -169,13 +169,17 @@ fn a_profile_that_contradicts_a_fixed_input_dimension_is_refused() {
 }
 
 fn gpu_vs_cpu(gpu: &GpuContext, dir: &Path, batch: usize) -> f32 {
+    gpu_vs_cpu_with(gpu, dir, batch, EngineOptions::default())
+}
+
+fn gpu_vs_cpu_with(gpu: &GpuContext, dir: &Path, batch: usize, opts: EngineOptions) -> f32 {
     let (model, manifest) = load(dir);
     let spec = &manifest.input;
     let (h, w) = (spec.height as usize, spec.width as usize);
     let plan = Plan::build(&model, [batch, 3, h, w]).unwrap();
     let x = input(batch * 3 * h * w, 3);
     let reference = cpu::run(&plan, &x).unwrap();
-    let mut engine = CudaEngine::build(gpu, plan, EngineOptions::default()).unwrap();
+    let mut engine = CudaEngine::build(gpu, plan, opts).unwrap();
     let ours = engine.run(&x).unwrap();
     // A second run replays the graph on the same buffers: same answer.
     let again = engine.run(&x).unwrap();
@@ -204,4 +208,18 @@ fn gpu_engine_matches_the_cpu_reference() {
         let err = gpu_vs_cpu(&gpu, &tiny, 4);
         assert!(err < 1e-3, "tiny-yolo: relative error {err}");
     }
+}
+
+#[test]
+fn gpu_fp16_engine_tracks_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let opts = EngineOptions {
+        math: ConvMath::Fp16,
+        ..EngineOptions::default()
+    };
+    let dir = synth(Arch::Yolo11n, 320, 80);
+    let err = gpu_vs_cpu_with(&gpu, dir.path(), 2, opts);
+    eprintln!("Yolo11n 320 batch 2 FP16: relative error {err:.2e}");
+    // FP16 storage keeps ~3 significant digits per layer; 88 layers of random weights.
+    assert!(err < 5e-2, "FP16 relative error {err}");
 }

@@ -52,6 +52,8 @@ pub enum MathArg {
     Fp32,
     /// TF32 tensor cores inside cuDNN, FP32 storage.
     Tf32,
+    /// FP16 activations and weights, FP32 accumulation.
+    Fp16,
 }
 
 /// Options every `its engine` subcommand takes.
@@ -82,6 +84,7 @@ impl Common {
             math: match self.math {
                 MathArg::Fp32 => ConvMath::Fp32,
                 MathArg::Tf32 => ConvMath::Tf32,
+                MathArg::Fp16 => ConvMath::Fp16,
             },
             time_algorithms: true,
             cuda_graph: !self.no_graph,

@@ -15,7 +15,7 @@ use cudarc::driver::{
 use super::EngineBuildError;
 use super::plan::{Conv, Op, Plan};
 use super::tensor::strides;
-use crate::context::ENGINE_SRC;
+use crate::context::{ENGINE_F16_SRC, ENGINE_SRC};
 use crate::{GpuContext, GpuError};
 
 /// Arithmetic of the convolutions.
@@ -25,6 +25,43 @@ pub enum ConvMath {
     Fp32,
     /// FP32 storage, TF32 tensor cores allowed inside cuDNN.
     Tf32,
+    /// FP16 activations and weights, FP32 accumulation (tensor cores); biases stay FP32.
+    Fp16,
+}
+
+impl ConvMath {
+    /// Bytes of one activation element.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            ConvMath::Fp16 => 2,
+            ConvMath::Fp32 | ConvMath::Tf32 => 4,
+        }
+    }
+}
+
+/// Host floats to device elements of `math`'s storage type, as bytes.
+fn to_elems(v: &[f32], math: ConvMath) -> Vec<u8> {
+    match math {
+        ConvMath::Fp16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// Device elements (bytes) back to host floats.
+fn from_elems(b: &[u8], math: ConvMath) -> Vec<f32> {
+    match math {
+        ConvMath::Fp16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    }
 }
 
 /// How to build an engine.
@@ -119,7 +156,7 @@ struct ConvLayer {
     conv_desc: dnn_sys::cudnnConvolutionDescriptor_t,
     algo: dnn_sys::cudnnConvolutionFwdAlgo_t,
     workspace: usize,
-    weight: CudaSlice<f32>,
+    weight: CudaSlice<u8>,
     bias: CudaSlice<f32>,
 }
 
@@ -130,7 +167,8 @@ pub struct CudaEngine {
     kernels: Kernels,
     handle: dnn_sys::cudnnHandle_t,
     convs: Vec<Option<ConvLayer>>,
-    buffers: Vec<CudaSlice<f32>>,
+    buffers: Vec<CudaSlice<u8>>,
+    math: ConvMath,
     ptrs: Vec<u64>,
     workspace: Option<CudaSlice<u8>>,
     workspace_ptr: u64,
@@ -199,7 +237,12 @@ impl CudaEngine {
         let started = Instant::now();
         cudnn_available()?;
         let stream = gpu.new_stream()?;
-        let module = gpu.module(ENGINE_SRC)?;
+        let module = gpu.module(if opts.math == ConvMath::Fp16 {
+            ENGINE_F16_SRC
+        } else {
+            ENGINE_SRC
+        })?;
+        let elem = opts.math.elem_bytes();
         let f = |name: &str| {
             module
                 .load_function(name)
@@ -227,14 +270,14 @@ impl CudaEngine {
         let mut ptrs = Vec::with_capacity(plan.storage_len.len());
         let mut activation_bytes = 0;
         for &n in &plan.storage_len {
-            let b = stream.alloc_zeros::<f32>(n.max(1))?;
+            let b = stream.alloc_zeros::<u8>(n.max(1) * elem)?;
             let p = b.device_ptr(&stream).0;
             ptrs.push(p);
-            activation_bytes += n * 4;
+            activation_bytes += n * elem;
             buffers.push(b);
         }
         for (s, v) in &plan.constants {
-            stream.memcpy_htod(v.as_slice(), &mut buffers[*s])?;
+            stream.memcpy_htod(to_elems(v, opts.math).as_slice(), &mut buffers[*s])?;
         }
         let mut engine = Self {
             stream,
@@ -242,6 +285,7 @@ impl CudaEngine {
             handle,
             convs: Vec::new(),
             buffers,
+            math: opts.math,
             ptrs,
             workspace: None,
             workspace_ptr: 0,
@@ -323,6 +367,11 @@ impl CudaEngine {
         let xs = self.plan.shape(c.x);
         let ys = self.plan.shape(c.y);
         let f32t = dnn_sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+        let data_t = if opts.math == ConvMath::Fp16 {
+            dnn_sys::cudnnDataType_t::CUDNN_DATA_HALF
+        } else {
+            f32t
+        };
         let nchw = dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let x_desc = dnn::create_tensor_descriptor().map_err(dnn_err("tensor desc"))?;
         let y_desc = dnn::create_tensor_descriptor().map_err(dnn_err("tensor desc"))?;
@@ -337,14 +386,15 @@ impl CudaEngine {
         let math = match opts.math {
             ConvMath::Fp32 => dnn_sys::cudnnMathType_t::CUDNN_FMA_MATH,
             ConvMath::Tf32 => dnn_sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+            ConvMath::Fp16 => dnn_sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         };
         // SAFETY: descriptors were just created; the values describe the plan's tensors.
         unsafe {
-            dnn::set_tensor4d_descriptor(x_desc, nchw, f32t, dims4(xs)).map_err(dnn_err("x"))?;
-            dnn::set_tensor4d_descriptor(y_desc, nchw, f32t, dims4(ys)).map_err(dnn_err("y"))?;
+            dnn::set_tensor4d_descriptor(x_desc, nchw, data_t, dims4(xs)).map_err(dnn_err("x"))?;
+            dnn::set_tensor4d_descriptor(y_desc, nchw, data_t, dims4(ys)).map_err(dnn_err("y"))?;
             dnn::set_filter4d_descriptor(
                 w_desc,
-                f32t,
+                data_t,
                 nchw,
                 [
                     c.m as i32,
@@ -419,7 +469,7 @@ impl CudaEngine {
             conv_desc,
             algo,
             workspace,
-            weight: self.stream.clone_htod(&c.weight)?,
+            weight: self.stream.clone_htod(&to_elems(&c.weight, opts.math))?,
             bias: self.stream.clone_htod(&c.bias)?,
         })
     }
@@ -779,18 +829,21 @@ impl CudaEngine {
             )));
         }
         let s = self.plan.tensors[t].storage;
-        self.stream.memcpy_htod(input, &mut self.buffers[s])?;
+        self.stream
+            .memcpy_htod(to_elems(input, self.math).as_slice(), &mut self.buffers[s])?;
         self.launch()?;
-        let mut outs = Vec::new();
+        let elem = self.math.elem_bytes();
+        let mut raw = Vec::new();
         for (_, o) in &self.plan.outputs {
             let info = &self.plan.tensors[*o];
-            let v = self
-                .stream
-                .clone_dtoh(&self.buffers[info.storage].slice(0..info.numel()))?;
-            outs.push(v);
+            let bytes = info.numel() * elem;
+            raw.push(
+                self.stream
+                    .clone_dtoh(&self.buffers[info.storage].slice(0..bytes))?,
+            );
         }
         self.stream.synchronize()?;
-        Ok(outs)
+        Ok(raw.iter().map(|b| from_elems(b, self.math)).collect())
     }
 
     /// Times `iters` launches with CUDA events (input left as it is); median ms per run.
