@@ -137,6 +137,44 @@ impl Bus {
             })
     }
 
+    /// Publishes a wire message encoded as a MessagePack map, with message headers (for
+    /// example the W3C trace context, `traceparent` and `tracestate`).
+    pub async fn publish_msg_with_headers<T: Serialize>(
+        &self,
+        subject: String,
+        headers: &[(String, String)],
+        msg: &T,
+    ) -> Result<(), BusError> {
+        let bytes = its_proto::encode(msg)?;
+        self.publish_raw_with_headers(subject, headers, Bytes::from(bytes))
+            .await
+    }
+
+    /// Publishes raw bytes with message headers. A header name must be printable ASCII
+    /// without `:`, a value must not hold CR or LF; either is refused before anything is sent.
+    /// An empty list publishes without headers.
+    pub async fn publish_raw_with_headers(
+        &self,
+        subject: String,
+        headers: &[(String, String)],
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        if headers.is_empty() {
+            return self.publish_raw(subject, payload).await;
+        }
+        let map = header_map(headers).map_err(|detail| BusError::Publish {
+            subject: subject.clone(),
+            detail,
+        })?;
+        self.client
+            .publish_with_headers(subject.clone(), map, payload)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                detail: e.to_string(),
+            })
+    }
+
     /// Subscribes to a subject (wildcards allowed).
     pub async fn subscribe(&self, subject: &str) -> Result<Subscriber, BusError> {
         self.client
@@ -237,4 +275,33 @@ impl Bus {
             },
         }
     }
+}
+
+/// The headers of a received message as name/value pairs, in no particular order (empty when
+/// it has none); a name with several values gives one pair per value.
+pub fn message_headers(msg: &Message) -> Vec<(String, String)> {
+    let Some(h) = &msg.headers else {
+        return Vec::new();
+    };
+    h.iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect()
+}
+
+fn header_map(headers: &[(String, String)]) -> Result<async_nats::HeaderMap, String> {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        let n: async_nats::HeaderName = name
+            .parse()
+            .map_err(|e| format!("header name {name:?}: {e}"))?;
+        if value.contains(['\r', '\n']) {
+            return Err(format!("header {name}: the value holds a line break"));
+        }
+        map.append(n, value.as_str());
+    }
+    Ok(map)
 }

@@ -44,6 +44,57 @@ async fn typed_messages_travel_through_a_real_server() {
 }
 
 #[tokio::test]
+async fn headers_travel_with_a_message_and_bad_ones_are_refused() {
+    let nats = TestNats::start();
+    let bus = nats.bus().await;
+    let mut sub = bus.subscribe("its.test.headers").await.unwrap();
+    bus.flush().await.unwrap();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+    let headers = vec![
+        ("traceparent".to_owned(), tp.clone()),
+        ("tracestate".to_owned(), "its=1".to_owned()),
+    ];
+    bus.publish_msg_with_headers("its.test.headers".into(), &headers, &event(7))
+        .await
+        .unwrap();
+    // No headers: a plain message, and message_headers is empty.
+    bus.publish_msg_with_headers("its.test.headers".into(), &[], &event(8))
+        .await
+        .unwrap();
+    let msg = within(5, "message with headers", sub.next()).await.unwrap();
+    let got: EventMsg = its_proto::decode(&msg.payload).unwrap();
+    assert_eq!(got, event(7));
+    let mut h = its_bus::message_headers(&msg);
+    h.sort();
+    assert_eq!(
+        h,
+        vec![
+            ("traceparent".to_owned(), tp),
+            ("tracestate".to_owned(), "its=1".to_owned())
+        ]
+    );
+    let msg = within(5, "message without headers", sub.next())
+        .await
+        .unwrap();
+    assert!(its_bus::message_headers(&msg).is_empty());
+    assert_eq!(
+        its_proto::decode::<EventMsg>(&msg.payload).unwrap(),
+        event(8)
+    );
+
+    for bad in [
+        vec![("bad:name".to_owned(), "v".to_owned())],
+        vec![("x-ok".to_owned(), "line\r\nbreak".to_owned())],
+    ] {
+        let e = bus
+            .publish_raw_with_headers("its.test.headers".into(), &bad, "x".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BusError::Publish { .. }), "{e}");
+    }
+}
+
+#[tokio::test]
 async fn connect_retries_until_the_server_appears() {
     // Reserve a port, then start connecting before any server listens on it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
