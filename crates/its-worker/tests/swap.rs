@@ -1,0 +1,170 @@
+//! Model hot swap of the CPU worker at its actor boundary (real ONNX Runtime, the tiny model):
+//! batches keep running while a second version loads, each batch runs whole on one model and
+//! every batch after the swap on the new one; a directory that does not load changes nothing;
+//! an engine restart after a swap reloads the model in use, not the one the worker started with.
+
+use std::time::{Duration, Instant};
+
+use its_engine::OrtOptions;
+use its_proto::{Encoding, FrameMsg, Priority, SCHEMA_VERSION};
+use its_worker::{
+    CpuWorker, CpuWorkerOptions, FaultHook, FrameJob, JobResult, RunBatch, SwapError,
+};
+
+fn jpeg() -> Vec<u8> {
+    let (w, h) = (64u16, 48u16);
+    let img: Vec<u8> = (0..w as usize * h as usize)
+        .flat_map(|i| [(i % 251) as u8, (i / 64 * 5) as u8, 128])
+        .collect();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 80)
+        .encode(&img, w, h, jpeg_encoder::ColorType::Rgb)
+        .expect("encode");
+    out
+}
+
+fn batch(data: &[u8], first_seq: u64, n: u64) -> RunBatch {
+    let now = Instant::now();
+    RunBatch {
+        jobs: (first_seq..first_seq + n)
+            .map(|seq| FrameJob {
+                frame: FrameMsg {
+                    v: SCHEMA_VERSION,
+                    camera_id: "cam".into(),
+                    seq,
+                    captured_at_ns: 1,
+                    priority: Priority::Normal,
+                    deadline_ns: None,
+                    width: 64,
+                    height: 48,
+                    encoding: Encoding::Jpeg,
+                    data: data.to_vec(),
+                },
+                received_at: now,
+                dispatched_at: now,
+                deadline: now + Duration::from_secs(600),
+                attempts: 0,
+            })
+            .collect(),
+    }
+}
+
+/// A copy of the demo model whose manifest says `version`.
+fn model_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let src = its_testkit::demo_model_dir();
+    let dst = dir.join(format!("tiny-yolo-{version}"));
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    std::fs::write(
+        dst.join("model.toml"),
+        manifest.replace("version = \"1\"", &format!("version = \"{version}\"")),
+    )
+    .unwrap();
+    dst
+}
+
+fn version(o: &its_worker::BatchOutcome) -> &str {
+    o.model
+        .as_ref()
+        .expect("the CPU worker names the model")
+        .version
+        .as_str()
+}
+
+#[actix_rt::test]
+async fn swap_between_batches_keeps_every_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v2 = model_version(tmp.path(), "2");
+    let faults = FaultHook::default();
+    let (worker, info, switch) = CpuWorker::start_swappable(&CpuWorkerOptions {
+        id: "cpu-0".into(),
+        model_dir: its_testkit::demo_model_dir(),
+        ort: OrtOptions {
+            intra_threads: 1,
+            ..Default::default()
+        },
+        threads: 2,
+        max_frame_dim: 8192,
+        faults: faults.clone(),
+    })
+    .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
+    assert_eq!(info.model.version, "1");
+    let data = jpeg();
+    let first = worker.send(batch(&data, 1000, 1)).await.unwrap();
+    assert_eq!(version(&first), "1");
+
+    // Batches keep going, two at a time, while the swap loads and switches.
+    let runner = {
+        let (worker, data) = (worker.clone(), data.clone());
+        actix_rt::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..20u64 {
+                let sent = Instant::now();
+                let a = worker.send(batch(&data, 4 * i, 2));
+                let b = worker.send(batch(&data, 4 * i + 2, 2));
+                let (a, b) = futures::join!(a, b);
+                outcomes.push((sent, a.unwrap()));
+                outcomes.push((sent, b.unwrap()));
+            }
+            outcomes
+        })
+    };
+    let swapped = switch.swap(&v2).await.expect("swap to version 2");
+    let swapped_at = Instant::now();
+    assert_eq!(
+        (
+            swapped.previous.version.as_str(),
+            swapped.model.version.as_str()
+        ),
+        ("1", "2")
+    );
+    let outcomes = runner.await.unwrap();
+    for (_, o) in &outcomes {
+        assert_eq!(o.results.len(), 2);
+        for (_, r) in &o.results {
+            assert!(matches!(r, JobResult::Done { .. }), "{r:?}");
+        }
+    }
+    // Every batch sent after the swap answered runs on version 2.
+    let late: Vec<&str> = outcomes
+        .iter()
+        .filter(|(sent, _)| *sent > swapped_at)
+        .map(|(_, o)| version(o))
+        .collect();
+    assert!(late.iter().all(|v| *v == "2"), "{late:?}");
+    let after = worker.send(batch(&data, 2000, 2)).await.unwrap();
+    assert_eq!(version(&after), "2");
+
+    // A directory that does not load: an error naming it, and version 2 stays.
+    let missing = tmp.path().join("missing");
+    match switch.swap(&missing).await {
+        Err(SwapError::Load { model_dir, .. }) => assert_eq!(model_dir, missing),
+        other => panic!("expected a load error, got {other:?}"),
+    }
+    let o = worker.send(batch(&data, 3000, 1)).await.unwrap();
+    assert_eq!(version(&o), "2");
+
+    // An engine restart after the swap reloads version 2 (not the start-up directory).
+    faults.panic_next_batches(1);
+    let o = worker.send(batch(&data, 4000, 1)).await.unwrap();
+    assert!(o.device_failed());
+    assert_eq!(faults.restarts(), 1);
+    // Two batches at a time, so both threads (the restarted one too) run.
+    for i in 0..3 {
+        let (a, b) = futures::join!(
+            worker.send(batch(&data, 5000 + 2 * i, 1)),
+            worker.send(batch(&data, 5001 + 2 * i, 1))
+        );
+        for o in [a.unwrap(), b.unwrap()] {
+            assert!(matches!(o.results[0].1, JobResult::Done { .. }));
+            assert_eq!(version(&o), "2");
+        }
+    }
+
+    // And back to version 1.
+    let back = switch.swap(its_testkit::demo_model_dir()).await.unwrap();
+    assert_eq!(back.model.version, "1");
+    let o = worker.send(batch(&data, 6000, 2)).await.unwrap();
+    assert_eq!(version(&o), "1");
+}
