@@ -11,6 +11,7 @@
 #define ACT_SILU 2
 #define ACT_RELU 3
 #define ACT_LEAKY 4
+#define ACT_EXP 5
 
 #define BIN_ADD 0
 #define BIN_SUB 1
@@ -46,6 +47,7 @@ __device__ __forceinline__ float act_apply(float x, int act, float alpha) {
     case ACT_SILU: return x / (1.0f + __expf(-x));
     case ACT_RELU: return fmaxf(x, 0.0f);
     case ACT_LEAKY: return x >= 0.0f ? x : alpha * x;
+    case ACT_EXP: return __expf(x);
     default: return x;
     }
 }

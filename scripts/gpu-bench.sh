@@ -25,6 +25,18 @@ if [[ "${1:-}" == "--prepare" ]]; then
     if [[ -f ../shared/models/yolo11n-random.onnx ]]; then
         cp ../shared/models/yolo11n-random.onnx .device/
     fi
+    # The trained YOLOv3-tiny (imported) and real road frames for the FP16-vs-FP32 check:
+    # 64 frames of vtest.avi plus the fetched photos (all from scripts/setup.sh's .cache).
+    if [[ -d .cache/yolov3-tiny ]]; then
+        rm -rf .device/yolov3-tiny .device/frames
+        "$target/release/its" model import darknet .cache/yolov3-tiny/yolov3-tiny.cfg \
+            .cache/yolov3-tiny/yolov3-tiny.weights .cache/yolov3-tiny/coco.names \
+            -o .device/yolov3-tiny
+        mkdir -p .device/frames
+        ffmpeg -loglevel error -i .cache/videos/vtest.avi -vf "select=not(mod(n\,12))" \
+            -vsync vfr -frames:v 64 -q:v 3 .device/frames/vtest-%03d.jpg
+        cp .cache/photos/*.jpg .device/frames/
+    fi
     json=$(cargo test -p its-gpu --release --no-run --message-format=json 2>/dev/null)
     for t in "${TESTS[@]}"; do
         bin=$(grep -o "\"executable\":\"[^\"]*/deps/${t}-[^\"]*\"" <<<"$json" | head -1 | cut -d'"' -f4)
@@ -116,12 +128,29 @@ if [[ -f .device/yolo11n-random.onnx ]]; then
             echo "== its engine bench ($math, CUDA graph)"
             ./.device/its engine bench "$m" --batch 1,8,32 --math "$math" --iters "${ITERS:-100}" || rc=1
         done
+        if [[ -d .device/yolov3-tiny ]]; then
+            echo "== its engine check: imported YOLOv3-tiny vs ONNX Runtime, FP16 vs FP32 detections"
+            ./.device/its engine check .device/yolov3-tiny --batch 1,8 --images .device/frames || rc=1
+            echo "== its engine bench: imported YOLOv3-tiny (fp16)"
+            ./.device/its engine bench .device/yolov3-tiny --batch 1,8,32 --math fp16 --iters "${ITERS:-100}" || rc=1
+        fi
         echo "== its engine bench (fp16, eager, per-op profile)"
         ./.device/its engine bench "$m" --batch 32 --math fp16 --no-graph --profile --iters 20 || rc=1
         return $rc
     }
     engine_steps 2>&1 | tee "$out/engine.txt"
     [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
+    if [[ -n "$san" && -x "$san" ]]; then
+        echo "== compute-sanitizer memcheck + racecheck: engine GPU tests" | tee "$out/engine-sanitizer.txt"
+        for tool in memcheck racecheck; do
+            timeout "${SANITIZER_TIMEOUT:-150}" "$san" --tool "$tool" --error-exitcode 3 ./.device/its-gpu-engine-tests \
+                --test-threads=1 gpu_fp16 >>"$out/engine-sanitizer.txt" 2>&1
+            rc=$?
+            echo "$tool rc=$rc" | tee -a "$out/engine-sanitizer.txt"
+            tail -3 "$out/engine-sanitizer.txt"
+            [[ $rc -ne 0 ]] && status=1
+        done
+    fi
     ./.device/its engine bench "$m" --batch 1,8,32 --math fp16 --json >"$out/engine-bench.json" 2>&1 || status=1
 fi
 exit $status

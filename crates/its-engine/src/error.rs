@@ -55,6 +55,15 @@ pub enum EngineError {
         message: String,
     },
 
+    /// Another engine implementation (the native GPU engine) failed.
+    #[error("{engine} failed: {message}")]
+    Backend {
+        /// The engine's name.
+        engine: String,
+        /// What failed.
+        message: String,
+    },
+
     /// A requested execution provider is not usable and fallback is off.
     #[error(
         "execution provider {provider} is unavailable: {reason}; install an onnxruntime build with it (and its CUDA libraries), or set engine.allow_fallback = true to run on cpu"

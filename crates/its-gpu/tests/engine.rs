@@ -203,6 +203,11 @@ fn gpu_engine_matches_the_cpu_reference() {
             "{arch:?} {size} batch {batch}: relative error {err}"
         );
     }
+    if workspace().join(".cache/yolov3-tiny").is_dir() {
+        let dir = yolov3_tiny();
+        let err = gpu_vs_cpu(&gpu, dir.path(), 2);
+        assert!(err < 1e-3, "yolov3-tiny: relative error {err}");
+    }
     let tiny = workspace().join("models/generated/tiny-yolo");
     if tiny.is_dir() {
         let err = gpu_vs_cpu(&gpu, &tiny, 4);
@@ -222,4 +227,25 @@ fn gpu_fp16_engine_tracks_the_cpu_reference() {
     eprintln!("Yolo11n 320 batch 2 FP16: relative error {err:.2e}");
     // FP16 storage keeps ~3 significant digits per layer; 88 layers of random weights.
     assert!(err < 5e-2, "FP16 relative error {err}");
+}
+
+/// The COCO-trained YOLOv3-tiny that set-up fetches, imported by `its model import darknet`.
+fn yolov3_tiny() -> tempfile::TempDir {
+    let src = workspace().join(".cache/yolov3-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    its_model::darknet::import(
+        &src.join("yolov3-tiny.cfg"),
+        &src.join("yolov3-tiny.weights"),
+        &src.join("coco.names"),
+        dir.path(),
+    )
+    .unwrap_or_else(|e| panic!("import {} (run scripts/setup.sh): {e}", src.display()));
+    dir
+}
+
+#[test]
+fn plan_matches_onnx_runtime_on_the_imported_yolov3_tiny() {
+    let dir = yolov3_tiny();
+    let err = plan_vs_ort(dir.path(), 2);
+    assert!(err < 1e-4, "relative error {err}");
 }

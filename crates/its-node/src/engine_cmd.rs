@@ -42,6 +42,11 @@ pub enum EngineCommand {
         /// Compare the plan on the CPU reference executor instead of the GPU (no GPU needed).
         #[arg(long)]
         cpu: bool,
+        /// Also run every JPEG in this directory through FP32 and FP16 detectors (letterbox,
+        /// decode, NMS of the manifest) and require 99 % of the FP32 boxes matched by an FP16
+        /// box of the same class at IoU >= 0.9. Needs a model directory.
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
     },
 }
 
@@ -168,7 +173,14 @@ pub fn run(command: &EngineCommand) -> anyhow::Result<()> {
             common,
             tolerance,
             cpu,
-        } => check(common, *tolerance, *cpu),
+            images,
+        } => {
+            check(common, *tolerance, *cpu)?;
+            match images {
+                Some(dir) => fp16_agreement(common, dir),
+                None => Ok(()),
+            }
+        }
     }
 }
 
@@ -369,6 +381,111 @@ fn check(common: &Common, tolerance: f32, on_cpu: bool) -> anyhow::Result<()> {
     )?;
     if !failed.is_empty() {
         bail!("engine differs from ONNX Runtime beyond {tolerance} at batch {failed:?}");
+    }
+    Ok(())
+}
+
+fn iou(a: &its_engine::Detection, b: &its_engine::Detection) -> f32 {
+    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
+    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
+    let inter = w * h;
+    let area = |d: &its_engine::Detection| (d.x2 - d.x1).max(0.0) * (d.y2 - d.y1).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// FP16 detections against FP32 detections on real images, after the manifest's NMS.
+fn fp16_agreement(common: &Common, dir: &Path) -> anyhow::Result<()> {
+    use its_gpu::engine::NativeEngine;
+    let l = load(common)?;
+    let Some(manifest) = l.manifest.clone() else {
+        bail!("--images needs a model directory with model.toml (for classes and thresholds)");
+    };
+    let gpu = gpu()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("jpg") || x.eq_ignore_ascii_case("jpeg"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .jpg files in {}", dir.display());
+    }
+    let detector = |math: ConvMath| -> anyhow::Result<its_engine::Detector> {
+        let opts = EngineOptions {
+            math,
+            ..common.options()
+        };
+        let engine = NativeEngine::new(
+            gpu.clone(),
+            l.model.clone(),
+            manifest.input,
+            opts,
+            &[],
+            &manifest.name,
+        )?;
+        Ok(its_engine::Detector::new(
+            Box::new(engine),
+            manifest.clone(),
+        )?)
+    };
+    let mut d32 = detector(ConvMath::Fp32)?;
+    let mut d16 = detector(ConvMath::Fp16)?;
+    let (mut total32, mut total16, mut matched) = (0usize, 0usize, 0usize);
+    for chunk in files.chunks(8) {
+        let imgs = chunk
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p)?;
+                its_engine::decode_jpeg(&bytes).with_context(|| format!("decoding {}", p.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let a = d32.detect(&imgs)?;
+        let b = d16.detect(&imgs)?;
+        for (x, y) in a.iter().zip(&b) {
+            total32 += x.detections.len();
+            total16 += y.detections.len();
+            let mut used = vec![false; y.detections.len()];
+            for d in &x.detections {
+                if let Some(j) = (0..y.detections.len()).find(|&j| {
+                    !used[j]
+                        && y.detections[j].class_id == d.class_id
+                        && iou(d, &y.detections[j]) >= 0.9
+                }) {
+                    used[j] = true;
+                    matched += 1;
+                }
+            }
+        }
+    }
+    let share = if total32 == 0 {
+        1.0
+    } else {
+        matched as f64 / total32 as f64
+    };
+    let table = format!(
+        "FP16 vs FP32 detections on {} images of {}: FP32 {total32} boxes, FP16 {total16}, matched (same class, IoU >= 0.9) {matched} = {:.2} %\n",
+        files.len(),
+        dir.display(),
+        100.0 * share
+    );
+    out(
+        &json!({"images": files.len(), "fp32_boxes": total32, "fp16_boxes": total16,
+                "matched": matched, "matched_share": share}),
+        &table,
+        common.json,
+    )?;
+    if total32 == 0 {
+        bail!("the model found nothing in these images: no agreement to measure");
+    }
+    if share < 0.99 {
+        bail!(
+            "only {:.2} % of FP32 boxes matched in FP16 (need 99 %)",
+            100.0 * share
+        );
     }
     Ok(())
 }

@@ -203,6 +203,10 @@ fn dims4(s: &[usize]) -> [i32; 4] {
     [s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32]
 }
 
+/// Events that can be timed (cudarc's default event disables timing).
+const TIMED: Option<cudarc::driver::sys::CUevent_flags> =
+    Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+
 const ALGOS: [dnn_sys::cudnnConvolutionFwdAlgo_t; 8] = [
     dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
     dnn_sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
@@ -505,12 +509,12 @@ impl CudaEngine {
                 let mut ms = f32::INFINITY;
                 let mut ok = true;
                 for rep in 0..3 {
-                    let start = self.stream.record_event(None)?;
+                    let start = self.stream.record_event(TIMED)?;
                     if self.conv_call(layer, a, x, y).is_err() {
                         ok = false;
                         break;
                     }
-                    let end = self.stream.record_event(None)?;
+                    let end = self.stream.record_event(TIMED)?;
                     end.synchronize()?;
                     if rep > 0 {
                         ms = ms.min(start.elapsed_ms(&end)?);

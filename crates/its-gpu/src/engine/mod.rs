@@ -5,10 +5,12 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod native;
 pub mod plan;
 pub mod tensor;
 
 pub use cuda::{ConvMath, CudaEngine, EngineOptions};
+pub use native::NativeEngine;
 pub use plan::{Act, BinOp, Op, Plan, Tid};
 
 /// Why a model could not be turned into a plan or run.

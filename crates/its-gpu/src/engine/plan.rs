@@ -32,6 +32,8 @@ pub enum Act {
     Relu,
     /// `x` if `x >= 0`, else `alpha * x`.
     LeakyRelu(f32),
+    /// `exp(x)` (Darknet box sizes).
+    Exp,
 }
 
 impl Act {
@@ -43,6 +45,7 @@ impl Act {
             Act::Silu => 2,
             Act::Relu => 3,
             Act::LeakyRelu(_) => 4,
+            Act::Exp => 5,
         }
     }
 
@@ -68,6 +71,7 @@ impl Act {
                     a * x
                 }
             }
+            Act::Exp => x.exp(),
         }
     }
 }
@@ -702,10 +706,11 @@ impl Lowering {
                 }));
                 Ok(vec![Val::Rt(y)])
             }
-            "Sigmoid" | "Relu" | "LeakyRelu" => {
+            "Sigmoid" | "Relu" | "LeakyRelu" | "Exp" => {
                 let act = match node.op_type.as_str() {
                     "Sigmoid" => Act::Sigmoid,
                     "Relu" => Act::Relu,
+                    "Exp" => Act::Exp,
                     _ => Act::LeakyRelu(attr_f(node, "alpha", 0.01)),
                 };
                 let xt = self.tensor_of(&x);

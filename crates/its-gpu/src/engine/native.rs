@@ -1,0 +1,104 @@
+//! [`NativeEngine`]: the CUDA engine behind its-engine's [`Engine`] seam, so a
+//! [`its_engine::Detector`] (letterbox, decode, NMS) runs on it exactly as on ONNX Runtime.
+//! One execution context per batch size seen, built on first use and kept.
+
+use std::collections::HashMap;
+
+use its_engine::{Engine, EngineError, InputSpec, RawOutput};
+use its_model::onnx::ModelProto;
+
+use super::{CudaEngine, EngineBuildError, EngineOptions, Plan};
+use crate::GpuContext;
+
+/// The native engine for one model on one GPU.
+pub struct NativeEngine {
+    gpu: GpuContext,
+    model: ModelProto,
+    input: InputSpec,
+    options: EngineOptions,
+    contexts: HashMap<usize, CudaEngine>,
+    name: String,
+}
+
+impl std::fmt::Debug for NativeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeEngine")
+            .field("name", &self.name)
+            .field("profiles", &self.contexts.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the engine owns its CUDA stream, buffers and cuDNN handle and is used by one thread
+// at a time (`&mut self` for every run); cuDNN handles and CUDA contexts may move between
+// threads as long as calls on them do not overlap.
+#[allow(unsafe_code)]
+unsafe impl Send for NativeEngine {}
+
+impl NativeEngine {
+    /// An engine for `model` taking `input`; execution contexts are built per batch size on
+    /// first use. `batches` are built now (the profiles the scheduler will send).
+    pub fn new(
+        gpu: GpuContext,
+        model: ModelProto,
+        input: InputSpec,
+        options: EngineOptions,
+        batches: &[usize],
+        name: &str,
+    ) -> Result<Self, EngineBuildError> {
+        let mut e = Self {
+            name: format!("native[{:?}]:{name}", options.math).to_lowercase(),
+            gpu,
+            model,
+            input,
+            options,
+            contexts: HashMap::new(),
+        };
+        for &b in batches {
+            e.context(b)?;
+        }
+        Ok(e)
+    }
+
+    fn context(&mut self, batch: usize) -> Result<&mut CudaEngine, EngineBuildError> {
+        if !self.contexts.contains_key(&batch) {
+            let shape = [
+                batch,
+                3,
+                self.input.height as usize,
+                self.input.width as usize,
+            ];
+            let plan = Plan::build(&self.model, shape)?;
+            let ctx = CudaEngine::build(&self.gpu, plan, self.options)?;
+            tracing::info!(batch, build_ms = ctx.report().build_ms, engine = %self.name, "execution context built");
+            self.contexts.insert(batch, ctx);
+        }
+        Ok(self.contexts.get_mut(&batch).expect("inserted above"))
+    }
+}
+
+impl Engine for NativeEngine {
+    fn input(&self) -> InputSpec {
+        self.input
+    }
+
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<RawOutput, EngineError> {
+        let name = self.name.clone();
+        let err = |e: EngineBuildError| EngineError::Backend {
+            engine: name.clone(),
+            message: e.to_string(),
+        };
+        let ctx = self.context(batch).map_err(&err)?;
+        let out = ctx.plan().outputs[0].1;
+        let shape = ctx.plan().shape(out).to_vec();
+        let mut outs = ctx.run(input).map_err(&err)?;
+        Ok(RawOutput {
+            data: outs.swap_remove(0),
+            shape,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
