@@ -1074,6 +1074,97 @@ pub(crate) async fn resume_worker(req: HttpRequest, st: State, id: web::Path<Str
 }
 
 // ---------------------------------------------------------------------------------------------
+// cluster nodes
+
+/// Sends a `ClusterControl` request to the cluster agent of node `id`.
+async fn node_control(req: HttpRequest, st: State, id: String, drain: bool) -> ApiResult {
+    st.tokens.require(&req, AdminRole::Admin)?;
+    if !subjects::is_valid_id(&id) {
+        return Err(ApiError::BadRequest {
+            detail: format!("{id:?} is not a node id"),
+            field: Some("id".into()),
+        });
+    }
+    let cmd = if drain {
+        its_proto::ClusterControl::Drain
+    } else {
+        its_proto::ClusterControl::Resume
+    };
+    let timeout = Duration::from_millis(st.settings.control_timeout_ms);
+    let r = match st
+        .bus
+        .request_msg::<_, ControlReply>(its_proto::cluster::control_cluster(&id), &cmd, timeout)
+        .await
+    {
+        Ok(r) => r,
+        Err(BusError::Request {
+            no_responders: true,
+            ..
+        }) => {
+            return Err(ApiError::NotFound(format!(
+                "no cluster agent of node {id} listens (not running, or not in cluster mode)"
+            )));
+        }
+        Err(BusError::Request { .. }) => {
+            return Err(ApiError::Conflict(format!(
+                "node {id} did not answer within {} ms",
+                timeout.as_millis()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(node = %id, drain, ok = r.ok, message = %r.message, "node control");
+    let out = ControlResult {
+        node_id: id,
+        ok: r.ok,
+        message: r.message,
+    };
+    if out.ok {
+        ok(&out)
+    } else {
+        Err(ApiError::Conflict(format!(
+            "node {} did not apply it: {}",
+            out.node_id, out.message
+        )))
+    }
+}
+
+/// Drains a cluster node: the placement leader moves its cameras to other nodes
+/// (make-before-break), and the node reports `drained` in its heartbeat once it serves none.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/drain", tag = "cluster",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "The node's cluster agent is draining", body = ControlResult),
+        (status = 400, description = "Invalid id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No cluster agent of that node listens", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The node refused or did not answer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn drain_node(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {
+    node_control(req, st, id.into_inner(), true).await
+}
+
+/// Lets a drained cluster node take cameras again.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/resume", tag = "cluster",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "The node's cluster agent takes cameras again", body = ControlResult),
+        (status = 400, description = "Invalid id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No cluster agent of that node listens", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The node refused or did not answer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn resume_node(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {
+    node_control(req, st, id.into_inner(), false).await
+}
+
+// ---------------------------------------------------------------------------------------------
 // scheduler
 
 /// A node's scheduler: counters, queues, latency, breaker and batch sizes.

@@ -75,6 +75,8 @@ const REGISTRY_HISTORY: i64 = 1;
         api::get_worker,
         api::drain_worker,
         api::resume_worker,
+        api::drain_node,
+        api::resume_node,
         api::get_scheduler,
         api::patch_scheduler,
         api::list_models,
@@ -263,6 +265,16 @@ impl AdminServer {
                 .service(
                     web::resource("/api/v1/workers/{id}/resume")
                         .route(web::post().to(api::resume_worker))
+                        .default_service(web::to(api::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/api/v1/nodes/{id}/drain")
+                        .route(web::post().to(api::drain_node))
+                        .default_service(web::to(api::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/api/v1/nodes/{id}/resume")
+                        .route(web::post().to(api::resume_node))
                         .default_service(web::to(api::method_not_allowed)),
                 )
                 .service(

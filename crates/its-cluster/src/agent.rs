@@ -1,9 +1,9 @@
 //! One node's cluster agent: heartbeat, leader contention, placement when leading, and the set
 //! of cameras this node must serve.
 //!
-//! The node, assignment and camera buckets are mirrored in memory by watches
-//! ([`crate::mirror`]), so a round costs the heartbeat write, the lease read and renewal, and
-//! the leader's changed assignments; nothing is polled key by key.
+//! The node and camera buckets are mirrored in memory by watches ([`crate::mirror`]); the
+//! assignments are read once per round (a node must see a move away from it within a tick), and
+//! the leader applies its own writes to what it read.
 //!
 //! Every `tick` the agent
 //! 1. writes its [`NodeInfo`] heartbeat;
@@ -33,7 +33,7 @@ use its_proto::{
 use tokio::sync::watch;
 
 use crate::fence::{FenceFilter, FenceVerdict};
-use crate::handover::{Handover, ResultGate};
+use crate::handover::{ResultGate, Window, Windows};
 use crate::lease::{LeaderElector, Role};
 use crate::membership;
 use crate::mirror::Mirror;
@@ -75,7 +75,7 @@ pub struct AgentState {
 pub struct ClusterAgent {
     state: watch::Receiver<AgentState>,
     cameras: watch::Receiver<BTreeSet<String>>,
-    handovers: watch::Receiver<BTreeMap<String, Handover>>,
+    windows: watch::Receiver<BTreeMap<String, Window>>,
     overloaded: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -87,7 +87,6 @@ impl ClusterAgent {
         let nodes: Kv<NodeInfo> = bus.kv(NODES_BUCKET, 1).await?;
         let assignments: Kv<Assignment> = bus.kv(ASSIGNMENTS_BUCKET, 1).await?;
         let nodes_seen = Mirror::open(nodes.clone()).await?;
-        let assigned = Mirror::open(assignments.clone()).await?;
         let cameras = Mirror::open(bus.kv::<CameraSpec>(CAMERAS_BUCKET, 1).await?).await?;
         let lease: Kv<LeaderLease> = bus.kv(LEADER_BUCKET, 1).await?;
         let elector = LeaderElector::new(&bus, &config.node_id, config.lease_ttl).await?;
@@ -96,7 +95,7 @@ impl ClusterAgent {
             .await?;
         let (tx, rx) = watch::channel(AgentState::default());
         let (cameras_tx, cameras_rx) = watch::channel(BTreeSet::new());
-        let (handovers_tx, handovers_rx) = watch::channel(BTreeMap::new());
+        let (windows_tx, windows_rx) = watch::channel(BTreeMap::new());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let overloaded = Arc::new(AtomicBool::new(false));
         let run = Run {
@@ -105,7 +104,6 @@ impl ClusterAgent {
             nodes,
             nodes_seen,
             assignments,
-            assigned,
             cameras,
             lease,
             elector,
@@ -116,13 +114,14 @@ impl ClusterAgent {
             overloaded: overloaded.clone(),
             state: tx,
             cameras_tx,
-            handovers_tx,
+            windows_tx,
+            publication: Windows::new(),
         };
         let task = tokio::spawn(run.run(control, stop_rx));
         Ok(Self {
             state: rx,
             cameras: cameras_rx,
-            handovers: handovers_rx,
+            windows: windows_rx,
             overloaded,
             stop: Some(stop_tx),
             task,
@@ -142,7 +141,7 @@ impl ClusterAgent {
     /// The gate for this node's result publisher: which results of cameras in a handover this
     /// node publishes, and first-result-wins per (camera, seq).
     pub fn result_gate(&self) -> ResultGate {
-        ResultGate::new(self.handovers.clone())
+        ResultGate::new(self.windows.clone())
     }
 
     /// Reports sustained overload (the breaker's verdict); the leader then moves cameras away.
@@ -170,8 +169,6 @@ struct Run {
     nodes: Kv<NodeInfo>,
     nodes_seen: Mirror<NodeInfo>,
     assignments: Kv<Assignment>,
-    /// The assignments bucket as last seen, our own writes included.
-    assigned: Mirror<Assignment>,
     cameras: Mirror<CameraSpec>,
     lease: Kv<LeaderLease>,
     elector: LeaderElector,
@@ -185,7 +182,8 @@ struct Run {
     overloaded: Arc<AtomicBool>,
     state: watch::Sender<AgentState>,
     cameras_tx: watch::Sender<BTreeSet<String>>,
-    handovers_tx: watch::Sender<BTreeMap<String, Handover>>,
+    windows_tx: watch::Sender<BTreeMap<String, Window>>,
+    publication: Windows,
 }
 
 impl Run {
@@ -248,17 +246,18 @@ impl Run {
             leader: None,
             fence: 0,
         });
-        let current = self.assigned.values();
+        // Read every round (not mirrored): a node must learn of a move away from it within a
+        // tick, and a watch whose consumer sat on a lost server can lag for seconds.
+        let mut current = self.read_assignments().await?;
         if let Role::Leader { fence } = role {
             self.fence.observe_lease(fence);
-            self.lead(fence, &current).await?;
+            self.lead(fence, &mut current).await?;
         }
         if let Some(e) = self.lease.get(LEADER_KEY).await?
             && let Some(l) = &e.value
         {
             self.fence.observe_lease(l.term_at(e.revision));
         }
-        let current = self.assigned.values();
         let now = Instant::now();
         let obeyed: Vec<&Assignment> = current
             .values()
@@ -270,18 +269,20 @@ impl Run {
             .map(|a| a.camera_id.clone())
             .collect();
         let handover_ns = u64::try_from(self.config.handover.as_nanos()).unwrap_or(u64::MAX);
-        let handovers: BTreeMap<String, Handover> = obeyed
-            .iter()
-            .filter_map(|a| {
-                Handover::of(a, &self.config.node_id, handover_ns).map(|h| (a.camera_id.clone(), h))
-            })
-            .collect();
+        for a in &obeyed {
+            self.publication
+                .observe(a, &self.config.node_id, handover_ns);
+        }
+        let assigned: BTreeSet<&str> = current.keys().map(String::as_str).collect();
+        self.publication
+            .prune(crate::now_ns(), &|c| assigned.contains(c));
+        let windows = self.publication.get();
         // The gate learns of a move before the intake's subscriptions change.
-        self.handovers_tx.send_if_modified(|h| {
-            if *h == handovers {
+        self.windows_tx.send_if_modified(|w| {
+            if w == windows {
                 false
             } else {
-                *h = handovers;
+                w.clone_from(windows);
                 true
             }
         });
@@ -318,10 +319,22 @@ impl Run {
         Ok(())
     }
 
+    async fn read_assignments(&self) -> Result<BTreeMap<String, Assignment>, BusError> {
+        let mut out = BTreeMap::new();
+        for key in self.assignments.keys().await? {
+            if let Some(e) = self.assignments.get(&key).await?
+                && let Some(a) = e.value
+            {
+                out.insert(key, a);
+            }
+        }
+        Ok(out)
+    }
+
     async fn lead(
         &mut self,
         fence: u64,
-        current: &BTreeMap<String, Assignment>,
+        current: &mut BTreeMap<String, Assignment>,
     ) -> Result<(), BusError> {
         let now = crate::now_ns();
         let views: Vec<_> = self
@@ -384,16 +397,19 @@ impl Run {
                 written_at_ns: now,
             };
             tracing::debug!(%camera, to = %node, previous = ?a.previous_node, fence, written_at_ns = now, "assignment");
-            let revision = self.assignments.put(camera, &a).await?;
-            self.assigned.record(camera, revision, a);
+            self.assignments.put(camera, &a).await?;
             self.written.insert(camera.clone(), (node.clone(), fence));
+            current.insert(camera.clone(), a);
         }
-        for c in current.keys() {
-            if !placement.assignments.contains_key(c) && !placement.unplaced.contains(c) {
-                self.assignments.delete(c).await?;
-                self.assigned.forget(c);
-                self.written.remove(c);
-            }
+        let gone: Vec<String> = current
+            .keys()
+            .filter(|c| !placement.assignments.contains_key(*c) && !placement.unplaced.contains(*c))
+            .cloned()
+            .collect();
+        for c in gone {
+            self.assignments.delete(&c).await?;
+            self.written.remove(&c);
+            current.remove(&c);
         }
         if !placement.moves.is_empty() {
             tracing::info!(

@@ -11,11 +11,15 @@
 //! - a frame captured before the cutover (`captured_at_ns`, stamped once by the camera) is the
 //!   previous node's to publish, a frame captured at or after it is the new node's.
 //!
+//! Each node keeps, per camera, the [`Window`] of capture times it publishes ([`Windows`]):
+//! opened by the move to it, closed by the move away.
+//!
 //! The new node sees the assignment within one tick and subscribes at once, so with
 //! `tick < handover` it is subscribed before the cutover; the previous node keeps its
 //! subscription for `2 × handover` after it sees the move, past the cutover plus transit. A move
 //! away from a dead node carries no `previous_node` (nobody is left to publish), so the new node
-//! publishes everything at once.
+//! publishes at once, every frame captured from the write on; should the old node be alive after
+//! all (judged dead while NATS was failing over), it stops at that same instant.
 //!
 //! [`ResultGate`] applies the rule, then a [`SeqDedup`] that lets through the first result of
 //! each (camera, seq) on this node (a frame read twice, e.g. across a resubscription).
@@ -28,48 +32,94 @@ use tokio::sync::watch;
 
 use crate::dedup::SeqDedup;
 
-/// This node's side of one camera's move.
+/// The capture times (unix ns) whose results this node publishes for one camera:
+/// `from_ns <= captured < until_ns`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The camera moves away from this node: publish frames captured before the cutover.
-    Leaving,
-    /// The camera moves to this node from a live one: publish frames captured from the cutover.
-    Arriving,
+pub struct Window {
+    /// From this capture time: the write time of an assignment here without a handover, else
+    /// the cutover of the move here.
+    pub from_ns: u64,
+    /// Until this capture time, once the camera moved away (the cutover of that move).
+    pub until_ns: Option<u64>,
 }
 
-/// One camera's move as seen by one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Handover {
-    /// Which side this node is on.
-    pub side: Side,
-    /// Capture time (unix ns) from which the new node publishes.
-    pub cutover_ns: u64,
-}
-
-impl Handover {
-    /// This node's side of `a` (an assignment it obeys), if the move concerns it: `me` is the new
-    /// node of a move from a live node, or the previous node of a move elsewhere.
-    pub fn of(a: &Assignment, me: &str, handover_ns: u64) -> Option<Handover> {
-        let previous = a.previous_node.as_deref().filter(|p| *p != a.node_id)?;
-        let side = if a.node_id == me {
-            Side::Arriving
-        } else if previous == me {
-            Side::Leaving
-        } else {
-            return None;
-        };
-        Some(Handover {
-            side,
-            cutover_ns: a.written_at_ns.saturating_add(handover_ns),
-        })
-    }
-
+impl Window {
     /// Whether this node publishes the result of a frame captured at `captured_at_ns`.
     pub fn publishes(&self, captured_at_ns: u64) -> bool {
-        match self.side {
-            Side::Leaving => captured_at_ns < self.cutover_ns,
-            Side::Arriving => captured_at_ns >= self.cutover_ns,
+        captured_at_ns >= self.from_ns && self.until_ns.is_none_or(|u| captured_at_ns < u)
+    }
+}
+
+/// How long a closed window is kept for results still in flight, nanoseconds.
+const KEEP_CLOSED_NS: u64 = 30_000_000_000;
+
+/// One node's publication windows, built from the assignments it obeys, round by round.
+///
+/// Each node keeps its own history, so a camera that moves twice in quick succession
+/// (A to B, then B to C) is still partitioned: A keeps `[0, c1)`, B `[c1, c2)`, C `[c2, ..)`,
+/// although the newest assignment names only B and C.
+#[derive(Debug, Clone, Default)]
+pub struct Windows {
+    windows: BTreeMap<String, Window>,
+}
+
+impl Windows {
+    /// No camera yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes in the current assignment `a` of a camera (obeyed, i.e. not fenced off), as node
+    /// `me`, at wall time `now_ns`:
+    /// - assigned here and no open window: open one from the cutover, when the camera comes
+    ///   from a live node (`previous_node`), else from the write time;
+    /// - assigned elsewhere and an open window here: close it at the cutover when the move is
+    ///   from here, else at the write time: the leader judged this node dead (or this node
+    ///   missed a move), and the new node publishes from the write time, so even a node wrongly
+    ///   judged dead and still serving never publishes the same frame as the new one. (The new
+    ///   node receives nothing much older than the write anyway: it subscribes after it.)
+    pub fn observe(&mut self, a: &Assignment, me: &str, handover_ns: u64) {
+        let cutover = a.written_at_ns.saturating_add(handover_ns);
+        let open = self
+            .windows
+            .get(&a.camera_id)
+            .is_some_and(|w| w.until_ns.is_none());
+        if a.node_id == me {
+            if !open {
+                let from_ns = match a.previous_node.as_deref() {
+                    Some(p) if p != me => cutover,
+                    _ => a.written_at_ns,
+                };
+                self.windows.insert(
+                    a.camera_id.clone(),
+                    Window {
+                        from_ns,
+                        until_ns: None,
+                    },
+                );
+            }
+        } else if open && let Some(w) = self.windows.get_mut(&a.camera_id) {
+            let until = if a.previous_node.as_deref() == Some(me) {
+                cutover
+            } else {
+                a.written_at_ns
+            };
+            w.until_ns = Some(until.max(w.from_ns));
         }
+    }
+
+    /// Forgets windows closed long ago, and open windows of cameras no longer assigned
+    /// anywhere (`assigned`: the cameras of the current assignments).
+    pub fn prune(&mut self, now_ns: u64, assigned: &dyn Fn(&str) -> bool) {
+        self.windows.retain(|c, w| match w.until_ns {
+            Some(u) => now_ns < u.saturating_add(KEEP_CLOSED_NS),
+            None => assigned(c),
+        });
+    }
+
+    /// The windows now.
+    pub fn get(&self) -> &BTreeMap<String, Window> {
+        &self.windows
     }
 }
 
@@ -89,7 +139,7 @@ pub enum Verdict {
 /// the scheduler's single publisher task.
 #[derive(Clone)]
 pub struct ResultGate {
-    handovers: watch::Receiver<BTreeMap<String, Handover>>,
+    windows: watch::Receiver<BTreeMap<String, Window>>,
     dedup: Arc<Mutex<SeqDedup>>,
 }
 
@@ -103,18 +153,18 @@ impl std::fmt::Debug for ResultGate {
 pub const DEDUP_WINDOW: u64 = 1024;
 
 impl ResultGate {
-    /// A gate following the cluster agent's handovers.
-    pub fn new(handovers: watch::Receiver<BTreeMap<String, Handover>>) -> Self {
+    /// A gate following the cluster agent's publication windows.
+    pub fn new(windows: watch::Receiver<BTreeMap<String, Window>>) -> Self {
         Self {
-            handovers,
+            windows,
             dedup: Arc::new(Mutex::new(SeqDedup::new(DEDUP_WINDOW))),
         }
     }
 
     /// The verdict on the result of frame `seq` of `camera`, captured at `captured_at_ns`.
     pub fn judge(&self, camera: &str, seq: u64, captured_at_ns: u64) -> Verdict {
-        if let Some(h) = self.handovers.borrow().get(camera)
-            && !h.publishes(captured_at_ns)
+        if let Some(w) = self.windows.borrow().get(camera)
+            && !w.publishes(captured_at_ns)
         {
             return Verdict::OtherNode;
         }
@@ -142,34 +192,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn both_sides_agree_on_every_frame() {
-        let a = moved("new", Some("old"), 1_000);
-        let old = Handover::of(&a, "old", 500).unwrap();
-        let new = Handover::of(&a, "new", 500).unwrap();
-        assert_eq!(old.side, Side::Leaving);
-        assert_eq!(new.side, Side::Arriving);
-        for t in [0, 999, 1_000, 1_499, 1_500, 1_501, 10_000] {
-            assert!(
-                old.publishes(t) ^ new.publishes(t),
-                "exactly one side publishes a frame captured at {t}"
-            );
+    fn windows(me: &str, history: &[Assignment]) -> Window {
+        let mut w = Windows::new();
+        for a in history {
+            w.observe(a, me, 500);
         }
-        assert!(old.publishes(1_499) && new.publishes(1_500));
+        w.get()["c"]
     }
 
     #[test]
-    fn moves_without_a_live_previous_node_are_not_handovers() {
-        assert_eq!(Handover::of(&moved("new", None, 1), "new", 500), None);
-        assert_eq!(Handover::of(&moved("new", Some("new"), 1), "new", 5), None);
-        assert_eq!(
-            Handover::of(&moved("new", Some("old"), 1), "third", 5),
-            None
-        );
+    fn each_frame_of_a_move_has_exactly_one_publisher() {
+        let history = [moved("a", None, 0), moved("b", Some("a"), 1_000)];
+        let (a, b) = (windows("a", &history), windows("b", &history));
+        assert_eq!(a.until_ns, Some(1_500));
+        assert_eq!(b.from_ns, 1_500);
+        for t in [0, 999, 1_499, 1_500, 1_501, u64::MAX] {
+            assert!(a.publishes(t) ^ b.publishes(t), "frame captured at {t}");
+        }
     }
 
     #[test]
-    fn gate_applies_the_handover_then_first_result_wins() {
+    fn a_camera_moved_twice_is_still_partitioned() {
+        let history = [
+            moved("a", None, 0),
+            moved("b", Some("a"), 1_000),
+            moved("c", Some("b"), 1_200),
+        ];
+        let w: Vec<Window> = ["a", "b", "c"]
+            .iter()
+            .map(|n| windows(n, &history))
+            .collect();
+        for t in [0, 1_499, 1_500, 1_699, 1_700, 10_000] {
+            let n = w.iter().filter(|w| w.publishes(t)).count();
+            assert_eq!(n, 1, "frame captured at {t}: {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_move_from_a_dead_node_splits_at_the_write_and_rewrites_change_nothing() {
+        let history = [moved("a", None, 0), moved("b", None, 1_000)];
+        // a, judged dead but still serving, and b agree on every frame
+        let (a, b) = (windows("a", &history), windows("b", &history));
+        for t in [0, 999, 1_000, 1_001, 1_600] {
+            assert!(a.publishes(t) ^ b.publishes(t), "frame captured at {t}");
+        }
+        let mut w = Windows::new();
+        w.observe(&moved("b", None, 1_000), "b", 500);
+        assert!(w.get()["c"].publishes(1_000));
+        // a new leader rewrites the same placement under its term
+        w.observe(&moved("b", None, 9_000), "b", 500);
+        assert_eq!(w.get()["c"].from_ns, 1_000);
+        // closed windows go after a while, open ones when the camera is gone
+        w.observe(&moved("x", Some("b"), 10_000), "b", 500);
+        w.prune(10_500 + KEEP_CLOSED_NS - 1, &|_| true);
+        assert!(w.get().contains_key("c"));
+        w.prune(10_500 + KEEP_CLOSED_NS, &|_| true);
+        assert!(w.get().is_empty());
+    }
+
+    #[test]
+    fn gate_applies_the_window_then_first_result_wins() {
         let (tx, rx) = watch::channel(BTreeMap::new());
         let gate = ResultGate::new(rx);
         assert_eq!(gate.judge("c", 1, 10), Verdict::Publish);
@@ -177,9 +259,9 @@ mod tests {
         tx.send_modify(|m| {
             m.insert(
                 "c".into(),
-                Handover {
-                    side: Side::Arriving,
-                    cutover_ns: 100,
+                Window {
+                    from_ns: 100,
+                    until_ns: None,
                 },
             );
         });

@@ -26,7 +26,7 @@ pub mod placement;
 pub use agent::{AgentConfig, AgentState, ClusterAgent};
 pub use dedup::SeqDedup;
 pub use fence::{FenceFilter, FenceVerdict};
-pub use handover::{Handover, ResultGate, Side, Verdict};
+pub use handover::{ResultGate, Verdict, Window, Windows};
 pub use placement::{CameraDemand, Move, NodeView, Placement, PlacementParams, place};
 
 pub use lease::{LeaderElector, LeaseAction, Role};

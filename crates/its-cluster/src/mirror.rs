@@ -2,8 +2,7 @@
 //!
 //! [`Mirror::open`] loads every key once, then a task follows the bucket's watch (which first
 //! replays the current values, then every change). Entries are applied by KV revision, newest
-//! wins, so the replay and the agent's own writes ([`Mirror::record`], applied at once so the
-//! next round sees them) never go back in time. When the watch fails (a NATS server lost, a
+//! wins, so the replay never goes back in time. When the watch fails (a NATS server lost, a
 //! reconnect), the task reloads the whole bucket and watches again. A watch whose consumer sat
 //! on a lost server can stay silent for seconds before it reports the loss, so the task also
 //! reloads the bucket every [`RESYNC`]: a value the watch had not delivered means the watch is
@@ -27,7 +26,7 @@ pub(crate) const RESYNC: Duration = Duration::from_secs(1);
 fn resync<T>(map: &Mutex<Map<T>>, fresh: Map<T>) -> bool {
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
     // Revisions are the bucket's stream sequence, one order over all keys: an entry newer than
-    // anything the read saw is a write of ours recorded after the read started.
+    // anything the read saw arrived by the watch after the read started.
     let newest = fresh.values().map(|(r, _)| *r).max().unwrap_or(0);
     let missed = fresh
         .iter()
@@ -137,20 +136,6 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> Mirror<T> {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         m.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect()
     }
-
-    /// Records our own write at `revision` at once, before the watch echoes it.
-    pub(crate) fn record(&self, key: &str, revision: u64, value: T) {
-        apply(&self.map, key.to_string(), revision, Some(value));
-    }
-
-    /// Records our own delete at once. (A replayed put older than the delete could bring the
-    /// key back until the next change; the leader then deletes it again.)
-    pub(crate) fn forget(&self, key: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-    }
 }
 
 #[cfg(test)]
@@ -177,7 +162,7 @@ mod tests {
             ("a".to_string(), (3, 1)),
             ("b".to_string(), (9, 2)),
         ]));
-        // the read is older than our own write of b: nothing missed, b kept
+        // the read is older than the watched b: nothing missed, b kept
         assert!(!resync(
             &m,
             BTreeMap::from([("a".into(), (3, 1)), ("b".into(), (8, 0))])
@@ -192,7 +177,7 @@ mod tests {
         // b deleted (a read that saw revision 10): missed
         assert!(resync(&m, BTreeMap::from([("a".into(), (10, 5))])));
         assert!(!m.lock().unwrap().contains_key("b"));
-        // our own write of c, newer than the read: kept, not missed
+        // a watched c, newer than the read: kept, not missed
         m.lock().unwrap().insert("c".into(), (12, 7));
         assert!(!resync(&m, BTreeMap::from([("a".into(), (10, 5))])));
         assert_eq!(m.lock().unwrap()["c"], (12, 7));

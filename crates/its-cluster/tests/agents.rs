@@ -224,7 +224,6 @@ async fn handover_gives_each_frame_to_exactly_one_node() {
         })
         .await;
         for at in [
-            0,
             cutover - 1_000_000,
             cutover - 1,
             cutover,
@@ -262,14 +261,22 @@ async fn handover_gives_each_frame_to_exactly_one_node() {
         .await;
         assert_eq!(a.previous_node, None, "{a:?}");
         seq += 1;
-        // n3 publishes a frame captured long before the move
+        // n3 publishes at once: from the write on, with no handover window
         within(10, "the new node serves it", async {
             while !states[2].borrow().cameras.contains(camera) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
-        assert_eq!(gates[2].judge(camera, seq, 0), Verdict::Publish);
+        assert_eq!(
+            gates[2].judge(camera, seq, a.written_at_ns),
+            Verdict::Publish
+        );
+        seq += 1;
+        assert_eq!(
+            gates[2].judge(camera, seq, a.written_at_ns - 1),
+            Verdict::OtherNode
+        );
     }
     for a in agents {
         within(10, "agent stop", a.stop()).await;
