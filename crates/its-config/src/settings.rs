@@ -545,7 +545,8 @@ pub struct AdminSettings {
     pub max_camera_series: usize,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
-    /// Time a client has to send a request's headers, milliseconds.
+    /// Time a client has to send a request's headers, and again its body (408 beyond),
+    /// milliseconds.
     pub request_timeout_ms: u64,
     /// Time a node's scheduler has to answer a control request (drain, tuning), milliseconds.
     pub control_timeout_ms: u64,
