@@ -73,6 +73,7 @@ echo "== GPU tests" | tee "$out/tests.txt"
 for t in "${TESTS[@]}"; do
     echo "-- $t" | tee -a "$out/tests.txt"
     # The engine's CPU-vs-ONNX-Runtime tests need the workspace's models: CI runs them.
+    [[ -x "./.device/its-gpu-${t}-tests" ]] || { echo "not carried: $t" | tee -a "$out/tests.txt"; continue; }
     filter=""
     [[ $t == engine ]] && filter="gpu_"
     "./.device/its-gpu-${t}-tests" --test-threads=1 $filter 2>&1 | tee -a "$out/tests.txt" \
@@ -112,11 +113,12 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
     ITS_SANITIZER_VERDICT="$verdict" ./.device/gpu-bench "${ITERS:-200}" --json 2>&1 \
         | tee -a "$out/bench.txt" || status=1
 fi
-# The native engine against ONNX Runtime (CPU, from the device's python) and its timings.
-if [[ -f .device/yolo11n-random.onnx ]]; then
-    m=.device/yolo11n-random.onnx
-    engine_steps() {
-        local rc=0
+# The native engine against ONNX Runtime (CPU, from the device's python) and its timings,
+# for each model that was carried (.device is limited in size: carry what the run needs).
+engine_steps() {
+    local rc=0
+    local m=.device/yolo11n-random.onnx
+    if [[ -f $m ]]; then
         echo "== its engine check (FP32, vs ONNX Runtime $ORT_DYLIB_PATH)"
         ./.device/its engine check "$m" --batch 1,2,32 || rc=1
         echo "== its engine check (TF32 and FP16, informational tolerance 5e-2)"
@@ -128,29 +130,30 @@ if [[ -f .device/yolo11n-random.onnx ]]; then
             echo "== its engine bench ($math, CUDA graph)"
             ./.device/its engine bench "$m" --batch 1,8,32 --math "$math" --iters "${ITERS:-100}" || rc=1
         done
-        if [[ -d .device/yolov3-tiny ]]; then
-            echo "== its engine check: imported YOLOv3-tiny vs ONNX Runtime, FP16 vs FP32 detections"
-            ./.device/its engine check .device/yolov3-tiny --batch 1,8 --images .device/frames || rc=1
-            echo "== its engine bench: imported YOLOv3-tiny (fp16)"
-            ./.device/its engine bench .device/yolov3-tiny --batch 1,8,32 --math fp16 --iters "${ITERS:-100}" || rc=1
-        fi
         echo "== its engine bench (fp16, eager, per-op profile)"
         ./.device/its engine bench "$m" --batch 32 --math fp16 --no-graph --profile --iters 20 || rc=1
-        return $rc
-    }
+    fi
+    if [[ -d .device/yolov3-tiny ]]; then
+        echo "== its engine check: imported YOLOv3-tiny vs ONNX Runtime, FP16 vs FP32 detections"
+        ./.device/its engine check .device/yolov3-tiny --batch 1,8 --images .device/frames || rc=1
+        echo "== its engine bench: imported YOLOv3-tiny (fp16)"
+        ./.device/its engine bench .device/yolov3-tiny --batch 1,8,32 --math fp16 --iters "${ITERS:-100}" || rc=1
+    fi
+    return $rc
+}
+if [[ -x .device/its ]]; then
     engine_steps 2>&1 | tee "$out/engine.txt"
     [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
-    if [[ -n "$san" && -x "$san" ]]; then
-        echo "== compute-sanitizer memcheck + racecheck: engine GPU tests" | tee "$out/engine-sanitizer.txt"
-        for tool in memcheck racecheck; do
-            timeout "${SANITIZER_TIMEOUT:-150}" "$san" --tool "$tool" --error-exitcode 3 ./.device/its-gpu-engine-tests \
-                --test-threads=1 gpu_fp16 >>"$out/engine-sanitizer.txt" 2>&1
-            rc=$?
-            echo "$tool rc=$rc" | tee -a "$out/engine-sanitizer.txt"
-            tail -3 "$out/engine-sanitizer.txt"
-            [[ $rc -ne 0 ]] && status=1
-        done
-    fi
-    ./.device/its engine bench "$m" --batch 1,8,32 --math fp16 --json >"$out/engine-bench.json" 2>&1 || status=1
+fi
+if [[ -x .device/its-gpu-engine-tests && -n "$san" && -x "$san" && -z "${SKIP_ENGINE_SANITIZER:-}" ]]; then
+    echo "== compute-sanitizer memcheck + racecheck: engine GPU tests" | tee "$out/engine-sanitizer.txt"
+    for tool in memcheck racecheck; do
+        timeout "${SANITIZER_TIMEOUT:-150}" "$san" --tool "$tool" --error-exitcode 3 \
+            ./.device/its-gpu-engine-tests --test-threads=1 gpu_fp16 >>"$out/engine-sanitizer.txt" 2>&1
+        rc=$?
+        echo "$tool rc=$rc" | tee -a "$out/engine-sanitizer.txt"
+        tail -3 "$out/engine-sanitizer.txt"
+        [[ $rc -ne 0 ]] && status=1
+    done
 fi
 exit $status
