@@ -30,6 +30,10 @@ pub enum EngineCommand {
         /// Also print the device time of every op of the largest profile (eager, unfused).
         #[arg(long)]
         profile: bool,
+        /// Also run this many execution contexts (one CUDA stream each) side by side per
+        /// profile and report their total throughput (host wall clock).
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
     },
     /// Run the engine and ONNX Runtime (CPU) on the same deterministic input; fails when the
     /// largest relative difference exceeds --tolerance.
@@ -168,7 +172,8 @@ pub fn run(command: &EngineCommand) -> anyhow::Result<()> {
             common,
             iters,
             profile,
-        } => bench(common, *iters, *profile),
+            streams,
+        } => bench(common, *iters, *profile, *streams),
         EngineCommand::Check {
             common,
             tolerance,
@@ -229,7 +234,7 @@ fn build(common: &Common) -> anyhow::Result<()> {
     )
 }
 
-fn bench(common: &Common, iters: usize, profile: bool) -> anyhow::Result<()> {
+fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow::Result<()> {
     let l = load(common)?;
     let gpu = gpu()?;
     let mut rows = Vec::new();
@@ -259,9 +264,41 @@ fn bench(common: &Common, iters: usize, profile: bool) -> anyhow::Result<()> {
             "{b:>5}  {ms:>9.3}  {ips:>7.0}  {gflops:>8.0}  {:>8.0}\n",
             engine.report().build_ms
         );
+        let mut multi = serde_json::Value::Null;
+        if streams > 1 {
+            // N contexts, each on its own stream, launched together; wall time per round.
+            let mut ctxs = vec![];
+            for _ in 1..streams {
+                let (plan, _) = plan_for(&l, b)?;
+                ctxs.push(CudaEngine::build(&gpu, plan, common.options())?);
+            }
+            let all: Vec<&CudaEngine> = std::iter::once(&engine).chain(ctxs.iter()).collect();
+            let round = || -> anyhow::Result<()> {
+                for c in &all {
+                    c.launch()?;
+                }
+                for c in &all {
+                    c.stream().synchronize()?;
+                }
+                Ok(())
+            };
+            round()?;
+            let t = Instant::now();
+            for _ in 0..iters.max(1) {
+                round()?;
+            }
+            let wall_ms = t.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64;
+            let total_ips = (streams * b) as f64 * 1e3 / wall_ms;
+            table += &format!(
+                "       {streams} streams: {wall_ms:.3} ms per round of {streams} batches, {total_ips:.0} img/s in total ({:.2}x one stream)\n",
+                total_ips / ips
+            );
+            multi = json!({"streams": streams, "round_ms": wall_ms, "img_per_s": total_ips});
+        }
         rows.push(json!({
             "batch": b, "ms": ms, "img_per_s": ips, "gflop_per_s": gflops,
             "build_ms": engine.report().build_ms, "cuda_graph": engine.report().cuda_graph,
+            "multi_stream": multi,
         }));
         last = Some(engine);
     }
