@@ -217,3 +217,46 @@ extern "C" __global__ void softmax(const elem_t* __restrict__ x, elem_t* __restr
             dst[(long long)j * inner] = st(__expf(ld(src[(long long)j * inner]) - mx) * inv);
     }
 }
+
+// Channels-last variants (layout.rs stores the tensors between convolutions [n, h, w, c]).
+extern "C" __global__ void maxpool2d_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                          long long n_img, int h, int w, int c, int oh, int ow,
+                                          int kh, int kw, int sh, int sw, int pt, int pl) {
+    long long n = n_img * oh * ow * c;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) {
+        int ch = (int)(i % c);
+        int j = (int)((i / c) % ow);
+        int r = (int)((i / ((long long)c * ow)) % oh);
+        long long b = i / ((long long)c * ow * oh);
+        const elem_t* src = x + b * h * w * c;
+        float m = NEG_INF;
+        for (int ki = 0; ki < kh; ++ki) {
+            int rr = r * sh + ki - pt;
+            if (rr < 0 || rr >= h) continue;
+            for (int kj = 0; kj < kw; ++kj) {
+                int cc = j * sw + kj - pl;
+                if (cc < 0 || cc >= w) continue;
+                m = fmaxf(m, ld(src[((long long)rr * w + cc) * c + ch]));
+            }
+        }
+        y[i] = st(m);
+    }
+}
+
+extern "C" __global__ void upsample_nearest_nhwc(const elem_t* __restrict__ x,
+                                                 elem_t* __restrict__ y, long long n_img, int h,
+                                                 int w, int c, int fh, int fw) {
+    int oh = h * fh, ow = w * fw;
+    long long n = n_img * oh * ow * c;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) {
+        int ch = (int)(i % c);
+        int j = (int)((i / c) % ow);
+        int r = (int)((i / ((long long)c * ow)) % oh);
+        long long b = i / ((long long)c * ow * oh);
+        y[i] = x[((b * h + r / fh) * w + j / fw) * c + ch];
+    }
+}

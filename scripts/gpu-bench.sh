@@ -130,6 +130,10 @@ engine_steps() {
             echo "== its engine bench ($math, CUDA graph)"
             ./.device/its engine bench "$m" --batch 1,8,32 --math "$math" --iters "${ITERS:-100}" || rc=1
         done
+        echo "== its engine bench (fp16, NCHW everywhere, for comparison)"
+        ./.device/its engine bench "$m" --batch 1,32 --math fp16 --nchw --iters "${ITERS:-100}" || rc=1
+        echo "== its engine bench (fp16, 4 execution contexts on 4 streams)"
+        ./.device/its engine bench "$m" --batch 8,32 --math fp16 --streams 4 --iters 30 || rc=1
         echo "== its engine bench (fp16, eager, per-op profile)"
         ./.device/its engine bench "$m" --batch 32 --math fp16 --no-graph --profile --iters 20 || rc=1
     fi

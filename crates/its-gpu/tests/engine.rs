@@ -249,3 +249,42 @@ fn plan_matches_onnx_runtime_on_the_imported_yolov3_tiny() {
     let err = plan_vs_ort(dir.path(), 2);
     assert!(err < 1e-4, "relative error {err}");
 }
+
+/// The channels-last rewrite gives the same outputs on the CPU reference, and puts the
+/// convolutions in NHWC.
+fn nhwc_rewrite_is_exact(dir: &Path, batch: usize) {
+    let (model, manifest) = load(dir);
+    let spec = &manifest.input;
+    let (h, w) = (spec.height as usize, spec.width as usize);
+    let plan = Plan::build(&model, [batch, 3, h, w]).unwrap();
+    let rewritten = its_gpu::engine::layout::to_nhwc(&plan);
+    let convs = |p: &Plan| {
+        p.ops
+            .iter()
+            .filter(|o| matches!(o, its_gpu::engine::Op::Conv(_)))
+            .count()
+    };
+    let nhwc_convs = rewritten
+        .ops
+        .iter()
+        .filter(|o| matches!(o, its_gpu::engine::Op::Conv(c) if c.nhwc))
+        .count();
+    assert_eq!(convs(&rewritten), convs(&plan));
+    assert!(
+        nhwc_convs * 10 >= convs(&plan) * 8,
+        "only {nhwc_convs} of {} convolutions channels-last",
+        convs(&plan)
+    );
+    let x = input(batch * 3 * h * w, 5);
+    let a = cpu::run(&plan, &x).unwrap();
+    let b = cpu::run(&rewritten, &x).unwrap();
+    let err = rel_err(&b[0], &a[0]);
+    assert!(err < 1e-6, "{}: relative error {err}", dir.display());
+}
+
+#[test]
+fn channels_last_rewrite_keeps_the_outputs() {
+    nhwc_rewrite_is_exact(synth(Arch::Yolo11n, 160, 80).path(), 2);
+    nhwc_rewrite_is_exact(synth(Arch::Yolov8n, 128, 3).path(), 1);
+    nhwc_rewrite_is_exact(yolov3_tiny().path(), 1);
+}

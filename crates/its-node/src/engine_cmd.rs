@@ -82,6 +82,9 @@ pub struct Common {
     /// Run the plan eagerly instead of replaying a CUDA graph.
     #[arg(long)]
     pub no_graph: bool,
+    /// Keep every activation NCHW (default: channels-last between convolutions).
+    #[arg(long)]
+    pub nchw: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +100,7 @@ impl Common {
             },
             time_algorithms: true,
             cuda_graph: !self.no_graph,
+            nhwc: !self.nchw,
         }
     }
 }

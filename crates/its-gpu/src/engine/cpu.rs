@@ -24,7 +24,22 @@ pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError
         let mut out = std::mem::take(&mut st[ys]);
         let get = |t: usize| -> &[f32] { &st[plan.tensors[t].storage] };
         match op {
-            Op::Conv(c) => conv(plan, c, get(c.x), &mut out),
+            Op::Conv(c) if c.nhwc => {
+                // The reference computes in NCHW; the layout only changes where values live.
+                let (xs, x) = nchw(plan.shape(c.x), get(c.x));
+                let ys = permuted(plan.shape(c.y), &TO_NCHW);
+                let mut y = vec![0.0; out.len()];
+                conv(c, &xs, &ys, &x, &mut y);
+                out.copy_from_slice(&nhwc(&ys, &y));
+            }
+            Op::Conv(c) => conv(c, plan.shape(c.x), plan.shape(c.y), get(c.x), &mut out),
+            Op::MaxPool { nhwc: true, .. } | Op::Upsample { nhwc: true, .. } => {
+                let x = op.inputs()[0];
+                let (xs, xv) = nchw(plan.shape(x), get(x));
+                let ys = permuted(plan.shape(op.output()), &TO_NCHW);
+                let y = pool_or_upsample(op, &xs, &ys, &xv);
+                out.copy_from_slice(&nhwc(&ys, &y));
+            }
             Op::Act { x, act, .. } => {
                 for (o, &v) in out.iter_mut().zip(get(*x)) {
                     *o = act.apply(v);
@@ -82,52 +97,9 @@ pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError
                     }
                 }
             }
-            Op::MaxPool {
-                x,
-                y,
-                kernel,
-                stride,
-                pad,
-            } => {
-                let xs = plan.shape(*x);
-                let yshape = plan.shape(*y);
-                let (h, w, oh, ow) = (xs[2], xs[3], yshape[2], yshape[3]);
-                let v = get(*x);
-                for p in 0..xs[0] * xs[1] {
-                    for i in 0..oh {
-                        for j in 0..ow {
-                            let mut m = f32::NEG_INFINITY;
-                            for ki in 0..kernel[0] {
-                                let r = (i * stride[0] + ki) as isize - pad[0] as isize;
-                                if r < 0 || r >= h as isize {
-                                    continue;
-                                }
-                                for kj in 0..kernel[1] {
-                                    let c = (j * stride[1] + kj) as isize - pad[1] as isize;
-                                    if c < 0 || c >= w as isize {
-                                        continue;
-                                    }
-                                    m = m.max(v[(p * h + r as usize) * w + c as usize]);
-                                }
-                            }
-                            out[(p * oh + i) * ow + j] = m;
-                        }
-                    }
-                }
-            }
-            Op::Upsample { x, factor, .. } => {
-                let xs = plan.shape(*x);
-                let (h, w) = (xs[2], xs[3]);
-                let (oh, ow) = (h * factor[0], w * factor[1]);
-                let v = get(*x);
-                for p in 0..xs[0] * xs[1] {
-                    for i in 0..oh {
-                        for j in 0..ow {
-                            out[(p * oh + i) * ow + j] =
-                                v[(p * h + i / factor[0]) * w + j / factor[1]];
-                        }
-                    }
-                }
+            Op::MaxPool { x, y, .. } | Op::Upsample { x, y, .. } => {
+                let r = pool_or_upsample(op, plan.shape(*x), plan.shape(*y), get(*x));
+                out.copy_from_slice(&r);
             }
             Op::Transpose { x, perm, .. } => {
                 let (_, idx) = transpose_index(plan.shape(*x), perm);
@@ -190,9 +162,75 @@ pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError
         .collect())
 }
 
-fn conv(plan: &Plan, c: &Conv, x: &[f32], out: &mut [f32]) {
-    let xs = plan.shape(c.x);
-    let ys = plan.shape(c.y);
+const TO_NCHW: [usize; 4] = [0, 3, 1, 2];
+const TO_NHWC: [usize; 4] = [0, 2, 3, 1];
+
+fn permuted(shape: &[usize], perm: &[usize]) -> Vec<usize> {
+    perm.iter().map(|&p| shape[p]).collect()
+}
+
+/// An `[n, h, w, c]` tensor as `[n, c, h, w]`.
+fn nchw(shape: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (s, idx) = transpose_index(shape, &TO_NCHW);
+    (s, idx.iter().map(|&i| v[i]).collect())
+}
+
+/// An `[n, c, h, w]` tensor as `[n, h, w, c]`.
+fn nhwc(shape: &[usize], v: &[f32]) -> Vec<f32> {
+    let (_, idx) = transpose_index(shape, &TO_NHWC);
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+/// MaxPool or Upsample over NCHW shapes.
+fn pool_or_upsample(op: &Op, xs: &[usize], yshape: &[usize], v: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; yshape.iter().product()];
+    match op {
+        Op::MaxPool {
+            kernel,
+            stride,
+            pad,
+            ..
+        } => {
+            let (h, w, oh, ow) = (xs[2], xs[3], yshape[2], yshape[3]);
+            for p in 0..xs[0] * xs[1] {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut m = f32::NEG_INFINITY;
+                        for ki in 0..kernel[0] {
+                            let r = (i * stride[0] + ki) as isize - pad[0] as isize;
+                            if r < 0 || r >= h as isize {
+                                continue;
+                            }
+                            for kj in 0..kernel[1] {
+                                let c = (j * stride[1] + kj) as isize - pad[1] as isize;
+                                if c < 0 || c >= w as isize {
+                                    continue;
+                                }
+                                m = m.max(v[(p * h + r as usize) * w + c as usize]);
+                            }
+                        }
+                        out[(p * oh + i) * ow + j] = m;
+                    }
+                }
+            }
+        }
+        Op::Upsample { factor, .. } => {
+            let (h, w) = (xs[2], xs[3]);
+            let (oh, ow) = (h * factor[0], w * factor[1]);
+            for p in 0..xs[0] * xs[1] {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        out[(p * oh + i) * ow + j] = v[(p * h + i / factor[0]) * w + j / factor[1]];
+                    }
+                }
+            }
+        }
+        _ => unreachable!("pool_or_upsample takes MaxPool or Upsample"),
+    }
+    out
+}
+
+fn conv(c: &Conv, xs: &[usize], ys: &[usize], x: &[f32], out: &mut [f32]) {
     let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
     let (oh, ow) = (ys[2], ys[3]);
     let cg = cin / c.group;

@@ -73,6 +73,8 @@ pub struct EngineOptions {
     pub time_algorithms: bool,
     /// Capture the plan into a CUDA graph and replay it.
     pub cuda_graph: bool,
+    /// Store the activations between convolutions channels-last ([`super::layout`]).
+    pub nhwc: bool,
 }
 
 impl Default for EngineOptions {
@@ -81,6 +83,7 @@ impl Default for EngineOptions {
             math: ConvMath::Fp32,
             time_algorithms: true,
             cuda_graph: true,
+            nhwc: true,
         }
     }
 }
@@ -112,6 +115,8 @@ struct Kernels {
     copy_rows: CudaFunction,
     maxpool2d: CudaFunction,
     upsample: CudaFunction,
+    maxpool2d_nhwc: CudaFunction,
+    upsample_nhwc: CudaFunction,
     matmul: CudaFunction,
     softmax: CudaFunction,
 }
@@ -240,6 +245,11 @@ impl CudaEngine {
     ) -> Result<Self, EngineBuildError> {
         let started = Instant::now();
         cudnn_available()?;
+        let plan = if opts.nhwc {
+            super::layout::to_nhwc(&plan)
+        } else {
+            plan
+        };
         let stream = gpu.new_stream()?;
         let module = gpu.module(if opts.math == ConvMath::Fp16 {
             ENGINE_F16_SRC
@@ -260,6 +270,8 @@ impl CudaEngine {
             copy_rows: f("copy_rows")?,
             maxpool2d: f("maxpool2d")?,
             upsample: f("upsample_nearest")?,
+            maxpool2d_nhwc: f("maxpool2d_nhwc")?,
+            upsample_nhwc: f("upsample_nearest_nhwc")?,
             matmul: f("matmul")?,
             softmax: f("softmax")?,
         };
@@ -368,15 +380,27 @@ impl CudaEngine {
     }
 
     fn conv_layer(&self, c: &Conv, opts: EngineOptions) -> Result<ConvLayer, EngineBuildError> {
-        let xs = self.plan.shape(c.x);
-        let ys = self.plan.shape(c.y);
+        // cuDNN takes [n, c, h, w] dims whatever the format.
+        let logical = |s: &[usize]| -> Vec<usize> {
+            if c.nhwc {
+                vec![s[0], s[3], s[1], s[2]]
+            } else {
+                s.to_vec()
+            }
+        };
+        let xs = &logical(self.plan.shape(c.x));
+        let ys = &logical(self.plan.shape(c.y));
         let f32t = dnn_sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
         let data_t = if opts.math == ConvMath::Fp16 {
             dnn_sys::cudnnDataType_t::CUDNN_DATA_HALF
         } else {
             f32t
         };
-        let nchw = dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let nchw = if c.nhwc {
+            dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
+        } else {
+            dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
+        };
         let x_desc = dnn::create_tensor_descriptor().map_err(dnn_err("tensor desc"))?;
         let y_desc = dnn::create_tensor_descriptor().map_err(dnn_err("tensor desc"))?;
         let w_desc = dnn::create_filter_descriptor().map_err(dnn_err("filter desc"))?;
@@ -473,7 +497,19 @@ impl CudaEngine {
             conv_desc,
             algo,
             workspace,
-            weight: self.stream.clone_htod(&to_elems(&c.weight, opts.math))?,
+            weight: self.stream.clone_htod(&to_elems(
+                &if c.nhwc {
+                    // [m, c/g, kh, kw] -> [m, kh, kw, c/g] (cuDNN's NHWC filter order).
+                    let (_, idx) = super::tensor::transpose_index(
+                        &[c.m, xs[1] / c.group, c.kernel[0], c.kernel[1]],
+                        &[0, 2, 3, 1],
+                    );
+                    idx.iter().map(|&i| c.weight[i]).collect()
+                } else {
+                    c.weight.clone()
+                },
+                opts.math,
+            ))?,
             bias: self.stream.clone_htod(&c.bias)?,
         })
     }
@@ -587,7 +623,12 @@ impl CudaEngine {
                     self.conv_call(l, l.algo, self.ptr(c.x), y)?;
                     let ys = self.plan.shape(c.y);
                     let total = ys.iter().product::<usize>() as i64;
-                    let (ch, hw) = (ys[1] as i32, (ys[2] * ys[3]) as i32);
+                    // Channel of element i: (i / hw) % ch; channels-last is hw = 1.
+                    let (ch, hw) = if c.nhwc {
+                        (ys[3] as i32, 1)
+                    } else {
+                        (ys[1] as i32, (ys[2] * ys[3]) as i32)
+                    };
                     let (code, alpha) = (c.act.code(), c.act.alpha());
                     let (bp, _s) = l.bias.device_ptr(s);
                     let mut b = s.launch_builder(&self.kernels.bias_act);
@@ -682,31 +723,52 @@ impl CudaEngine {
                     kernel,
                     stride,
                     pad,
+                    nhwc,
                 } => {
                     let xs = self.plan.shape(*x);
                     let ys = self.plan.shape(*y);
-                    let planes = (xs[0] * xs[1]) as i64;
-                    let v = [
-                        xs[2], xs[3], ys[2], ys[3], kernel[0], kernel[1], stride[0], stride[1],
-                        pad[0], pad[1],
-                    ]
-                    .map(|v| v as i32);
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
-                    let mut b = s.launch_builder(&self.kernels.maxpool2d);
-                    b.arg(&xp).arg(&yp).arg(&planes);
+                    let n = self.plan.tensors[*y].numel();
+                    let tail = [kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1]];
+                    let (func, count, dims) = if *nhwc {
+                        let d = [xs[1], xs[2], xs[3], ys[1], ys[2]];
+                        (&self.kernels.maxpool2d_nhwc, xs[0] as i64, d.to_vec())
+                    } else {
+                        let d = [xs[2], xs[3], ys[2], ys[3]];
+                        (&self.kernels.maxpool2d, (xs[0] * xs[1]) as i64, d.to_vec())
+                    };
+                    let v: Vec<i32> = dims.iter().chain(&tail).map(|&v| v as i32).collect();
+                    let mut b = s.launch_builder(func);
+                    b.arg(&xp).arg(&yp).arg(&count);
                     for a in &v {
                         b.arg(a);
                     }
                     // SAFETY: sizes from the plan's shapes.
-                    unsafe { b.launch(grid(planes as usize * ys[2] * ys[3])) }?;
+                    unsafe { b.launch(grid(n)) }?;
                 }
-                Op::Upsample { x, y, factor } => {
+                Op::Upsample { x, y, factor, nhwc } => {
                     let xs = self.plan.shape(*x);
-                    let planes = (xs[0] * xs[1]) as i64;
-                    let v = [xs[2], xs[3], factor[0], factor[1]].map(|v| v as i32);
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
-                    let mut b = s.launch_builder(&self.kernels.upsample);
-                    b.arg(&xp).arg(&yp).arg(&planes);
+                    let (func, count, dims) = if *nhwc {
+                        (
+                            &self.kernels.upsample_nhwc,
+                            xs[0] as i64,
+                            vec![xs[1], xs[2], xs[3]],
+                        )
+                    } else {
+                        (
+                            &self.kernels.upsample,
+                            (xs[0] * xs[1]) as i64,
+                            vec![xs[2], xs[3]],
+                        )
+                    };
+                    let v: Vec<i32> = dims
+                        .iter()
+                        .chain(factor.iter())
+                        .map(|&v| v as i32)
+                        .collect();
+                    let mut b = s.launch_builder(func);
+                    b.arg(&xp).arg(&yp).arg(&count);
                     for a in &v {
                         b.arg(a);
                     }

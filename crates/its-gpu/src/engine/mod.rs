@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod layout;
 pub mod native;
 pub mod plan;
 pub mod tensor;

@@ -137,6 +137,8 @@ pub struct Conv {
     pub group: usize,
     /// Activation applied after the bias.
     pub act: Act,
+    /// Input and output are stored `[n, h, w, c]` (see [`super::layout`]).
+    pub nhwc: bool,
 }
 
 /// One step of a plan. Every op reads and writes whole tensors of the plan.
@@ -202,6 +204,8 @@ pub enum Op {
         stride: [usize; 2],
         /// Padding (top, left, bottom, right).
         pad: [usize; 4],
+        /// Tensors are `[n, h, w, c]`.
+        nhwc: bool,
     },
     /// Nearest-neighbour upsampling of `[n, c, h, w]` by integer factors.
     Upsample {
@@ -211,6 +215,8 @@ pub enum Op {
         y: Tid,
         /// Factors (h, w).
         factor: [usize; 2],
+        /// Tensors are `[n, h, w, c]`.
+        nhwc: bool,
     },
     /// Permutation of dimensions.
     Transpose {
@@ -343,7 +349,8 @@ impl Plan {
                 Op::Conv(c) => {
                     let x = self.shape(c.x);
                     let y = self.shape(c.y);
-                    let per_out = (x[1] / c.group * c.kernel[0] * c.kernel[1]) as u64;
+                    let cin = if c.nhwc { x[3] } else { x[1] };
+                    let per_out = (cin / c.group * c.kernel[0] * c.kernel[1]) as u64;
                     total += y.iter().product::<usize>() as u64 * per_out;
                 }
                 Op::MatMul { a, y, .. } => {
@@ -703,6 +710,7 @@ impl Lowering {
                     dilation,
                     group,
                     act: Act::None,
+                    nhwc: false,
                 }));
                 Ok(vec![Val::Rt(y)])
             }
@@ -876,6 +884,7 @@ impl Lowering {
                     kernel,
                     stride,
                     pad,
+                    nhwc: false,
                 });
                 Ok(vec![Val::Rt(y)])
             }
@@ -921,6 +930,7 @@ impl Lowering {
                     x: xt,
                     y,
                     factor: [out[2] / xs[2], out[3] / xs[3]],
+                    nhwc: false,
                 });
                 Ok(vec![Val::Rt(y)])
             }
