@@ -1078,7 +1078,7 @@ pub(crate) async fn resume_worker(req: HttpRequest, st: State, id: web::Path<Str
 
 /// Sends a `ClusterControl` request to the cluster agent of node `id`.
 async fn node_control(req: HttpRequest, st: State, id: String, drain: bool) -> ApiResult {
-    st.tokens.require(&req, AdminRole::Admin)?;
+    may_change(&req, &st, AdminRole::Admin)?;
     if !subjects::is_valid_id(&id) {
         return Err(ApiError::BadRequest {
             detail: format!("{id:?} is not a node id"),
@@ -1141,6 +1141,7 @@ async fn node_control(req: HttpRequest, st: State, id: String, drain: bool) -> A
         (status = 404, description = "No cluster agent of that node listens", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The node refused or did not answer", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn drain_node(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {
@@ -1158,6 +1159,7 @@ pub(crate) async fn drain_node(req: HttpRequest, st: State, id: web::Path<String
         (status = 404, description = "No cluster agent of that node listens", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The node refused or did not answer", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "NATS cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many changes from this client; `Retry-After` says when to retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn resume_node(req: HttpRequest, st: State, id: web::Path<String>) -> ApiResult {

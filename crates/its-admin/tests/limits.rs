@@ -164,7 +164,7 @@ async fn stalled_headers_and_bodies_are_cut_off() {
     let (answer, after) = send_and_wait_for_close(addr, &head).await;
     assert!(
         after >= Duration::from_millis(400),
-        "answered after {after:?}"
+        "answered after {after:?}: {answer}"
     );
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
