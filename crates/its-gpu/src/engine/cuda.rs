@@ -73,7 +73,9 @@ pub struct EngineOptions {
     pub time_algorithms: bool,
     /// Capture the plan into a CUDA graph and replay it.
     pub cuda_graph: bool,
-    /// Store the activations between convolutions channels-last ([`super::layout`]).
+    /// Store the activations between convolutions channels-last ([`super::layout`]) in FP16
+    /// mode (measured on an H200: 10.9 ms vs 12.1 ms per YOLO11n batch of 32; in FP32 and
+    /// TF32 cuDNN's NHWC convolutions were slower, so those modes stay NCHW).
     pub nhwc: bool,
 }
 
@@ -245,7 +247,7 @@ impl CudaEngine {
     ) -> Result<Self, EngineBuildError> {
         let started = Instant::now();
         cudnn_available()?;
-        let plan = if opts.nhwc {
+        let plan = if opts.nhwc && opts.math == ConvMath::Fp16 {
             super::layout::to_nhwc(&plan)
         } else {
             plan
