@@ -135,6 +135,7 @@ pub fn start_workers(cost: CostModel, gpus: u32, slots: u32) -> Vec<WorkerHandle
                 info: WorkerInfo {
                     id: format!("simgpu-{g}"),
                     device: format!("simulated-gpu {}", cost.describe()),
+                    engine: "simulated".into(),
                     slots,
                     model: ModelRef {
                         name: "simulated".into(),

@@ -429,12 +429,77 @@ pub enum Provider {
     Tensorrt,
 }
 
+/// The inference engine of the workers (`engine.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum BackendSetting {
+    /// The native CUDA engine where a GPU (`engine.gpu_device`) with cuDNN and NVRTC is usable
+    /// and the model builds on it, ONNX Runtime otherwise (logged with the reason).
+    Auto,
+    /// ONNX Runtime with `engine.providers`.
+    Ort,
+    /// The native CUDA engine; start-up fails without a usable GPU.
+    Native,
+}
+
+/// Arithmetic of the native engine (`engine.native_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum NativePrecisionSetting {
+    /// FP16 activations and weights, FP32 accumulation (tensor cores).
+    Fp16,
+    /// Plain FP32.
+    Fp32,
+    /// FP32 storage, TF32 tensor cores inside cuDNN.
+    Tf32,
+}
+
+// Read from strings so that a bad value's error lists what is allowed (the config crate's
+// own enum error names only the key).
+impl TryFrom<String> for BackendSetting {
+    type Error = String;
+
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "auto" => Ok(Self::Auto),
+            "ort" => Ok(Self::Ort),
+            "native" => Ok(Self::Native),
+            _ => Err(format!(
+                "{v:?} is not an engine: expected auto, ort or native"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for NativePrecisionSetting {
+    type Error = String;
+
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "fp16" => Ok(Self::Fp16),
+            "fp32" => Ok(Self::Fp32),
+            "tf32" => Ok(Self::Tf32),
+            _ => Err(format!(
+                "{v:?} is not a precision: expected fp16, fp32 or tf32"
+            )),
+        }
+    }
+}
+
 /// The detector and the workers that run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
     /// Model directory holding `model.toml` and the ONNX file.
     pub model_dir: PathBuf,
+    /// Inference engine: `auto` (native CUDA engine where a GPU is usable, else ONNX Runtime),
+    /// `ort` (ONNX Runtime) or `native` (start-up fails without a GPU).
+    pub backend: BackendSetting,
+    /// Arithmetic of the native engine: `fp16`, `fp32` or `tf32`.
+    pub native_precision: NativePrecisionSetting,
+    /// CUDA device ordinal of the native engine and of ONNX Runtime's `cuda` / `tensorrt`
+    /// providers, 0 to 63.
+    pub gpu_device: u32,
     /// libonnxruntime shared library; empty = `ORT_DYLIB_PATH`, then `.venv` near the binary.
     pub ort_dylib: PathBuf,
     /// ONNX Runtime execution providers in order of preference.
@@ -453,6 +518,9 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             model_dir: PathBuf::from("models/generated/tiny-yolo"),
+            backend: BackendSetting::Auto,
+            native_precision: NativePrecisionSetting::Fp16,
+            gpu_device: 0,
             ort_dylib: PathBuf::new(),
             providers: vec![Provider::Cpu],
             allow_fallback: true,
@@ -873,6 +941,12 @@ impl Settings {
             "engine.model_dir",
             &e.model_dir,
             "a model directory",
+        )?;
+        check(
+            e.gpu_device <= 63,
+            "engine.gpu_device",
+            e.gpu_device,
+            "a CUDA device ordinal, 0 to 63",
         )?;
         check(
             !e.providers.is_empty(),

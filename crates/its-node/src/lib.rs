@@ -15,11 +15,11 @@ use its_camera::{
     ApplySpec, CameraEnv, CameraSnapshot, CameraSupervisor, Registry, RegistryOptions,
     RestartPolicy, StopAll, WaitAllStopped,
 };
-use its_config::{Provider, Settings};
+use its_config::{BackendSetting, NativePrecisionSetting, Provider, Settings};
 use its_engine::{ExecutionProviderKind, OrtOptions};
 use its_proto::{CameraSpec, NodeStatus, Priority, subjects};
 use its_scheduler::{Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerHandle};
-use its_worker::{CpuWorker, CpuWorkerOptions};
+use its_worker::{Backend, CpuWorker, CpuWorkerOptions, EngineChoice, NativePrecision};
 use tokio::sync::oneshot;
 
 /// Errors of starting or stopping a node.
@@ -99,7 +99,32 @@ pub fn ort_options(s: &Settings) -> OrtOptions {
             })
             .collect(),
         allow_fallback: s.engine.allow_fallback,
-        device_id: 0,
+        device_id: s.engine.gpu_device,
+    }
+}
+
+/// The engine choice of the `[engine]` settings: backend, native precision and device, and the
+/// scheduler's batch sizes, which the native engine builds its execution contexts for at start.
+pub fn engine_choice(s: &Settings) -> EngineChoice {
+    EngineChoice {
+        backend: match s.engine.backend {
+            BackendSetting::Auto => Backend::Auto,
+            BackendSetting::Ort => Backend::Ort,
+            BackendSetting::Native => Backend::Native,
+        },
+        native_precision: match s.engine.native_precision {
+            NativePrecisionSetting::Fp16 => NativePrecision::Fp16,
+            NativePrecisionSetting::Fp32 => NativePrecision::Fp32,
+            NativePrecisionSetting::Tf32 => NativePrecision::Tf32,
+        },
+        gpu_device: s.engine.gpu_device,
+        batch_sizes: s
+            .scheduler
+            .effective()
+            .batch_sizes
+            .iter()
+            .map(|b| *b as usize)
+            .collect(),
     }
 }
 
@@ -178,6 +203,7 @@ impl Node {
                             id: format!("cpu-{n}"),
                             model_dir: settings.engine.model_dir.clone(),
                             ort: ort_options(&settings),
+                            engine: engine_choice(&settings),
                             threads: settings.engine.cpu_workers,
                             max_frame_dim: settings.engine.max_frame_dim,
                             faults: Default::default(),
@@ -414,4 +440,31 @@ async fn start_cameras(
         None
     };
     Ok((supervisor, registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_settings_reach_the_worker() {
+        let mut s = Settings::default();
+        let c = engine_choice(&s);
+        assert_eq!(
+            (c.backend, c.native_precision, c.gpu_device),
+            (Backend::Auto, NativePrecision::Fp16, 0)
+        );
+        assert_eq!(c.batch_sizes, vec![1, 4, 8, 16, 32]);
+        s.engine.backend = BackendSetting::Native;
+        s.engine.native_precision = NativePrecisionSetting::Tf32;
+        s.engine.gpu_device = 3;
+        s.scheduler.batch_sizes = vec![2, 6];
+        let c = engine_choice(&s);
+        assert_eq!(
+            (c.backend, c.native_precision, c.gpu_device),
+            (Backend::Native, NativePrecision::Tf32, 3)
+        );
+        assert_eq!(c.batch_sizes, vec![2, 6]);
+        assert_eq!(ort_options(&s).device_id, 3);
+    }
 }

@@ -117,6 +117,7 @@ fn main() {
         let info = WorkerInfo {
             id: "null".into(),
             device: "none".into(),
+            engine: "none".into(),
             slots: 2,
             model: ModelRef {
                 name: "none".into(),

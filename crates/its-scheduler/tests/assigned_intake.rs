@@ -88,6 +88,7 @@ async fn intake_follows_the_assigned_cameras() {
         },
         threads: 1,
         max_frame_dim: 8192,
+        engine: Default::default(),
         faults: Default::default(),
     })
     .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");

@@ -42,6 +42,7 @@ async fn held_back_results_settle_once_unpublished() {
         },
         threads: 1,
         max_frame_dim: 8192,
+        engine: Default::default(),
         faults: Default::default(),
     })
     .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");

@@ -71,6 +71,7 @@ impl Rig {
                 },
                 threads: 1,
                 max_frame_dim: 8192,
+                engine: Default::default(),
                 faults: hook.clone(),
             })
             .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");

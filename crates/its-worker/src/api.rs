@@ -91,8 +91,12 @@ impl BatchOutcome {
 pub struct WorkerInfo {
     /// Worker id, unique on the node.
     pub id: String,
-    /// `cpu` or the GPU's name.
+    /// `cpu` or the GPU's name (the CPU worker on the native engine: the GPU's name and the
+    /// engine, `NVIDIA H200 native[fp16]`).
     pub device: String,
+    /// The inference engine its detectors run on, e.g. `ort[cpu]:tiny-yolo` or
+    /// `native[fp16]:tiny-yolo` (the model it started with).
+    pub engine: String,
     /// Concurrent batches it runs.
     pub slots: u32,
     /// The model it runs.

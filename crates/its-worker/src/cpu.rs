@@ -1,10 +1,13 @@
-//! The CPU worker: decode, letterbox, ONNX Runtime, NMS, on its own threads.
+//! The CPU worker: decode, letterbox, inference (ONNX Runtime, or the native CUDA engine where
+//! a GPU is present: [`EngineChoice`]), NMS, on its own threads.
 //!
-//! Each thread runs batches on its own detector, kept in a slot of its own. A model swap
-//! ([`ModelSwitch`]) loads one new detector per thread on a separate loader thread, beside the
-//! running ones, then takes every slot (waiting for the batches running in them to end), puts
-//! the new detectors in and releases the old ones: every batch runs whole on one model, the
-//! batches after the switch on the new one, and no frame waits for the load.
+//! Each thread runs batches on its own detector, kept in a slot of its own. Every detector comes
+//! from one function of the engine resolved at start (`Resolved::load`): with the native engine
+//! each thread has its own execution context (stream, buffers, CUDA graphs) on the shared GPU.
+//! A model swap ([`ModelSwitch`]) loads one new detector per thread on a separate loader
+//! thread, beside the running ones, then takes every slot (waiting for the batches running in
+//! them to end), puts the new detectors in and releases the old ones: every batch runs whole on
+//! one model, the batches after the switch on the new one, and no frame waits for the load.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -16,8 +19,10 @@ use actix::prelude::*;
 use its_engine::{DecodeLimits, Detector, EngineError, OrtOptions, RgbImage};
 use its_proto::{Detection, DropReason, Encoding, ModelRef};
 
+use crate::backend::Resolved;
 use crate::{
-    BatchOutcome, FrameJob, JobResult, RunBatch, SwapError, SwapModel, Swapped, WorkerInfo,
+    Backend, BatchOutcome, EngineChoice, FrameJob, JobResult, RunBatch, SwapError, SwapModel,
+    Swapped, WorkerInfo,
 };
 
 /// Errors of starting a worker.
@@ -31,6 +36,16 @@ pub enum CpuWorkerError {
         /// Why.
         source: EngineError,
     },
+    /// `engine.backend = "native"` and the native engine cannot run here.
+    #[error(
+        "engine.backend = \"native\" needs a CUDA GPU (device {gpu_device}) with cuDNN and NVRTC, and there is none usable: {reason}; set engine.backend = \"auto\" (the native engine where a GPU is present, ONNX Runtime otherwise) or \"ort\""
+    )]
+    NoGpu {
+        /// The device asked for (`engine.gpu_device`).
+        gpu_device: u32,
+        /// Why it is not usable.
+        reason: String,
+    },
 }
 
 /// How to start the CPU worker.
@@ -40,8 +55,10 @@ pub struct CpuWorkerOptions {
     pub id: String,
     /// Model directory (`model.toml` + ONNX file).
     pub model_dir: PathBuf,
-    /// ONNX Runtime options.
+    /// ONNX Runtime options (the ONNX Runtime engine only).
     pub ort: OrtOptions,
+    /// Which engine the detectors run on; ONNX Runtime by default.
+    pub engine: EngineChoice,
     /// Threads, each with its own detector; the worker's slot count.
     pub threads: u32,
     /// Largest decoded frame side, pixels.
@@ -138,8 +155,8 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn load(model_dir: &Path, ort: &OrtOptions) -> Result<Loaded, EngineError> {
-        let detector = Detector::load(model_dir, ort)?;
+    fn load(engine: &Resolved, model_dir: &Path, ort: &OrtOptions) -> Result<Loaded, EngineError> {
+        let detector = engine.load(model_dir, ort)?;
         let m = detector.manifest();
         Ok(Loaded {
             model: ModelRef {
@@ -159,6 +176,8 @@ struct Shared {
     slots: Vec<Mutex<Loaded>>,
     /// The slot the next thread to start takes.
     next_slot: AtomicUsize,
+    /// The engine every detector of this worker is built on.
+    engine: Resolved,
     opts: CpuWorkerOptions,
     limits: DecodeLimits,
 }
@@ -231,9 +250,11 @@ impl Handler<SwapModel> for ModelLoader {
         let mut fresh = Vec::with_capacity(sh.slots.len());
         for _ in 0..sh.slots.len() {
             fresh.push(
-                Loaded::load(&msg.model_dir, &sh.opts.ort).map_err(|source| SwapError::Load {
-                    model_dir: msg.model_dir.clone(),
-                    source,
+                Loaded::load(&sh.engine, &msg.model_dir, &sh.opts.ort).map_err(|source| {
+                    SwapError::Load {
+                        model_dir: msg.model_dir.clone(),
+                        source,
+                    }
                 })?,
             );
         }
@@ -278,30 +299,50 @@ impl CpuWorker {
         opts: &CpuWorkerOptions,
     ) -> Result<(Addr<CpuWorker>, WorkerInfo, ModelSwitch), CpuWorkerError> {
         let threads = opts.threads.max(1);
-        let mut slots = Vec::with_capacity(threads as usize);
-        for _ in 0..threads {
-            slots.push(Mutex::new(
-                Loaded::load(&opts.model_dir, &opts.ort).map_err(|source| {
-                    CpuWorkerError::Load {
-                        model_dir: opts.model_dir.clone(),
-                        source,
-                    }
-                })?,
-            ));
+        let mut engine =
+            Resolved::resolve(&opts.engine, &opts.id).map_err(|reason| CpuWorkerError::NoGpu {
+                gpu_device: opts.engine.gpu_device,
+                reason,
+            })?;
+        let load_all = |engine: &Resolved| {
+            (0..threads)
+                .map(|_| Loaded::load(engine, &opts.model_dir, &opts.ort).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let slots = match load_all(&engine) {
+            // auto: a model the native engine cannot build runs on ONNX Runtime.
+            Err(e @ EngineError::Backend { .. })
+                if engine.is_native() && opts.engine.backend == Backend::Auto =>
+            {
+                tracing::warn!(
+                    worker = %opts.id,
+                    error = %e,
+                    "engine.backend = auto: the native engine cannot run this model, running ONNX Runtime"
+                );
+                engine = Resolved::Ort;
+                load_all(&engine)
+            }
+            other => other,
         }
-        let model = slots[0]
-            .lock()
-            .map(|l| l.model.clone())
-            .unwrap_or_else(|p| p.into_inner().model.clone());
+        .map_err(|source| CpuWorkerError::Load {
+            model_dir: opts.model_dir.clone(),
+            source,
+        })?;
+        let (model, engine_name) = {
+            let first = slots[0].lock().unwrap_or_else(|p| p.into_inner());
+            (first.model.clone(), first.detector.engine_name().to_owned())
+        };
         let info = WorkerInfo {
             id: opts.id.clone(),
-            device: "cpu".into(),
+            device: engine.device(),
+            engine: engine_name,
             slots: threads,
             model,
         };
         let shared = Arc::new(Shared {
             slots,
             next_slot: AtomicUsize::new(0),
+            engine,
             opts: opts.clone(),
             limits: DecodeLimits {
                 max_width: opts.max_frame_dim,
@@ -320,15 +361,16 @@ impl CpuWorker {
         });
         let s = shared.clone();
         let loader = SyncArbiter::start(1, move || ModelLoader { shared: s.clone() });
-        tracing::info!(worker = %info.id, threads, model = %info.model.name, version = %info.model.version, "cpu worker started");
+        tracing::info!(worker = %info.id, threads, engine = %info.engine, device = %info.device, model = %info.model.name, version = %info.model.version, "worker started");
         Ok((addr, info, ModelSwitch { loader }))
     }
 
     /// Replaces the engine in `slot` with a freshly loaded one of the same model (after a
     /// panic or a device error). When loading fails, the old engine stays and the next batch
     /// tries again.
-    fn restart(opts: &CpuWorkerOptions, slot: &mut Loaded) {
-        match Loaded::load(&slot.model_dir, &opts.ort) {
+    fn restart(sh: &Shared, slot: &mut Loaded) {
+        let opts = &sh.opts;
+        match Loaded::load(&sh.engine, &slot.model_dir, &opts.ort) {
             Ok(l) => {
                 *slot = l;
                 opts.faults.0.restarts.fetch_add(1, Relaxed);
@@ -407,7 +449,7 @@ impl CpuWorker {
                 let (BatchFailure::Engine(message) | BatchFailure::Device(message)) = failure;
                 tracing::warn!(worker = %sh.opts.id, %message, frames = images.len(), "batch failed");
                 if device {
-                    Self::restart(&sh.opts, &mut slot);
+                    Self::restart(&sh, &mut slot);
                 }
                 let results = jobs
                     .into_iter()

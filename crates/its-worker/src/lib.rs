@@ -6,9 +6,11 @@
 //! never inside an async handler.
 
 mod api;
+mod backend;
 mod cpu;
 
 pub use api::{
     BatchOutcome, FrameJob, JobResult, RunBatch, SwapError, SwapModel, Swapped, WorkerInfo,
 };
+pub use backend::{Backend, EngineChoice, NativePrecision, native_unavailable};
 pub use cpu::{CpuWorker, CpuWorkerError, CpuWorkerOptions, FaultHook, ModelSwitch};

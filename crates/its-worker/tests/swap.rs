@@ -86,6 +86,7 @@ async fn swap_between_batches_keeps_every_frame() {
         },
         threads: 2,
         max_frame_dim: 8192,
+        engine: Default::default(),
         faults: faults.clone(),
     })
     .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
