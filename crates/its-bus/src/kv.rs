@@ -8,6 +8,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::BusError;
 
+/// How long one KV request waits for the server's answer.
+const KV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A key-value bucket of `T` values.
 #[derive(Debug, Clone)]
 pub struct Kv<T> {
@@ -34,7 +37,11 @@ impl<T> Kv<T> {
         history: i64,
         replicas: usize,
     ) -> Result<Self, BusError> {
-        let js = jetstream::new(client);
+        let mut js = jetstream::new(client);
+        // A KV operation is a few milliseconds; when the server holding a bucket's stream
+        // leader dies, a request waits for this timeout before it fails and can be retried
+        // against the new leader (async-nats' default is 5 s, a long stall for a cluster round).
+        js.set_timeout(KV_TIMEOUT);
         let err = |e: &dyn std::fmt::Display| BusError::Kv {
             bucket: bucket.to_owned(),
             detail: e.to_string(),

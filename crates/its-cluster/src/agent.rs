@@ -20,12 +20,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use its_bus::{Bus, BusError, Kv};
-use its_proto::cluster::{ASSIGNMENTS_BUCKET, LEADER_BUCKET, LEADER_KEY, NODES_BUCKET};
+use its_proto::cluster::{
+    ASSIGNMENTS_BUCKET, DEAD_AFTER_HEARTBEATS, LEADER_BUCKET, LEADER_KEY, NODES_BUCKET,
+};
 use its_proto::{
     Assignment, CAMERAS_BUCKET, CameraSpec, ClusterControl, ControlReply, LeaderLease, NodeInfo,
     SCHEMA_VERSION,
@@ -76,6 +78,7 @@ pub struct ClusterAgent {
     state: watch::Receiver<AgentState>,
     cameras: watch::Receiver<BTreeSet<String>>,
     windows: watch::Receiver<BTreeMap<String, Window>>,
+    confirmed_until: Arc<AtomicU64>,
     overloaded: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -96,6 +99,7 @@ impl ClusterAgent {
         let (tx, rx) = watch::channel(AgentState::default());
         let (cameras_tx, cameras_rx) = watch::channel(BTreeSet::new());
         let (windows_tx, windows_rx) = watch::channel(BTreeMap::new());
+        let confirmed_until = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let overloaded = Arc::new(AtomicBool::new(false));
         let run = Run {
@@ -116,12 +120,14 @@ impl ClusterAgent {
             cameras_tx,
             windows_tx,
             publication: Windows::new(),
+            confirmed_until: confirmed_until.clone(),
         };
         let task = tokio::spawn(run.run(control, stop_rx));
         Ok(Self {
             state: rx,
             cameras: cameras_rx,
             windows: windows_rx,
+            confirmed_until,
             overloaded,
             stop: Some(stop_tx),
             task,
@@ -141,7 +147,7 @@ impl ClusterAgent {
     /// The gate for this node's result publisher: which results of cameras in a handover this
     /// node publishes, and first-result-wins per (camera, seq).
     pub fn result_gate(&self) -> ResultGate {
-        ResultGate::new(self.windows.clone())
+        ResultGate::new(self.windows.clone()).confirmed_by(self.confirmed_until.clone())
     }
 
     /// Reports sustained overload (the breaker's verdict); the leader then moves cameras away.
@@ -183,6 +189,9 @@ struct Run {
     state: watch::Sender<AgentState>,
     cameras_tx: watch::Sender<BTreeSet<String>>,
     windows_tx: watch::Sender<BTreeMap<String, Window>>,
+    /// Capture time up to which this node's results are confirmed (see
+    /// [`ResultGate::confirmed_by`]).
+    confirmed_until: Arc<AtomicU64>,
     publication: Windows,
 }
 
@@ -227,6 +236,7 @@ impl Run {
 
     async fn round(&mut self) -> Result<(), BusError> {
         let serving = self.state.borrow().cameras.len();
+        let stamp = crate::now_ns();
         let info = NodeInfo {
             v: SCHEMA_VERSION,
             node_id: self.config.node_id.clone(),
@@ -237,7 +247,7 @@ impl Run {
             draining: self.draining,
             drained: self.draining && serving == 0,
             overloaded: self.overloaded.load(Ordering::Relaxed),
-            heartbeat_at_ns: crate::now_ns(),
+            heartbeat_at_ns: stamp,
             heartbeat_ms: u32::try_from(self.config.tick.as_millis()).unwrap_or(u32::MAX),
         };
         self.nodes.put(&self.config.node_id, &info).await?;
@@ -286,6 +296,14 @@ impl Run {
                 true
             }
         });
+        // Heartbeat written at `stamp` and assignments read since: the leader cannot judge us
+        // dead (and give our cameras away, splitting at its write) before stamp + DEAD_AFTER
+        // ticks, so what we publish up to one tick short of that is still ours.
+        let tick_ns = u64::try_from(self.config.tick.as_nanos()).unwrap_or(u64::MAX);
+        let confirmed = stamp.saturating_add(
+            tick_ns.saturating_mul(u64::from(DEAD_AFTER_HEARTBEATS.saturating_sub(1))),
+        );
+        self.confirmed_until.fetch_max(confirmed, Ordering::Relaxed);
         let before = self.state.borrow().cameras.clone();
         for gone in before.difference(&mine) {
             self.leaving.entry(gone.clone()).or_insert(now);

@@ -25,6 +25,7 @@
 //! each (camera, seq) on this node (a frame read twice, e.g. across a resubscription).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use its_proto::Assignment;
@@ -132,6 +133,10 @@ pub enum Verdict {
     OtherNode,
     /// This node already published this (camera, seq).
     Duplicate,
+    /// The frame was captured after the time up to which this node's view of the assignments
+    /// is confirmed (see [`ResultGate::confirmed_by`]): the camera may have been moved away
+    /// from it without its knowing, so it does not publish.
+    Unconfirmed,
 }
 
 /// Decides, per result, whether this node publishes it: the handover rule for cameras in a
@@ -140,6 +145,7 @@ pub enum Verdict {
 #[derive(Clone)]
 pub struct ResultGate {
     windows: watch::Receiver<BTreeMap<String, Window>>,
+    confirmed_until: Arc<AtomicU64>,
     dedup: Arc<Mutex<SeqDedup>>,
 }
 
@@ -157,8 +163,19 @@ impl ResultGate {
     pub fn new(windows: watch::Receiver<BTreeMap<String, Window>>) -> Self {
         Self {
             windows,
+            confirmed_until: Arc::new(AtomicU64::new(u64::MAX)),
             dedup: Arc::new(Mutex::new(SeqDedup::new(DEDUP_WINDOW))),
         }
+    }
+
+    /// Publishes only frames captured before `until` (unix ns), which the cluster agent moves
+    /// forward after every round that wrote its heartbeat and read the assignments. It sets it
+    /// short of when the leader could judge this node dead and give its cameras away, so a node
+    /// cut off from NATS (or whose rounds fail while JetStream fails over) stops publishing
+    /// before another node can start: a gap in the results, never a frame published twice.
+    pub fn confirmed_by(mut self, until: Arc<AtomicU64>) -> Self {
+        self.confirmed_until = until;
+        self
     }
 
     /// The verdict on the result of frame `seq` of `camera`, captured at `captured_at_ns`.
@@ -167,6 +184,9 @@ impl ResultGate {
             && !w.publishes(captured_at_ns)
         {
             return Verdict::OtherNode;
+        }
+        if captured_at_ns >= self.confirmed_until.load(Ordering::Relaxed) {
+            return Verdict::Unconfirmed;
         }
         let mut dedup = self.dedup.lock().unwrap_or_else(|e| e.into_inner());
         if dedup.admit(camera, seq) {
@@ -268,5 +288,10 @@ mod tests {
         assert_eq!(gate.judge("c", 2, 99), Verdict::OtherNode);
         assert_eq!(gate.judge("c", 3, 100), Verdict::Publish);
         assert_eq!(gate.judge("other", 2, 0), Verdict::Publish);
+        let until = Arc::new(AtomicU64::new(200));
+        let gate = gate.confirmed_by(until.clone());
+        assert_eq!(gate.judge("c", 4, 200), Verdict::Unconfirmed);
+        until.store(300, Ordering::Relaxed);
+        assert_eq!(gate.judge("c", 4, 200), Verdict::Publish);
     }
 }

@@ -223,13 +223,15 @@ async fn handover_gives_each_frame_to_exactly_one_node() {
             }
         })
         .await;
-        for at in [
-            cutover - 1_000_000,
-            cutover - 1,
-            cutover,
-            cutover + 1,
-            u64::MAX,
-        ] {
+        // frames are judged once captured: wait until the last of them is in the past, so
+        // both nodes' rounds have confirmed their view past it
+        within(10, "past the cutover", async {
+            while its_cluster::now_ns() <= cutover + 1 + 300_000_000 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        for at in [cutover - 1_000_000, cutover - 1, cutover, cutover + 1] {
             seq += 1;
             let old = gates[0].judge(camera, seq, at) == Verdict::Publish;
             let new = gates[to].judge(camera, seq, at) == Verdict::Publish;

@@ -253,6 +253,9 @@ impl Node {
                         Some("handover: the other node publishes it")
                     }
                     its_cluster::Verdict::Duplicate => Some("duplicate of a published result"),
+                    its_cluster::Verdict::Unconfirmed => {
+                        Some("this node's cluster view is too old to be sure it owns the camera")
+                    }
                 }
             }));
         }

@@ -1,18 +1,21 @@
 //! Cluster mode across OS processes (issue 9): GPU-less `its run` nodes with the CPU worker and
 //! `cluster.enabled`, a 3-server NATS cluster (the nodes get all three URLs), 30 registry
-//! cameras whose frames a publisher in the test sends at 2 frames/s each. One run goes through:
+//! cameras whose frames a publisher in the test sends at 2 frames/s each. One run goes through,
+//! in this order:
 //!
-//! (a) `kill -9` a follower: its cameras have results from other nodes within 3 s, and after the
-//!     handover window every camera is served by exactly one node;
+//! (a) `kill -9` a follower: its cameras have results (of frames captured after the kill) from
+//!     other nodes within 3 s, and after the handover window every camera is served by exactly
+//!     one node;
 //! (e) a fourth node joins: it serves cameras within 10 s, and every camera that moved, moved to
 //!     it (nothing moves between the others);
 //! (b) `kill -9` the leader: a new leader with a newer term within 3 s; an assignment written
 //!     afterwards with the old leader's term is not obeyed, and the new leader keeps its own;
-//! (c) `kill -9` one NATS server: every camera keeps getting results, every node keeps its
-//!     heartbeat;
 //! (d) drain a node through the admin API of another: its cameras move with no frame lost
-//!     (each moved camera's sequence numbers continue without a gap across the handover), and
-//!     the node reports `drained` in its heartbeat.
+//!     (each moved camera's sequence numbers continue without a gap across the handover, but
+//!     for frames reported dropped), and the node reports `drained` in its heartbeat; then it
+//!     is resumed;
+//! (c) `kill -9` one NATS server: every camera has results again, every node keeps its
+//!     heartbeat.
 //!
 //! Throughout, no (camera, seq) is published twice. `ITS_CLUSTER_REPS=N` repeats the whole run
 //! N times and prints the median and worst of each measured time (docs/BENCHMARKS.md).
@@ -596,50 +599,8 @@ async fn run_once(rep: usize) -> Times {
     }
     assert_ne!(new_leader, "n1");
 
-    until_steady(&log, "steady before the NATS server kill").await;
-    // (c) kill -9 one NATS server: everything keeps working through the other two
-    let hb_before = read_all!(heartbeats);
-    let killed = Instant::now();
-    let killed_ns = its_cluster::now_ns();
-    nats.kill(0);
-    until(
-        30,
-        "every camera has results after the NATS server kill",
-        || {
-            log.lock()
-                .unwrap()
-                .all_captured_after(killed_ns)
-                .then_some(())
-        },
-    )
-    .await;
-    times.nats_kill = killed.elapsed().as_secs_f64();
-    within(
-        30,
-        "every live node heartbeats after the NATS server kill",
-        async {
-            loop {
-                let hb = read_all!(heartbeats);
-                if ["n2", "n4"]
-                    .iter()
-                    .all(|n| hb.get(*n).is_some_and(|i| i.heartbeat_at_ns > killed_ns))
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        },
-    )
-    .await;
-    assert!(hb_before.contains_key("n2") && hb_before.contains_key("n4"));
-    until(30, "three more results per camera", || {
-        log.lock().unwrap().all_have(killed, 3).then_some(())
-    })
-    .await;
-
     until_steady(&log, "steady before the drain").await;
     // (d) drain n4 through n2's admin API
-    // after the server loss's churn, the rebalance gives n4 its share again
     let moving: BTreeSet<String> = within(20, "n4 serves cameras", async {
         loop {
             let m: BTreeSet<String> = read_all!(assignments)
@@ -655,8 +616,8 @@ async fn run_once(rep: usize) -> Times {
     })
     .await;
     let drain_at = Instant::now();
-    // 409: the node's agent did not answer in time (a round can wait on NATS just after the
-    // server loss); a drain is idempotent, so the operator's retry is safe
+    // 409: the node's agent did not answer in time (its round waits on NATS); a drain is
+    // idempotent, so the operator's retry is safe
     within(30, "the drain request accepted", async {
         loop {
             let (status, body) = tokio::task::spawn_blocking(move || {
@@ -721,6 +682,75 @@ async fn run_once(rep: usize) -> Times {
             );
         }
         times.drain_dropped = reported;
+    }
+    // resume n4 (admin API), so that both nodes serve cameras when a NATS server dies
+    within(30, "the resume request accepted", async {
+        loop {
+            let (status, body) = tokio::task::spawn_blocking(move || {
+                http_post(admin_port, "/api/v1/nodes/n4/resume")
+            })
+            .await
+            .unwrap();
+            match status {
+                200 => return,
+                409 => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => panic!("resume request: {body}"),
+            }
+        }
+    })
+    .await;
+    within(30, "n4 serves cameras again", async {
+        loop {
+            if read_all!(assignments).values().any(|a| a.node_id == "n4") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    until_steady(&log, "steady before the NATS server kill").await;
+    // (c) kill -9 one NATS server: everything keeps working through the other two
+    let hb_before = read_all!(heartbeats);
+    let killed = Instant::now();
+    let killed_ns = its_cluster::now_ns();
+    nats.kill(0);
+    until(
+        30,
+        "every camera has results after the NATS server kill",
+        || {
+            log.lock()
+                .unwrap()
+                .all_captured_after(killed_ns)
+                .then_some(())
+        },
+    )
+    .await;
+    times.nats_kill = killed.elapsed().as_secs_f64();
+    within(
+        30,
+        "every live node heartbeats after the NATS server kill",
+        async {
+            loop {
+                let hb = read_all!(heartbeats);
+                if ["n2", "n4"]
+                    .iter()
+                    .all(|n| hb.get(*n).is_some_and(|i| i.heartbeat_at_ns > killed_ns))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    assert!(hb_before.contains_key("n2") && hb_before.contains_key("n4"));
+    until(30, "three more results per camera", || {
+        log.lock().unwrap().all_have(killed, 3).then_some(())
+    })
+    .await;
+
+    {
+        let l = log.lock().unwrap();
         let dups = l.duplicates();
         let detail: Vec<_> = l
             .results
