@@ -1280,25 +1280,7 @@ pub(crate) async fn patch_scheduler(
     payload: web::Payload,
 ) -> ApiResult {
     may_change(&req, &st, AdminRole::Operator)?;
-    let known: Vec<String> = st
-        .view
-        .nodes()
-        .into_iter()
-        .map(|n| n.value.node_id)
-        .collect();
-    let targets = match &query.node {
-        Some(n) if !subjects::is_valid_id(n) => {
-            return Err(ApiError::bad_field("node", "not a valid node id"));
-        }
-        Some(n) if !known.contains(n) => {
-            return Err(ApiError::NotFound(format!("no node {n} has reported")));
-        }
-        Some(n) => vec![n.clone()],
-        None if known.is_empty() => {
-            return Err(ApiError::NotFound("no node has reported yet".into()));
-        }
-        None => known,
-    };
+    let targets = target_nodes(&st, query.node.as_deref())?;
     let input: TuningInput = read_json(&req, payload, &st.settings).await?;
     let tuning = input.validate()?;
     let cmd = SchedulerControl::Tune { tuning };
@@ -1505,25 +1487,7 @@ pub(crate) async fn swap_model(
     payload: web::Payload,
 ) -> ApiResult {
     may_change(&req, &st, AdminRole::Admin)?;
-    let known: Vec<String> = st
-        .view
-        .nodes()
-        .into_iter()
-        .map(|n| n.value.node_id)
-        .collect();
-    let targets = match &query.node {
-        Some(n) if !subjects::is_valid_id(n) => {
-            return Err(ApiError::bad_field("node", "not a valid node id"));
-        }
-        Some(n) if !known.contains(n) => {
-            return Err(ApiError::NotFound(format!("no node {n} has reported")));
-        }
-        Some(n) => vec![n.clone()],
-        None if known.is_empty() => {
-            return Err(ApiError::NotFound("no node has reported yet".into()));
-        }
-        None => known,
-    };
+    let targets = target_nodes(&st, query.node.as_deref())?;
     let input: SwapInput = read_json(&req, payload, &st.settings).await?;
     input.validate()?;
     let cmd = SchedulerControl::SwapModel {
@@ -1693,4 +1657,26 @@ pub(crate) async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
             })
             .unwrap_or_default(),
         )
+}
+
+/// The nodes a request addresses: the one named by `?node=` (which must have reported), or
+/// every node that has reported.
+fn target_nodes(st: &State, node: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let known: Vec<String> = st
+        .view
+        .nodes()
+        .into_iter()
+        .map(|n| n.value.node_id)
+        .collect();
+    match node {
+        Some(n) if !subjects::is_valid_id(n) => {
+            Err(ApiError::bad_field("node", "not a valid node id"))
+        }
+        Some(n) if !known.iter().any(|k| k == n) => {
+            Err(ApiError::NotFound(format!("no node {n} has reported")))
+        }
+        Some(n) => Ok(vec![n.to_owned()]),
+        None if known.is_empty() => Err(ApiError::NotFound("no node has reported yet".into())),
+        None => Ok(known),
+    }
 }
