@@ -599,8 +599,13 @@ async fn a_slow_results_consumer_is_cut_off_by_nats_and_holds_nothing_back() {
         "{seen:?}"
     );
     assert_eq!(seen.duplicates, 0);
+    // A coarse tripwire only: the first batches of a new size make ONNX Runtime allocate
+    // arenas for that shape (up to ~40 MiB seen in CI after the batch-4 warm-up), so a tight
+    // bound here measured ORT, not the slow consumer. That nothing is held back is shown by
+    // the assertions above (every frame reached the healthy watcher, nothing in flight); the
+    // memory promise under load is the soak's (`nats_restarted_every_minute_soak`).
     assert!(
-        rss_end <= rss_start + 32 * 1024,
+        rss_end <= rss_start + 128 * 1024,
         "memory grew from {} to {} MiB",
         rss_start / 1024,
         rss_end / 1024
