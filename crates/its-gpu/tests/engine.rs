@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use its_engine::{Engine, ModelManifest, OrtEngine, OrtOptions};
+use its_gpu::engine::tensor::{relative_error, sample_input};
 use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
 use its_gpu::{GpuContext, gpu_required};
 use its_model::onnx::ModelProto;
@@ -24,30 +25,6 @@ fn gpu_or_skip() -> Option<GpuContext> {
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Deterministic image-like input in 0..1.
-fn input(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
-
-/// Largest |a - b| relative to the largest |b| (outputs mix pixel boxes and probabilities).
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
 }
 
 fn synth(arch: Arch, imgsz: usize, classes: usize) -> tempfile::TempDir {
@@ -77,13 +54,13 @@ fn plan_vs_ort(dir: &Path, batch: usize) -> f32 {
     let spec = &manifest.input;
     let (h, w) = (spec.height as usize, spec.width as usize);
     let plan = Plan::build(&model, [batch, 3, h, w]).unwrap();
-    let x = input(batch * 3 * h * w, 1);
+    let x = sample_input(batch * 3 * h * w, 1);
     let ours = cpu::run(&plan, &x).unwrap();
     let mut ort =
         OrtEngine::load(&manifest.model_path(dir), &manifest, &OrtOptions::default()).unwrap();
     let theirs = ort.run(&x, batch).unwrap();
     assert_eq!(plan.shape(plan.outputs[0].1), theirs.shape.as_slice());
-    rel_err(&ours[0], &theirs.data)
+    relative_error(&ours[0], &theirs.data)
 }
 
 #[test]
@@ -177,14 +154,14 @@ fn gpu_vs_cpu_with(gpu: &GpuContext, dir: &Path, batch: usize, opts: EngineOptio
     let spec = &manifest.input;
     let (h, w) = (spec.height as usize, spec.width as usize);
     let plan = Plan::build(&model, [batch, 3, h, w]).unwrap();
-    let x = input(batch * 3 * h * w, 3);
+    let x = sample_input(batch * 3 * h * w, 3);
     let reference = cpu::run(&plan, &x).unwrap();
     let mut engine = CudaEngine::build(gpu, plan, opts).unwrap();
     let ours = engine.run(&x).unwrap();
     // A second run replays the graph on the same buffers: same answer.
     let again = engine.run(&x).unwrap();
     assert_eq!(ours, again, "replay differs from the first run");
-    rel_err(&ours[0], &reference[0])
+    relative_error(&ours[0], &reference[0])
 }
 
 #[test]
@@ -275,10 +252,10 @@ fn nhwc_rewrite_is_exact(dir: &Path, batch: usize) {
         "only {nhwc_convs} of {} convolutions channels-last",
         convs(&plan)
     );
-    let x = input(batch * 3 * h * w, 5);
+    let x = sample_input(batch * 3 * h * w, 5);
     let a = cpu::run(&plan, &x).unwrap();
     let b = cpu::run(&rewritten, &x).unwrap();
-    let err = rel_err(&b[0], &a[0]);
+    let err = relative_error(&b[0], &a[0]);
     assert!(err < 1e-6, "{}: relative error {err}", dir.display());
 }
 

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use its_engine::{Engine as _, ModelManifest, OrtEngine, OrtOptions};
 use its_gpu::GpuContext;
+use its_gpu::engine::tensor::{relative_error, sample_input};
 use its_gpu::engine::{ConvMath, CudaEngine, EngineOptions, Plan, cpu};
 use its_model::onnx::ModelProto;
 use serde_json::json;
@@ -141,17 +142,9 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     }
 }
 
-/// Deterministic image-like input in 0..1 (xorshift).
+/// The deterministic input every check and bench runs on.
 fn input(n: usize) -> Vec<f32> {
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
+    sample_input(n, 0x2545_F491_4F6C_DD1D)
 }
 
 fn gpu() -> anyhow::Result<GpuContext> {
@@ -353,15 +346,6 @@ fn bare_manifest(l: &Loaded, classes: usize) -> anyhow::Result<ModelManifest> {
     Ok(ModelManifest::parse(&text)?)
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 fn check(common: &Common, tolerance: f32, on_cpu: bool) -> anyhow::Result<()> {
     let l = load(common)?;
     let gpu = if on_cpu { None } else { Some(gpu()?) };
@@ -401,7 +385,7 @@ fn check(common: &Common, tolerance: f32, on_cpu: bool) -> anyhow::Result<()> {
                 theirs.shape
             );
         }
-        let err = rel_err(&ours[0], &theirs.data);
+        let err = relative_error(&ours[0], &theirs.data);
         let scale = theirs.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         let ok = err <= tolerance && ours[0].iter().all(|v| v.is_finite());
         if !ok {
@@ -427,12 +411,15 @@ fn check(common: &Common, tolerance: f32, on_cpu: bool) -> anyhow::Result<()> {
 }
 
 fn iou(a: &its_engine::Detection, b: &its_engine::Detection) -> f32 {
-    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = w * h;
-    let area = |d: &its_engine::Detection| (d.x2 - d.x1).max(0.0) * (d.y2 - d.y1).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+    let cand = |d: &its_engine::Detection| its_engine::Candidate {
+        class_id: d.class_id,
+        score: d.score,
+        x1: d.x1,
+        y1: d.y1,
+        x2: d.x2,
+        y2: d.y2,
+    };
+    its_engine::nms::iou(&cand(a), &cand(b))
 }
 
 /// FP16 detections against FP32 detections on real images, after the manifest's NMS.

@@ -921,13 +921,9 @@ impl CudaEngine {
             self.launch()?;
         }
         for _ in 0..iters.max(1) {
-            let start = self
-                .stream
-                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            let start = self.stream.record_event(TIMED)?;
             self.launch()?;
-            let end = self
-                .stream
-                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = self.stream.record_event(TIMED)?;
             end.synchronize()?;
             v.push(f64::from(start.elapsed_ms(&end)?));
         }
@@ -939,13 +935,9 @@ impl CudaEngine {
     pub fn profile(&self) -> Result<Vec<(&'static str, f64)>, EngineBuildError> {
         let mut out = Vec::with_capacity(self.plan.ops.len());
         for (i, op) in self.plan.ops.iter().enumerate() {
-            let start = self
-                .stream
-                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            let start = self.stream.record_event(TIMED)?;
             self.enqueue_op(i, op)?;
-            let end = self
-                .stream
-                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = self.stream.record_event(TIMED)?;
             end.synchronize()?;
             out.push((op.kind(), f64::from(start.elapsed_ms(&end)?)));
         }

@@ -12,7 +12,7 @@ use its_model::onnx::{AttributeProto, ModelProto, NodeProto, TensorProto};
 
 use super::EngineBuildError;
 use super::tensor::{
-    Data, HostTensor, broadcast_index, broadcast_shape, broadcast_strides, norm_axis, strides,
+    Data, HostTensor, broadcast_index, broadcast_shape, broadcast_strides, norm_axis,
     transpose_index,
 };
 
@@ -1489,14 +1489,4 @@ fn fuse(plan: &mut Plan) {
         }
         i += 1;
     }
-}
-
-/// Total elements of every storage (the activation memory without reuse).
-pub fn storage_elems(plan: &Plan) -> usize {
-    plan.storage_len.iter().sum()
-}
-
-/// Row-major strides of tensor `t`.
-pub fn tensor_strides(plan: &Plan, t: Tid) -> Vec<usize> {
-    strides(plan.shape(t))
 }

@@ -162,3 +162,29 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, EngineBuildError> {
     }
     Ok(a as usize)
 }
+
+/// The agreement metric of `its engine check` and the engine tests: the largest
+/// `|ours - reference|` over the largest `|reference|` (YOLO outputs mix pixel boxes and
+/// probabilities, so one scale for the whole tensor).
+pub fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(ours.len(), reference.len(), "tensors of different sizes");
+    let scale = reference.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    ours.iter()
+        .zip(reference)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// `n` deterministic image-like values in 0..1 (xorshift from `seed`).
+pub fn sample_input(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
