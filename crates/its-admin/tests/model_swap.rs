@@ -19,22 +19,6 @@ use its_proto::{DetectionMsg, EventMsg, subjects};
 use its_testkit::{TestNats, within};
 use serde_json::json;
 
-/// A copy of the demo model whose manifest says `version`.
-fn model_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
-    let src = its_testkit::demo_model_dir();
-    let dst = dir.join(format!("tiny-yolo-{version}"));
-    std::fs::create_dir_all(&dst).unwrap();
-    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
-    let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap();
-    assert!(manifest.contains("version = \"1\""), "{manifest}");
-    std::fs::write(
-        dst.join("model.toml"),
-        manifest.replace("version = \"1\"", &format!("version = \"{version}\"")),
-    )
-    .unwrap();
-    dst
-}
-
 type Seen = Arc<Mutex<Vec<DetectionMsg>>>;
 
 /// Results of `camera` with `version`.
@@ -60,7 +44,7 @@ async fn wait_for(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
 #[actix_rt::test]
 async fn swap_while_frames_flow_drops_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let v2 = model_version(tmp.path(), "2");
+    let v2 = its_testkit::demo_model_version(tmp.path(), "2");
     let nats = TestNats::start();
     let mut settings = its_testkit::settings(&[
         format!("nats.url={}", nats.url()),

@@ -12,21 +12,6 @@ use its_node::Node;
 use its_proto::{DetectionMsg, ModelSwapReply, SchedulerControl, subjects};
 use its_testkit::{TestNats, within};
 
-/// A copy of the demo model whose manifest says `version`.
-fn model_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
-    let src = its_testkit::demo_model_dir();
-    let dst = dir.join(format!("tiny-yolo-{version}"));
-    std::fs::create_dir_all(&dst).unwrap();
-    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
-    let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap();
-    std::fs::write(
-        dst.join("model.toml"),
-        manifest.replace("version = \"1\"", &format!("version = \"{version}\"")),
-    )
-    .unwrap();
-    dst
-}
-
 /// Resident set size of this process, bytes (`VmRSS` of /proc/self/status).
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -46,8 +31,8 @@ fn rss_bytes() -> u64 {
 async fn fifty_swaps_leave_memory_flat() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = [
-        model_version(tmp.path(), "1"),
-        model_version(tmp.path(), "2"),
+        its_testkit::demo_model_version(tmp.path(), "1"),
+        its_testkit::demo_model_version(tmp.path(), "2"),
     ];
     let nats = TestNats::start();
     let settings = its_testkit::settings(&[

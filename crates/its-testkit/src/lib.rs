@@ -193,6 +193,22 @@ pub fn demo_model_dir() -> std::path::PathBuf {
     dir
 }
 
+/// A copy of the demo model in `dir` whose manifest says `version` (for model swap tests).
+pub fn demo_model_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let src = demo_model_dir();
+    let dst = dir.join(format!("tiny-yolo-{version}"));
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    assert!(manifest.contains("version = \"1\""), "{manifest}");
+    std::fs::write(
+        dst.join("model.toml"),
+        manifest.replace("version = \"1\"", &format!("version = \"{version}\"")),
+    )
+    .unwrap();
+    dst
+}
+
 /// Settings from the built-in defaults and `overrides` (`section.key=value`) only: no
 /// configuration file and no environment, so a developer's its.toml or ITS__ variables cannot
 /// change a test.

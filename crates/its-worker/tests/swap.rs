@@ -3,66 +3,13 @@
 //! every batch after the swap on the new one; a directory that does not load changes nothing;
 //! an engine restart after a swap reloads the model in use, not the one the worker started with.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use its_engine::OrtOptions;
-use its_proto::{Encoding, FrameMsg, Priority, SCHEMA_VERSION};
-use its_worker::{
-    CpuWorker, CpuWorkerOptions, FaultHook, FrameJob, JobResult, RunBatch, SwapError,
-};
+use its_worker::{CpuWorker, CpuWorkerOptions, FaultHook, JobResult, SwapError};
 
-fn jpeg() -> Vec<u8> {
-    let (w, h) = (64u16, 48u16);
-    let img: Vec<u8> = (0..w as usize * h as usize)
-        .flat_map(|i| [(i % 251) as u8, (i / 64 * 5) as u8, 128])
-        .collect();
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 80)
-        .encode(&img, w, h, jpeg_encoder::ColorType::Rgb)
-        .expect("encode");
-    out
-}
-
-fn batch(data: &[u8], first_seq: u64, n: u64) -> RunBatch {
-    let now = Instant::now();
-    RunBatch {
-        jobs: (first_seq..first_seq + n)
-            .map(|seq| FrameJob {
-                frame: FrameMsg {
-                    v: SCHEMA_VERSION,
-                    camera_id: "cam".into(),
-                    seq,
-                    captured_at_ns: 1,
-                    priority: Priority::Normal,
-                    deadline_ns: None,
-                    width: 64,
-                    height: 48,
-                    encoding: Encoding::Jpeg,
-                    data: data.to_vec(),
-                },
-                received_at: now,
-                dispatched_at: now,
-                deadline: now + Duration::from_secs(600),
-                attempts: 0,
-            })
-            .collect(),
-    }
-}
-
-/// A copy of the demo model whose manifest says `version`.
-fn model_version(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
-    let src = its_testkit::demo_model_dir();
-    let dst = dir.join(format!("tiny-yolo-{version}"));
-    std::fs::create_dir_all(&dst).unwrap();
-    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
-    let manifest = std::fs::read_to_string(src.join("model.toml")).unwrap();
-    std::fs::write(
-        dst.join("model.toml"),
-        manifest.replace("version = \"1\"", &format!("version = \"{version}\"")),
-    )
-    .unwrap();
-    dst
-}
+mod common;
+use common::{batch, jpeg};
 
 fn version(o: &its_worker::BatchOutcome) -> &str {
     o.model
@@ -75,7 +22,7 @@ fn version(o: &its_worker::BatchOutcome) -> &str {
 #[actix_rt::test]
 async fn swap_between_batches_keeps_every_frame() {
     let tmp = tempfile::tempdir().unwrap();
-    let v2 = model_version(tmp.path(), "2");
+    let v2 = its_testkit::demo_model_version(tmp.path(), "2");
     let faults = FaultHook::default();
     let (worker, info, switch) = CpuWorker::start_swappable(&CpuWorkerOptions {
         id: "cpu-0".into(),
