@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use cudarc::cudnn::{result as dnn, sys as dnn_sys};
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 
 use super::EngineBuildError;
@@ -245,6 +246,19 @@ impl CudaEngine {
         plan: Plan,
         opts: EngineOptions,
     ) -> Result<Self, EngineBuildError> {
+        let stream = gpu.new_stream()?;
+        Self::build_on(gpu, plan, opts, stream)
+    }
+
+    /// Builds an execution context for `plan` on `gpu` that runs on `stream` (a GPU worker
+    /// stream shares its stream between decode, preprocessing, this context and NMS, so the
+    /// stages order without events).
+    pub fn build_on(
+        gpu: &GpuContext,
+        plan: Plan,
+        opts: EngineOptions,
+        stream: Arc<CudaStream>,
+    ) -> Result<Self, EngineBuildError> {
         let started = Instant::now();
         cudnn_available()?;
         let plan = if opts.nhwc && opts.math == ConvMath::Fp16 {
@@ -252,7 +266,6 @@ impl CudaEngine {
         } else {
             plan
         };
-        let stream = gpu.new_stream()?;
         let module = gpu.module(if opts.math == ConvMath::Fp16 {
             ENGINE_F16_SRC
         } else {
@@ -352,6 +365,31 @@ impl CudaEngine {
     /// The context's stream.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Arithmetic (and so the element type of the input and output buffers).
+    pub fn math(&self) -> ConvMath {
+        self.math
+    }
+
+    /// The input tensor's device buffer (NCHW, elements of [`Self::math`]'s storage type, as
+    /// bytes), for a producer on this context's stream to write into before [`Self::launch`].
+    pub fn input_view_mut(&mut self) -> CudaViewMut<'_, u8> {
+        let info = &self.plan.tensors[self.plan.input];
+        let bytes = info.numel() * self.math.elem_bytes();
+        self.buffers[info.storage].slice_mut(0..bytes)
+    }
+
+    /// Output `i`'s device buffer (elements of [`Self::math`]'s storage type, as bytes) and
+    /// its shape; valid after [`Self::launch`] on this context's stream.
+    pub fn output_view(&self, i: usize) -> Option<(CudaView<'_, u8>, &[usize])> {
+        let (_, t) = self.plan.outputs.get(i)?;
+        let info = &self.plan.tensors[*t];
+        let bytes = info.numel() * self.math.elem_bytes();
+        Some((
+            self.buffers[info.storage].slice(0..bytes),
+            self.plan.shape(*t),
+        ))
     }
 
     fn build_convs(&mut self, opts: EngineOptions) -> Result<(), EngineBuildError> {
