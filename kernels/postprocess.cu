@@ -378,3 +378,16 @@ extern "C" __global__ void __launch_bounds__(PP_NMS_THREADS, 1) yolo_nms(
     }
     if (tid == 0) det_counts[b] = (unsigned int)kept;
 }
+
+// The detector's FP16 output (bits as u16) widened to f32 for the decode kernels: out[i] =
+// float(in[i]) for i < n. One pass over the tensor; the FP16 engine's outputs go through it.
+extern "C" __global__ void widen_f16(const unsigned short* __restrict__ in,
+                                     float* __restrict__ out, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(in[i]));
+        out[i] = f;
+    }
+}

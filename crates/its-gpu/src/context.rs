@@ -86,6 +86,14 @@ pub fn driver_available() -> Result<(), GpuError> {
     }
 }
 
+/// CUDA devices on this machine; an error when there is no usable driver.
+pub fn device_count() -> Result<usize, GpuError> {
+    driver_available()?;
+    let n = catch_unwind(CudaContext::device_count)
+        .map_err(|p| GpuError::NoDriver(panic_message(p.as_ref())))??;
+    Ok(n.max(0) as usize)
+}
+
 /// Checks that the NVRTC library can be loaded, without panicking when it cannot.
 pub fn nvrtc_available() -> Result<(), GpuError> {
     // SAFETY: only tries to dlopen the library by name.

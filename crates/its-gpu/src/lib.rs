@@ -1,7 +1,8 @@
 //! The GPU path of ITS Camera AI: CUDA context and run-time compiled kernels (cudarc, NVRTC,
 //! loaded dynamically so the crate builds and runs on machines without CUDA), and the fused
 //! letterbox preprocessing kernel, GPU post-processing (decode + NMS), frame quality, nvJPEG
-//! batched decode, bounded device / pinned pools, and [`GpuPipeline`] tying them together.
+//! batched decode, bounded device / pinned pools, [`GpuPipeline`] tying them together, and
+//! [`GpuLane`]: one GPU worker stream, JPEG in and detections out, with the native engine.
 //!
 //! Architecture invariant: this is the only crate that imports cudarc. Kernels are CUDA C in
 //! `kernels/`, embedded with `include_str!`, compiled once per device and cached.
@@ -13,6 +14,7 @@
 pub mod context;
 pub mod engine;
 mod error;
+pub mod lane;
 pub mod letterbox;
 pub mod nvjpeg;
 pub mod pipeline;
@@ -21,13 +23,18 @@ pub mod postprocess;
 pub mod quality;
 pub mod testdata;
 
-pub use context::{GpuContext, KernelSource, compile_kernel, driver_available, nvrtc_available};
+pub use context::{
+    GpuContext, KernelSource, compile_kernel, device_count, driver_available, nvrtc_available,
+};
 pub use error::GpuError;
+pub use lane::{GpuLane, LaneBatch, LaneConfig, LaneFrame, LaneTimings};
 pub use letterbox::{
     FrameRef, HostFrame, LetterboxConfig, LetterboxKernels, LetterboxParams, Letterboxer,
 };
 pub use nvjpeg::{JpegBackend, JpegDecoder};
-pub use pipeline::{GpuPipeline, PipelineConfig, PreparedBatch, PreparedFrame, StageTimings};
+pub use pipeline::{
+    GpuPipeline, InputDtype, PipelineConfig, PreparedBatch, PreparedFrame, StageTimings,
+};
 pub use pool::{DevicePool, PinnedPool, PoolStats};
 pub use postprocess::{Detection, FrameGeometry, PostprocessConfig, Postprocessor};
 pub use quality::{QualityIssue, QualityKernel, QualityReport};

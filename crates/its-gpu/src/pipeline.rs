@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaStream, CudaView, sys::CUevent_flags};
+use cudarc::driver::{CudaEvent, CudaStream, CudaView, CudaViewMut, sys::CUevent_flags};
 
 use crate::nvjpeg::{JpegBackend, JpegDecoder};
 use crate::pool::{DevicePool, PinnedPool, PoolStats, PooledDevice, PooledPinned};
@@ -72,6 +72,25 @@ pub struct StageTimings {
     pub postprocess_ms: f64,
 }
 
+/// Element type of the detector input tensor the letterbox writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputDtype {
+    /// IEEE half (bits as u16).
+    F16,
+    /// f32.
+    F32,
+}
+
+impl InputDtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            InputDtype::F16 => 2,
+            InputDtype::F32 => 4,
+        }
+    }
+}
+
 /// One frame of a prepared batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PreparedFrame {
@@ -133,13 +152,22 @@ fn elapsed(a: &CudaEvent, b: &CudaEvent) -> Result<f64, GpuError> {
 impl GpuPipeline {
     /// Loads kernels and nvJPEG, creates the stream and the pools.
     pub fn new(gpu: &GpuContext, cfg: PipelineConfig) -> Result<Self, GpuError> {
+        Self::with_stream(gpu, cfg, gpu.new_stream()?)
+    }
+
+    /// As [`Self::new`], every stage on `stream` (a GPU worker's stream, shared with its
+    /// engine contexts).
+    pub fn with_stream(
+        gpu: &GpuContext,
+        cfg: PipelineConfig,
+        stream: Arc<CudaStream>,
+    ) -> Result<Self, GpuError> {
         if cfg.max_batch == 0 || cfg.max_batch > crate::letterbox::MAX_FRAMES_PER_LAUNCH {
             return Err(GpuError::InvalidInput(format!(
                 "max_batch {} (1..=64)",
                 cfg.max_batch
             )));
         }
-        let stream = gpu.new_stream()?;
         let device_pool = DevicePool::new(stream.clone(), cfg.device_pool_bytes);
         let pinned_pool = PinnedPool::new(gpu, cfg.pinned_pool_bytes);
         let post = Postprocessor::new(gpu, cfg.post, device_pool.clone(), pinned_pool.clone())?;
@@ -199,6 +227,25 @@ impl GpuPipeline {
     /// that fail (undecodable, too large) are reported per frame and left out of the input
     /// tensor; the others fill slots 0..batch in input order.
     pub fn preprocess(&mut self, jpegs: &[&[u8]]) -> Result<PreparedBatch, GpuError> {
+        // Drop last batch's tensor first, so the take below hits the pool.
+        self.input = None;
+        let mut input = self
+            .device_pool
+            .take(self.input_len(self.cfg.max_batch) * 2)?;
+        let r = self.preprocess_into(jpegs, &mut input.slice_mut().as_view_mut(), InputDtype::F16);
+        self.input = Some(input);
+        r
+    }
+
+    /// As [`Self::preprocess`], the letterbox writing into `out` (the detector's input
+    /// buffer, NCHW, elements of `dtype` as bytes; room for `jpegs.len()` frames), which
+    /// must be used on this pipeline's stream.
+    pub fn preprocess_into(
+        &mut self,
+        jpegs: &[&[u8]],
+        out: &mut CudaViewMut<'_, u8>,
+        dtype: InputDtype,
+    ) -> Result<PreparedBatch, GpuError> {
         if jpegs.is_empty() || jpegs.len() > self.cfg.max_batch {
             return Err(GpuError::InvalidInput(format!(
                 "batch of {} JPEGs (1..={})",
@@ -209,11 +256,17 @@ impl GpuPipeline {
         let cfg = self.cfg;
         let frame_bytes = 3 * cfg.max_width as usize * cfg.max_height as usize;
         let decoded_bytes = cfg.max_batch * (frame_bytes + crate::nvjpeg::FRAME_ALIGN);
-        // Drop last batch's buffers first, so the takes below hit the pool.
+        if out.len() < self.input_len(jpegs.len()) * dtype.bytes() {
+            return Err(GpuError::InvalidInput(format!(
+                "input tensor of {} bytes, {} frames need {}",
+                out.len(),
+                jpegs.len(),
+                self.input_len(jpegs.len()) * dtype.bytes()
+            )));
+        }
+        // Drop last batch's buffers first, so the take below hits the pool.
         self.decoded = None;
-        self.input = None;
         let mut decoded = self.device_pool.take(decoded_bytes)?;
-        let input = self.device_pool.take(self.input_len(cfg.max_batch) * 2)?;
         let mut qdev = self
             .quality_dev
             .take()
@@ -234,23 +287,27 @@ impl GpuPipeline {
             .collect();
         let batch = ok.len();
         let mut params = Vec::new();
-        let mut input = input;
         if batch > 0 {
-            // SAFETY: room for max_batch frames of u16 (taken above), 256-byte aligned.
-            let mut out = unsafe {
-                input
-                    .slice_mut()
-                    .transmute_mut::<u16>(self.input_len(batch))
-            }
-            .ok_or_else(|| GpuError::InvalidInput("input tensor too small".into()))?;
-            params = self.letterbox.launch_f16(
-                &stream,
-                &decoded.slice().as_view(),
-                &ok,
-                &mut out,
-                cfg.target_w,
-                cfg.target_h,
-            )?;
+            let n = self.input_len(batch);
+            let src = decoded.slice().as_view();
+            let short = || GpuError::InvalidInput("input tensor too small".into());
+            params = match dtype {
+                InputDtype::F16 => {
+                    // SAFETY: `out` holds at least n u16 values (checked above); device
+                    // buffers and engine arena regions are 256-byte aligned.
+                    let mut o = unsafe { out.transmute_mut::<u16>(n) }.ok_or_else(short)?;
+                    let (w, h) = (cfg.target_w, cfg.target_h);
+                    self.letterbox
+                        .launch_f16(&stream, &src, &ok, &mut o, w, h)?
+                }
+                InputDtype::F32 => {
+                    // SAFETY: as above, n f32 values.
+                    let mut o = unsafe { out.transmute_mut::<f32>(n) }.ok_or_else(short)?;
+                    let (w, h) = (cfg.target_w, cfg.target_h);
+                    self.letterbox
+                        .launch_f32(&stream, &src, &ok, &mut o, w, h)?
+                }
+            };
         }
         let e2 = event(&stream)?;
         if batch > 0 {
@@ -292,7 +349,6 @@ impl GpuPipeline {
             postprocess_ms: 0.0,
         };
         self.decoded = Some(decoded);
-        self.input = Some(input);
         self.quality_dev = Some(qdev);
         self.quality_host = Some(qhost);
         Ok(PreparedBatch {
