@@ -125,4 +125,9 @@ pub fn from_toml_str(text: &str) -> Result<Settings, ConfigError> {
 }
 
 /// Keys whose values are lists; in the environment and overrides they are comma-separated.
-const LIST_KEYS: [&str; 3] = ["scheduler.batch_sizes", "engine.providers", "cameras.ids"];
+const LIST_KEYS: [&str; 4] = [
+    "scheduler.batch_sizes",
+    "engine.providers",
+    "engine.gpu_devices",
+    "cameras.ids",
+];

@@ -438,8 +438,12 @@ pub enum BackendSetting {
     Auto,
     /// ONNX Runtime with `engine.providers`.
     Ort,
-    /// The native CUDA engine; start-up fails without a usable GPU.
+    /// The native CUDA engine behind CPU decode, letterbox and NMS; start-up fails without a
+    /// usable GPU.
     Native,
+    /// The whole frame path on the GPU (nvJPEG, letterbox kernel, native engine, GPU NMS),
+    /// one worker per GPU with `engine.gpu_streams` streams; start-up fails without a GPU.
+    Gpu,
 }
 
 /// Arithmetic of the native engine (`engine.native_precision`).
@@ -464,8 +468,9 @@ impl TryFrom<String> for BackendSetting {
             "auto" => Ok(Self::Auto),
             "ort" => Ok(Self::Ort),
             "native" => Ok(Self::Native),
+            "gpu" => Ok(Self::Gpu),
             _ => Err(format!(
-                "{v:?} is not an engine: expected auto, ort or native"
+                "{v:?} is not an engine: expected auto, ort, native or gpu"
             )),
         }
     }
@@ -492,8 +497,9 @@ impl TryFrom<String> for NativePrecisionSetting {
 pub struct EngineSettings {
     /// Model directory holding `model.toml` and the ONNX file.
     pub model_dir: PathBuf,
-    /// Inference engine: `auto` (native CUDA engine where a GPU is usable, else ONNX Runtime),
-    /// `ort` (ONNX Runtime) or `native` (start-up fails without a GPU).
+    /// Inference engine: `auto` (the GPU frame path where a GPU is usable, else ONNX Runtime),
+    /// `ort` (ONNX Runtime), `native` (the native engine behind the CPU stages) or `gpu` (the
+    /// GPU frame path; start-up fails without a GPU).
     pub backend: BackendSetting,
     /// Arithmetic of the native engine: `fp16`, `fp32` or `tf32`.
     pub native_precision: NativePrecisionSetting,
@@ -510,6 +516,11 @@ pub struct EngineSettings {
     pub intra_threads: u32,
     /// CPU workers (each one engine instance on its own thread), 1 to 64.
     pub cpu_workers: u32,
+    /// Streams (threads, each with its own lane and engine contexts) of each GPU worker on
+    /// the GPU frame path, 1 to 32.
+    pub gpu_streams: u32,
+    /// GPUs that get a worker on the GPU frame path, by ordinal; empty = every GPU.
+    pub gpu_devices: Vec<u32>,
     /// Largest decoded frame side accepted, pixels.
     pub max_frame_dim: u32,
 }
@@ -526,6 +537,8 @@ impl Default for EngineSettings {
             allow_fallback: true,
             intra_threads: 0,
             cpu_workers: 1,
+            gpu_streams: 8,
+            gpu_devices: Vec::new(),
             max_frame_dim: its_proto::limits::MAX_FRAME_DIM,
         }
     }
@@ -959,6 +972,18 @@ impl Settings {
             "engine.cpu_workers",
             e.cpu_workers,
             "1 to 64",
+        )?;
+        check(
+            (1..=32).contains(&e.gpu_streams),
+            "engine.gpu_streams",
+            e.gpu_streams,
+            "1 to 32",
+        )?;
+        check(
+            e.gpu_devices.iter().all(|&d| d <= 63),
+            "engine.gpu_devices",
+            &e.gpu_devices,
+            "CUDA device ordinals, 0 to 63 (empty = every GPU)",
         )?;
         check(
             e.intra_threads <= 256,

@@ -30,6 +30,8 @@ fn the_default_is_auto_fp16_on_device_0() {
     assert_eq!(e.backend, BackendSetting::Auto);
     assert_eq!(e.native_precision, NativePrecisionSetting::Fp16);
     assert_eq!(e.gpu_device, 0);
+    assert_eq!(e.gpu_streams, 8);
+    assert!(e.gpu_devices.is_empty());
     let printed = Settings::default().to_toml_redacted();
     assert!(printed.contains("backend = \"auto\""), "{printed}");
     assert!(printed.contains("native_precision = \"fp16\""), "{printed}");
@@ -51,16 +53,29 @@ fn every_layer_sets_the_backend_keys() {
     .unwrap();
     assert_eq!(s.engine.backend, BackendSetting::Ort);
     assert_eq!(s.engine.native_precision, NativePrecisionSetting::Fp32);
+    let s = with(
+        &[("ITS__ENGINE__BACKEND", "gpu")],
+        &["engine.gpu_streams=4", "engine.gpu_devices=0,1"],
+    )
+    .unwrap();
+    assert_eq!(s.engine.backend, BackendSetting::Gpu);
+    assert_eq!(s.engine.gpu_streams, 4);
+    assert_eq!(s.engine.gpu_devices, vec![0, 1]);
 }
 
 #[test]
 fn bad_backend_values_name_the_key() {
-    let e = with(&[], &["engine.backend=gpu"]).unwrap_err();
+    let e = with(&[], &["engine.backend=tensorrt"]).unwrap_err();
     assert!(e.contains("engine.backend"), "{e}");
-    assert!(e.contains("gpu"), "{e}");
-    for allowed in ["auto", "ort", "native"] {
+    assert!(e.contains("tensorrt"), "{e}");
+    for allowed in ["auto", "ort", "native", "gpu"] {
         assert!(e.contains(allowed), "{e}");
     }
+
+    let e = with(&[], &["engine.gpu_streams=0"]).unwrap_err();
+    assert!(e.contains("engine.gpu_streams") && e.contains("1 to 32"), "{e}");
+    let e = with(&[], &["engine.gpu_devices=0,64"]).unwrap_err();
+    assert!(e.contains("engine.gpu_devices") && e.contains("0 to 63"), "{e}");
 
     let e = with(&[("ITS__ENGINE__NATIVE_PRECISION", "int8")], &[]).unwrap_err();
     assert!(e.contains("engine.native_precision"), "{e}");

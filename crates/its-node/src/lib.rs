@@ -111,6 +111,7 @@ pub fn engine_choice(s: &Settings) -> EngineChoice {
             BackendSetting::Auto => Backend::Auto,
             BackendSetting::Ort => Backend::Ort,
             BackendSetting::Native => Backend::Native,
+            BackendSetting::Gpu => Backend::Gpu,
         },
         native_precision: match s.engine.native_precision {
             NativePrecisionSetting::Fp16 => NativePrecision::Fp16,
@@ -125,6 +126,26 @@ pub fn engine_choice(s: &Settings) -> EngineChoice {
             .iter()
             .map(|b| *b as usize)
             .collect(),
+        gpu_max_frame: (0, 0),
+    }
+}
+
+/// The GPUs that get a worker of their own on the GPU frame path (`engine.backend` = `gpu`,
+/// or `auto` with a usable GPU): `engine.gpu_devices`, or every GPU when that is empty.
+/// `None`: the workers run on the CPU stages (`scheduler.workers` of them).
+pub fn gpu_worker_devices(s: &Settings) -> Option<Vec<u32>> {
+    match s.engine.backend {
+        BackendSetting::Gpu => {}
+        BackendSetting::Auto if its_worker::native_unavailable(s.engine.gpu_device).is_none() => {}
+        _ => return None,
+    }
+    if !s.engine.gpu_devices.is_empty() {
+        return Some(s.engine.gpu_devices.clone());
+    }
+    match its_gpu::device_count() {
+        Ok(n) if n > 0 => Some((0..n as u32).collect()),
+        // No GPU: a `gpu` backend fails in the worker's start with the reason.
+        _ => Some(vec![s.engine.gpu_device]),
     }
 }
 
@@ -195,16 +216,34 @@ impl Node {
         let workers = match workers {
             Some(workers) => workers,
             None => {
-                // scheduler.workers CPU workers, each its own worker id and threads.
+                // The GPU frame path: one worker per GPU (`gpu-<ordinal>`), engine.gpu_streams
+                // lanes each. Otherwise scheduler.workers CPU workers (`cpu-<n>`), each its own
+                // worker id and engine.cpu_workers threads.
+                let plan: Vec<(String, EngineChoice, u32)> = match gpu_worker_devices(&settings) {
+                    Some(devices) => devices
+                        .into_iter()
+                        .map(|d| {
+                            let mut choice = engine_choice(&settings);
+                            choice.gpu_device = d;
+                            (format!("gpu-{d}"), choice, settings.engine.gpu_streams)
+                        })
+                        .collect(),
+                    None => (0..settings.scheduler.workers)
+                        .map(|n| {
+                            let threads = settings.engine.cpu_workers;
+                            (format!("cpu-{n}"), engine_choice(&settings), threads)
+                        })
+                        .collect(),
+                };
                 let mut workers = Vec::new();
-                for n in 0..settings.scheduler.workers {
+                for (id, engine, threads) in plan {
                     let (worker_addr, info, switch) =
                         CpuWorker::start_swappable(&CpuWorkerOptions {
-                            id: format!("cpu-{n}"),
+                            id,
                             model_dir: settings.engine.model_dir.clone(),
                             ort: ort_options(&settings),
-                            engine: engine_choice(&settings),
-                            threads: settings.engine.cpu_workers,
+                            engine,
+                            threads,
                             max_frame_dim: settings.engine.max_frame_dim,
                             faults: Default::default(),
                         })?;

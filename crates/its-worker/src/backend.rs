@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use its_engine::{Detector, EngineError, ModelManifest, OrtOptions};
-use its_gpu::GpuContext;
+use its_engine::{Detector, EngineError, ModelManifest, OrtOptions, OutputFormat};
 use its_gpu::engine::{ConvMath, EngineOptions, NativeEngine};
+use its_gpu::{GpuContext, GpuLane, LaneConfig, PipelineConfig, PostprocessConfig};
 use its_model::onnx::ModelProto;
 
 /// The engine a worker runs (`engine.backend`).
@@ -25,8 +25,13 @@ pub enum Backend {
     /// ONNX Runtime with the execution providers of [`OrtOptions`].
     #[default]
     Ort,
-    /// The native CUDA engine; the worker fails to start without a usable GPU.
+    /// The native CUDA engine behind CPU decode, letterbox and NMS; the worker fails to start
+    /// without a usable GPU.
     Native,
+    /// The whole frame path on the GPU ([`its_gpu::GpuLane`]: nvJPEG, letterbox kernel, native
+    /// engine, GPU NMS), one lane per worker thread; the worker fails to start without a
+    /// usable GPU or with a model whose head the GPU post-processing cannot read.
+    Gpu,
 }
 
 impl Backend {
@@ -36,6 +41,7 @@ impl Backend {
             Backend::Auto => "auto",
             Backend::Ort => "ort",
             Backend::Native => "native",
+            Backend::Gpu => "gpu",
         }
     }
 }
@@ -84,6 +90,9 @@ pub struct EngineChoice {
     /// scheduler's `batch_sizes`); any other size is built on its first batch. Empty: every
     /// size on first use.
     pub batch_sizes: Vec<usize>,
+    /// Largest frame the GPU pipeline decodes, (width, height); each lane holds a decode
+    /// buffer of its largest batch of such frames. (0, 0) = 3840 x 2160.
+    pub gpu_max_frame: (u32, u32),
 }
 
 /// Why the native engine cannot run on `gpu_device` here, or `None` when it can: the CUDA
@@ -119,17 +128,49 @@ fn probe(gpu_device: u32) -> (Result<GpuContext, String>, bool) {
 pub(crate) enum Resolved {
     /// ONNX Runtime.
     Ort,
-    /// The native engine on `gpu`.
+    /// The native engine on `gpu`: behind the CPU stages, or (`lane`) with the whole frame
+    /// path on the GPU.
     Native {
         gpu: GpuContext,
         options: EngineOptions,
         precision: NativePrecision,
         batches: Vec<usize>,
+        lane: bool,
+        max_frame: (u32, u32),
     },
 }
 
+/// What runs a worker thread's batches.
+pub(crate) enum Runner {
+    /// CPU decode and letterbox, a detector (ONNX Runtime or the native engine), CPU NMS.
+    Detector(Detector),
+    /// The GPU frame path.
+    Lane {
+        lane: Box<GpuLane>,
+        manifest: ModelManifest,
+        engine: String,
+    },
+}
+
+impl Runner {
+    pub(crate) fn manifest(&self) -> &ModelManifest {
+        match self {
+            Runner::Detector(d) => d.manifest(),
+            Runner::Lane { manifest, .. } => manifest,
+        }
+    }
+
+    pub(crate) fn engine_name(&self) -> &str {
+        match self {
+            Runner::Detector(d) => d.engine_name(),
+            Runner::Lane { engine, .. } => engine,
+        }
+    }
+}
+
 impl Resolved {
-    /// Resolves `choice`: `Err` (why) only for [`Backend::Native`] without a usable GPU.
+    /// Resolves `choice`: `Err` (why) only for [`Backend::Native`] or [`Backend::Gpu`] without
+    /// a usable GPU.
     pub(crate) fn resolve(choice: &EngineChoice, worker: &str) -> Result<Resolved, String> {
         if choice.backend == Backend::Ort {
             return Ok(Resolved::Ort);
@@ -137,7 +178,7 @@ impl Resolved {
         let (gpu, first) = probe(choice.gpu_device);
         match gpu {
             Ok(gpu) => Ok(Resolved::native(gpu, choice)),
-            Err(why) if choice.backend == Backend::Native => Err(why),
+            Err(why) if matches!(choice.backend, Backend::Native | Backend::Gpu) => Err(why),
             Err(why) => {
                 if first {
                     tracing::warn!(
@@ -162,12 +203,42 @@ impl Resolved {
             },
             precision: choice.native_precision,
             batches: choice.batch_sizes.clone(),
+            lane: matches!(choice.backend, Backend::Auto | Backend::Gpu),
+            max_frame: match choice.gpu_max_frame {
+                (0, 0) => (3840, 2160),
+                m => m,
+            },
         }
     }
 
-    /// Whether this is the native engine.
-    pub(crate) fn is_native(&self) -> bool {
-        matches!(self, Resolved::Native { .. })
+    /// With `engine.backend = auto`, the engine to try when this one cannot load the model:
+    /// the GPU frame path falls back to the native engine behind the CPU stages, which falls
+    /// back to ONNX Runtime.
+    pub(crate) fn fallback(&self) -> Option<Resolved> {
+        match self {
+            Resolved::Ort => None,
+            Resolved::Native { lane: false, .. } => Some(Resolved::Ort),
+            Resolved::Native {
+                gpu,
+                options,
+                precision,
+                batches,
+                max_frame,
+                lane: true,
+            } => Some(Resolved::Native {
+                gpu: gpu.clone(),
+                options: *options,
+                precision: *precision,
+                batches: batches.clone(),
+                lane: false,
+                max_frame: *max_frame,
+            }),
+        }
+    }
+
+    /// Whether batches run on the GPU frame path.
+    pub(crate) fn is_lane(&self) -> bool {
+        matches!(self, Resolved::Native { lane: true, .. })
     }
 
     /// The worker's device, for [`crate::WorkerInfo::device`]: `cpu` for ONNX Runtime, the
@@ -175,26 +246,35 @@ impl Resolved {
     pub(crate) fn device(&self) -> String {
         match self {
             Resolved::Ort => "cpu".to_owned(),
-            Resolved::Native { gpu, precision, .. } => {
-                format!("{} native[{}]", gpu.device_name(), precision.as_str())
+            Resolved::Native {
+                gpu,
+                precision,
+                lane,
+                ..
+            } => {
+                let path = if *lane { "gpu" } else { "native" };
+                format!("{} {path}[{}]", gpu.device_name(), precision.as_str())
             }
         }
     }
 
     /// Builds one detector for `model_dir` on this engine: the one function every detector of
     /// a worker comes from (start-up, engine restart, model swap).
-    pub(crate) fn load(&self, model_dir: &Path, ort: &OrtOptions) -> Result<Detector, EngineError> {
+    pub(crate) fn load(&self, model_dir: &Path, ort: &OrtOptions) -> Result<Runner, EngineError> {
         let Resolved::Native {
             gpu,
             options,
             precision,
             batches,
+            lane,
+            max_frame,
         } = self
         else {
-            return Detector::load(model_dir, ort);
+            return Detector::load(model_dir, ort).map(Runner::Detector);
         };
         let manifest = ModelManifest::load(model_dir)?;
-        let engine = format!("native[{}]:{}", precision.as_str(), manifest.name);
+        let path = if *lane { "gpu" } else { "native" };
+        let engine = format!("{path}[{}]:{}", precision.as_str(), manifest.name);
         let failed = |message: String| EngineError::Backend {
             engine: engine.clone(),
             message,
@@ -202,6 +282,50 @@ impl Resolved {
         let path = manifest.model_path(model_dir);
         let model = ModelProto::read(&path)
             .map_err(|e| failed(format!("reading {}: {e}", path.display())))?;
+        if *lane {
+            if manifest.output.format != OutputFormat::Yolov8 {
+                return Err(failed(format!(
+                    "the GPU post-processing reads yolov8-format heads ([batch, 4 + classes, \
+                     anchors]); this model's output format is {:?}",
+                    manifest.output.format
+                )));
+            }
+            let largest = batches.iter().copied().max().unwrap_or(32).clamp(1, 64);
+            let cfg = LaneConfig {
+                pipeline: PipelineConfig {
+                    max_width: max_frame.0,
+                    max_height: max_frame.1,
+                    target_w: manifest.input.width,
+                    target_h: manifest.input.height,
+                    post: PostprocessConfig {
+                        num_classes: manifest.classes.len(),
+                        num_anchors: 1,
+                        score_threshold: manifest.score_threshold,
+                        iou_threshold: manifest.iou_threshold,
+                        max_detections: manifest
+                            .max_detections
+                            .clamp(1, its_gpu::postprocess::MAX_DETECTIONS),
+                        max_candidates: its_gpu::postprocess::MAX_CANDIDATES,
+                        class_aware: true,
+                    },
+                    // The decode buffer of the largest batch of the largest frames, twice
+                    // (pool buckets round up), and room for the post-processing scratch.
+                    device_pool_bytes: 2
+                        * largest
+                        * (3 * max_frame.0 as usize * max_frame.1 as usize)
+                        + (512 << 20),
+                    ..PipelineConfig::yolo640(largest)
+                },
+                engine: *options,
+                batches: batches.clone(),
+            };
+            let lane = GpuLane::new(gpu, model, cfg).map_err(|e| failed(e.to_string()))?;
+            return Ok(Runner::Lane {
+                lane: Box::new(lane),
+                manifest,
+                engine,
+            });
+        }
         let native = NativeEngine::new(
             gpu.clone(),
             model,
@@ -211,6 +335,6 @@ impl Resolved {
             &manifest.name,
         )
         .map_err(|e| failed(e.to_string()))?;
-        Detector::new(Box::new(native), manifest)
+        Detector::new(Box::new(native), manifest).map(Runner::Detector)
     }
 }

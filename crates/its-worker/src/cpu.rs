@@ -1,5 +1,9 @@
-//! The CPU worker: decode, letterbox, inference (ONNX Runtime, or the native CUDA engine where
-//! a GPU is present: [`EngineChoice`]), NMS, on its own threads.
+//! The worker actor: batches of frames on the worker's own threads, each thread with its own
+//! engine. On the CPU stages a thread decodes, letterboxes, runs its detector (ONNX Runtime, or
+//! the native CUDA engine) and applies NMS; on the GPU frame path (`engine.backend = gpu`, or
+//! `auto` with a GPU) each thread owns an [`its_gpu::GpuLane`] (its own CUDA stream, nvJPEG,
+//! letterbox kernel, engine contexts and GPU NMS), so a GPU worker with 8 threads runs 8
+//! streams that overlap on the device. [`EngineChoice`] picks.
 //!
 //! Each thread runs batches on its own detector, kept in a slot of its own. Every detector comes
 //! from one function of the engine resolved at start (`Resolved::load`): with the native engine
@@ -16,10 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use its_engine::{DecodeLimits, Detector, EngineError, OrtOptions, RgbImage};
+use its_engine::{DecodeLimits, EngineError, OrtOptions, RgbImage};
+use its_gpu::GpuError;
 use its_proto::{Detection, DropReason, Encoding, ModelRef};
 
-use crate::backend::Resolved;
+use crate::backend::{Resolved, Runner};
 use crate::{
     Backend, BatchOutcome, EngineChoice, FrameJob, JobResult, RunBatch, SwapError, SwapModel,
     Swapped, WorkerInfo,
@@ -36,11 +41,13 @@ pub enum CpuWorkerError {
         /// Why.
         source: EngineError,
     },
-    /// `engine.backend = "native"` and the native engine cannot run here.
+    /// `engine.backend = "native"` or `"gpu"`, and the native engine cannot run here.
     #[error(
-        "engine.backend = \"native\" needs a CUDA GPU (device {gpu_device}) with cuDNN and NVRTC, and there is none usable: {reason}; set engine.backend = \"auto\" (the native engine where a GPU is present, ONNX Runtime otherwise) or \"ort\""
+        "engine.backend = \"{backend}\" needs a CUDA GPU (device {gpu_device}) with cuDNN and NVRTC, and there is none usable: {reason}; set engine.backend = \"auto\" (the GPU where one is present, ONNX Runtime otherwise) or \"ort\""
     )]
     NoGpu {
+        /// The backend asked for (`native` or `gpu`).
+        backend: &'static str,
         /// The device asked for (`engine.gpu_device`).
         gpu_device: u32,
         /// Why it is not usable.
@@ -146,9 +153,9 @@ enum BatchFailure {
     Device(String),
 }
 
-/// A loaded detector and where it came from.
+/// A loaded detector (or GPU lane) and where it came from.
 struct Loaded {
-    detector: Detector,
+    runner: Runner,
     model: ModelRef,
     classes: Vec<String>,
     model_dir: PathBuf,
@@ -156,8 +163,8 @@ struct Loaded {
 
 impl Loaded {
     fn load(engine: &Resolved, model_dir: &Path, ort: &OrtOptions) -> Result<Loaded, EngineError> {
-        let detector = engine.load(model_dir, ort)?;
-        let m = detector.manifest();
+        let runner = engine.load(model_dir, ort)?;
+        let m = runner.manifest();
         Ok(Loaded {
             model: ModelRef {
                 name: m.name.clone(),
@@ -165,7 +172,7 @@ impl Loaded {
             },
             classes: m.classes.clone(),
             model_dir: model_dir.to_owned(),
-            detector,
+            runner,
         })
     }
 }
@@ -301,6 +308,7 @@ impl CpuWorker {
         let threads = opts.threads.max(1);
         let mut engine =
             Resolved::resolve(&opts.engine, &opts.id).map_err(|reason| CpuWorkerError::NoGpu {
+                backend: opts.engine.backend.as_str(),
                 gpu_device: opts.engine.gpu_device,
                 reason,
             })?;
@@ -309,28 +317,33 @@ impl CpuWorker {
                 .map(|_| Loaded::load(engine, &opts.model_dir, &opts.ort).map(Mutex::new))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let slots = match load_all(&engine) {
-            // auto: a model the native engine cannot build runs on ONNX Runtime.
-            Err(e @ EngineError::Backend { .. })
-                if engine.is_native() && opts.engine.backend == Backend::Auto =>
-            {
-                tracing::warn!(
-                    worker = %opts.id,
-                    error = %e,
-                    "engine.backend = auto: the native engine cannot run this model, running ONNX Runtime"
-                );
-                engine = Resolved::Ort;
-                load_all(&engine)
-            }
-            other => other,
+        // auto: a model the GPU frame path cannot take runs on the native engine behind the
+        // CPU stages, and a model that engine cannot build runs on ONNX Runtime.
+        let mut loaded = load_all(&engine);
+        while let Err(e @ EngineError::Backend { .. }) = &loaded {
+            let Some(next) = engine
+                .fallback()
+                .filter(|_| opts.engine.backend == Backend::Auto)
+            else {
+                break;
+            };
+            tracing::warn!(
+                worker = %opts.id,
+                error = %e,
+                from = %engine.device(),
+                to = %next.device(),
+                "engine.backend = auto: this engine cannot run the model, falling back"
+            );
+            engine = next;
+            loaded = load_all(&engine);
         }
-        .map_err(|source| CpuWorkerError::Load {
+        let slots = loaded.map_err(|source| CpuWorkerError::Load {
             model_dir: opts.model_dir.clone(),
             source,
         })?;
         let (model, engine_name) = {
             let first = slots[0].lock().unwrap_or_else(|p| p.into_inner());
-            (first.model.clone(), first.detector.engine_name().to_owned())
+            (first.model.clone(), first.runner.engine_name().to_owned())
         };
         let info = WorkerInfo {
             id: opts.id.clone(),
@@ -384,19 +397,180 @@ impl CpuWorker {
 
     /// Runs one batch; returns every job with its result and the model it ran on.
     fn run(&mut self, jobs: Vec<FrameJob>) -> (Vec<(FrameJob, JobResult)>, ModelRef) {
+        if self.shared.engine.is_lane() {
+            self.run_on_lane(jobs)
+        } else {
+            self.run_on_cpu(jobs)
+        }
+    }
+
+    /// Runs `infer` under the fault hook, catching a panic as a device failure.
+    fn guarded<T>(
+        faults: &FaultHook,
+        infer: impl FnOnce() -> Result<T, BatchFailure>,
+    ) -> Result<T, BatchFailure> {
+        let run = catch_unwind(AssertUnwindSafe(|| match faults.next() {
+            Fault::Panic => panic!("injected fault: the engine died mid-batch"),
+            Fault::Fail => Err(BatchFailure::Device(
+                "injected fault: device error".to_owned(),
+            )),
+            Fault::None => infer(),
+        }));
+        run.unwrap_or_else(|_| Err(BatchFailure::Device("the engine panicked".to_owned())))
+    }
+
+    /// The results of a batch that failed as a whole: the frames refused before inference
+    /// keep their own result; the others are device errors (after which the slot's engine is
+    /// restarted) or `worker_failed` drops.
+    fn failed_batch(
+        sh: &Shared,
+        slot: &mut Loaded,
+        jobs: Vec<FrameJob>,
+        refused: Vec<Option<JobResult>>,
+        failure: BatchFailure,
+    ) -> Vec<(FrameJob, JobResult)> {
+        let device = matches!(failure, BatchFailure::Device(_));
+        let (BatchFailure::Engine(message) | BatchFailure::Device(message)) = failure;
+        let frames = refused.iter().filter(|r| r.is_none()).count();
+        tracing::warn!(worker = %sh.opts.id, %message, frames, "batch failed");
+        if device {
+            Self::restart(sh, slot);
+        }
+        jobs.into_iter()
+            .zip(refused)
+            .map(|(job, r)| {
+                let r = r.unwrap_or_else(|| {
+                    if device {
+                        JobResult::DeviceError {
+                            message: message.clone(),
+                        }
+                    } else {
+                        JobResult::Dropped {
+                            reason: DropReason::WorkerFailed,
+                            message: message.clone(),
+                        }
+                    }
+                });
+                (job, r)
+            })
+            .collect()
+    }
+
+    /// The frame's result when it is not a JPEG (`None` when it is).
+    fn refuse_encoding(job: &FrameJob) -> Option<JobResult> {
+        (job.frame.encoding != Encoding::Jpeg).then(|| JobResult::Dropped {
+            reason: DropReason::UnsupportedEncoding,
+            message: format!(
+                "the worker decodes JPEG only, this frame is {:?}",
+                job.frame.encoding
+            ),
+        })
+    }
+
+    fn detection(classes: &[String], class_id: u32, score: f32, b: [f32; 4]) -> Detection {
+        Detection {
+            class_id,
+            class_name: classes.get(class_id as usize).cloned().unwrap_or_default(),
+            score,
+            x1: b[0],
+            y1: b[1],
+            x2: b[2],
+            y2: b[3],
+        }
+    }
+
+    /// The GPU frame path: the JPEG bytes go to the slot's lane as they are.
+    fn run_on_lane(&mut self, jobs: Vec<FrameJob>) -> (Vec<(FrameJob, JobResult)>, ModelRef) {
+        let sh = self.shared.clone();
+        let refused: Vec<Option<JobResult>> = jobs.iter().map(Self::refuse_encoding).collect();
+        let jpegs: Vec<&[u8]> = jobs
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(j, _)| j.frame.data.as_slice())
+            .collect();
+        let mut slot = sh.slot(self.slot);
+        let model = slot.model.clone();
+        let batch = if jpegs.is_empty() {
+            Ok(None)
+        } else {
+            let Runner::Lane { lane, .. } = &mut slot.runner else {
+                unreachable!("a lane worker's slots hold lanes")
+            };
+            Self::guarded(&sh.opts.faults, || {
+                lane.run(&jpegs)
+                    .map(Some)
+                    .map_err(|e| BatchFailure::Device(e.to_string()))
+            })
+        };
+        drop(jpegs);
+        let batch = match batch {
+            Ok(b) => b,
+            Err(failure) => {
+                let results = Self::failed_batch(&sh, &mut slot, jobs, refused, failure);
+                return (results, model);
+            }
+        };
+        let (mut frames, timings) = match batch {
+            Some(b) => (b.frames.into_iter(), b.timings),
+            None => (Vec::new().into_iter(), Default::default()),
+        };
+        let ns = |ms: f64| (ms * 1e6) as u64;
+        let classes = &slot.classes;
+        let results = jobs
+            .into_iter()
+            .zip(refused)
+            .map(|(job, refused)| {
+                let result = refused.unwrap_or_else(|| match frames.next() {
+                    Some(Ok(f)) => JobResult::Done {
+                        detections: f
+                            .detections
+                            .iter()
+                            .take(its_proto::limits::MAX_DETECTIONS)
+                            .map(|d| {
+                                Self::detection(
+                                    classes,
+                                    d.class_id,
+                                    d.score,
+                                    [d.x1, d.y1, d.x2, d.y2],
+                                )
+                            })
+                            .collect(),
+                        frame_width: f.width,
+                        frame_height: f.height,
+                        preprocess_ns: ns(timings.decode_ms
+                            + timings.letterbox_ms
+                            + timings.quality_ms),
+                        infer_ns: ns(timings.infer_ms),
+                        postprocess_ns: ns(timings.postprocess_ms),
+                    },
+                    Some(Err(e)) => JobResult::Dropped {
+                        reason: match e {
+                            GpuError::InvalidInput(_) => DropReason::BadDimensions,
+                            _ => DropReason::Undecodable,
+                        },
+                        message: e.to_string(),
+                    },
+                    None => JobResult::Dropped {
+                        reason: DropReason::WorkerFailed,
+                        message: "the GPU lane returned fewer frames than it was given".into(),
+                    },
+                });
+                (job, result)
+            })
+            .collect();
+        (results, model)
+    }
+
+    /// CPU decode and letterbox, the slot's detector, CPU NMS.
+    fn run_on_cpu(&mut self, jobs: Vec<FrameJob>) -> (Vec<(FrameJob, JobResult)>, ModelRef) {
         let sh = self.shared.clone();
         let t0 = Instant::now();
         let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
         let mut decoded: Vec<Result<usize, JobResult>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            if job.frame.encoding != Encoding::Jpeg {
-                decoded.push(Err(JobResult::Dropped {
-                    reason: DropReason::UnsupportedEncoding,
-                    message: format!(
-                        "the CPU worker decodes JPEG only, this frame is {:?}",
-                        job.frame.encoding
-                    ),
-                }));
+            if let Some(refused) = Self::refuse_encoding(job) {
+                decoded.push(Err(refused));
                 continue;
             }
             match its_engine::decode_jpeg_with_limits(&job.frame.data, &sh.limits) {
@@ -426,50 +600,20 @@ impl CpuWorker {
         let outputs = if images.is_empty() {
             Ok(Vec::new())
         } else {
-            let faults = sh.opts.faults.clone();
-            let detector = &mut slot.detector;
-            let run = catch_unwind(AssertUnwindSafe(|| match faults.next() {
-                Fault::Panic => panic!("injected fault: the engine died mid-batch"),
-                Fault::Fail => Err(BatchFailure::Device(
-                    "injected fault: device error".to_owned(),
-                )),
-                Fault::None => detector
+            let Runner::Detector(detector) = &mut slot.runner else {
+                unreachable!("a CPU worker's slots hold detectors")
+            };
+            Self::guarded(&sh.opts.faults, || {
+                detector
                     .detect(&images)
-                    .map_err(|e| BatchFailure::Engine(e.to_string())),
-            }));
-            match run {
-                Ok(r) => r,
-                Err(_) => Err(BatchFailure::Device("the engine panicked".to_owned())),
-            }
+                    .map_err(|e| BatchFailure::Engine(e.to_string()))
+            })
         };
         let mut outputs = match outputs {
             Ok(o) => o.into_iter().map(Some).collect::<Vec<_>>(),
             Err(failure) => {
-                let device = matches!(failure, BatchFailure::Device(_));
-                let (BatchFailure::Engine(message) | BatchFailure::Device(message)) = failure;
-                tracing::warn!(worker = %sh.opts.id, %message, frames = images.len(), "batch failed");
-                if device {
-                    Self::restart(&sh, &mut slot);
-                }
-                let results = jobs
-                    .into_iter()
-                    .zip(decoded)
-                    .map(|(job, d)| {
-                        let r = d.err().unwrap_or_else(|| {
-                            if device {
-                                JobResult::DeviceError {
-                                    message: message.clone(),
-                                }
-                            } else {
-                                JobResult::Dropped {
-                                    reason: DropReason::WorkerFailed,
-                                    message: message.clone(),
-                                }
-                            }
-                        });
-                        (job, r)
-                    })
-                    .collect();
+                let refused = decoded.into_iter().map(|d| d.err()).collect();
+                let results = Self::failed_batch(&sh, &mut slot, jobs, refused, failure);
                 return (results, model);
             }
         };
@@ -487,17 +631,13 @@ impl CpuWorker {
                                 .detections
                                 .iter()
                                 .take(its_proto::limits::MAX_DETECTIONS)
-                                .map(|d| Detection {
-                                    class_id: d.class_id,
-                                    class_name: classes
-                                        .get(d.class_id as usize)
-                                        .cloned()
-                                        .unwrap_or_default(),
-                                    score: d.score,
-                                    x1: d.x1,
-                                    y1: d.y1,
-                                    x2: d.x2,
-                                    y2: d.y2,
+                                .map(|d| {
+                                    Self::detection(
+                                        classes,
+                                        d.class_id,
+                                        d.score,
+                                        [d.x1, d.y1, d.x2, d.y2],
+                                    )
                                 })
                                 .collect(),
                             frame_width: images[i].width,

@@ -47,20 +47,23 @@ fn assert_done(o: &its_worker::BatchOutcome, n: usize) {
 #[actix_rt::test]
 async fn native_without_a_usable_gpu_fails_start_up_naming_the_fix() {
     // Device 63 exists nowhere this runs, with or without a driver.
-    match CpuWorker::start(&options(choice(Backend::Native, 63), FaultHook::default())) {
-        Err(e @ CpuWorkerError::NoGpu { gpu_device: 63, .. }) => {
-            let text = e.to_string();
-            assert!(
-                text.contains("engine.backend = \"native\" needs a CUDA GPU (device 63)"),
-                "{text}"
-            );
-            assert!(
-                text.contains("set engine.backend = \"auto\"") && text.contains("\"ort\""),
-                "{text}"
-            );
+    for backend in [Backend::Native, Backend::Gpu] {
+        match CpuWorker::start(&options(choice(backend, 63), FaultHook::default())) {
+            Err(e @ CpuWorkerError::NoGpu { gpu_device: 63, .. }) => {
+                let text = e.to_string();
+                let needs = format!(
+                    "engine.backend = \"{}\" needs a CUDA GPU (device 63)",
+                    backend.as_str()
+                );
+                assert!(text.contains(&needs), "{text}");
+                assert!(
+                    text.contains("set engine.backend = \"auto\"") && text.contains("\"ort\""),
+                    "{text}"
+                );
+            }
+            Err(other) => panic!("expected NoGpu, got {other}"),
+            Ok((_, info)) => panic!("started on {info:?}"),
         }
-        Err(other) => panic!("expected NoGpu, got {other}"),
-        Ok((_, info)) => panic!("started on {info:?}"),
     }
 
     let Some(why) = native_unavailable(0) else {
@@ -91,8 +94,9 @@ async fn auto_runs_native_on_a_gpu_and_onnx_runtime_without_one_and_says_which()
             assert_eq!(info.device, "cpu");
         }
         None => {
-            assert_eq!(info.engine, "native[fp16]:tiny-yolo");
-            assert!(info.device.ends_with(" native[fp16]"), "{}", info.device);
+            // The demo model has a yolov8 head, so auto takes the whole GPU frame path.
+            assert_eq!(info.engine, "gpu[fp16]:tiny-yolo");
+            assert!(info.device.ends_with(" gpu[fp16]"), "{}", info.device);
         }
     }
     let data = jpeg();
