@@ -372,7 +372,12 @@ async fn read_json<T: DeserializeOwned>(
     let body = tokio::time::timeout(time_limit, read)
         .await
         .map_err(|_| ApiError::RequestTimeout(time_limit))??;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
+    parse_json(&body)
+}
+
+/// The typed parse of a JSON body; errors name the field at fault.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -391,6 +396,15 @@ async fn read_json<T: DeserializeOwned>(
             ApiError::invalid(field, detail)
         }
     })
+}
+
+/// The body of `PATCH /api/v1/scheduler` parsed and validated exactly as the handler does,
+/// before anything is sent to a node: the tuning to send, or the problem the client gets.
+/// Public for the fuzz target `scheduler_tuning_json`.
+pub fn scheduler_tuning_body(body: &[u8]) -> Result<SchedulerTuning, Problem> {
+    parse_json::<TuningInput>(body)
+        .and_then(TuningInput::validate)
+        .map_err(|e| e.problem())
 }
 
 /// The field named in serde's "missing field `x`" and "unknown field `x`" messages.

@@ -22,6 +22,7 @@ use its_config::AdminSettings;
 use its_proto::registry::CAMERAS_BUCKET;
 use utoipa::OpenApi;
 
+pub use api::scheduler_tuning_body;
 pub use limits::{MUTATION_BURST, MUTATIONS_PER_SEC};
 pub use problem::Problem;
 
