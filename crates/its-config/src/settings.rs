@@ -52,6 +52,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Cluster membership and camera placement across nodes.
     pub cluster: ClusterSettings,
+    /// Log format and traces (OpenTelemetry over OTLP/HTTP).
+    pub telemetry: TelemetrySettings,
 }
 
 impl Default for Settings {
@@ -66,6 +68,48 @@ impl Default for Settings {
             status: StatusSettings::default(),
             admin: AdminSettings::default(),
             cluster: ClusterSettings::default(),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans).
+    Json,
+}
+
+/// Logs and traces. Which lines are logged is the `ITS_LOG` filter; this section says how
+/// they are written and where frame traces go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Log line format on stderr: `text` or `json`.
+    pub log_format: LogFormat,
+    /// OTLP/HTTP (protobuf) traces endpoint, e.g. `http://otel-collector:4318/v1/traces`;
+    /// empty = no traces exported.
+    pub otlp_endpoint: String,
+    /// Share of frame traces sampled at the camera, 0 to 1; downstream spans follow the
+    /// camera's decision (parent-based).
+    pub sampling_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Time to wait for the collector per export, milliseconds.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            log_format: LogFormat::Text,
+            otlp_endpoint: String::new(),
+            sampling_ratio: 1.0,
+            service_name: "its-node".into(),
+            export_timeout_ms: 10_000,
         }
     }
 }
@@ -1043,6 +1087,35 @@ impl Settings {
         ] {
             check((100..=600_000).contains(&v), key, v, "100 to 600000 ms")?;
         }
+        let t = &self.telemetry;
+        check(
+            t.otlp_endpoint.is_empty()
+                || (t.otlp_endpoint.starts_with("http://")
+                    && t.otlp_endpoint.len() > "http://".len()
+                    && !t.otlp_endpoint.chars().any(char::is_whitespace)),
+            "telemetry.otlp_endpoint",
+            &t.otlp_endpoint,
+            "empty (no traces) or an http:// URL of an OTLP/HTTP traces endpoint, e.g. \
+             http://127.0.0.1:4318/v1/traces (no TLS: send to a collector on the host or pod)",
+        )?;
+        check(
+            t.sampling_ratio.is_finite() && (0.0..=1.0).contains(&t.sampling_ratio),
+            "telemetry.sampling_ratio",
+            t.sampling_ratio,
+            "0 to 1",
+        )?;
+        check(
+            !t.service_name.trim().is_empty() && t.service_name.len() <= 256,
+            "telemetry.service_name",
+            &t.service_name,
+            "1 to 256 characters",
+        )?;
+        check(
+            (100..=600_000).contains(&t.export_timeout_ms),
+            "telemetry.export_timeout_ms",
+            t.export_timeout_ms,
+            "100 to 600000",
+        )?;
         Ok(())
     }
 

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod postprocess;
 pub mod quality;
+pub mod telemetry;
 pub mod testdata;
 
 pub use context::{
@@ -38,6 +39,7 @@ pub use pipeline::{
 pub use pool::{DevicePool, PinnedPool, PoolStats};
 pub use postprocess::{Detection, FrameGeometry, PostprocessConfig, Postprocessor};
 pub use quality::{QualityIssue, QualityKernel, QualityReport};
+pub use telemetry::{GpuSample, GpuTelemetry};
 
 /// Env var that turns "no GPU here" in GPU tests and the bench into a failure.
 pub const REQUIRE_GPU_ENV: &str = "ITS_REQUIRE_GPU";

@@ -5,6 +5,7 @@
 //! drains. The `its` binary and the end-to-end tests both use this API.
 
 mod status;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -141,9 +141,14 @@ fn real_main() -> anyhow::Result<()> {
                 extra.push(format!("cameras.synthetic_count={n}"));
             }
             let settings = load(&cli, extra)?;
-            init_tracing();
+            let telemetry = its_node::telemetry::init(&settings.telemetry)?;
             let duration = duration.map(Duration::from_secs_f64);
-            actix::System::new().block_on(run(settings, duration))
+            let result = actix::System::new().block_on(run(settings, duration));
+            // Every exit of `run` (Ctrl-C, SIGTERM, --duration, a failed start or shutdown)
+            // comes here: the spans still queued go to the collector before the process ends.
+            let flushed = telemetry.shutdown();
+            result?;
+            Ok(flushed?)
         }
     }
 }
@@ -207,15 +212,6 @@ fn detect(
         }
     }
     Ok(())
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ITS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,ort=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn run(settings: Settings, duration: Option<Duration>) -> anyhow::Result<()> {
