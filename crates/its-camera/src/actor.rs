@@ -356,6 +356,28 @@ impl CameraActor {
     }
 }
 
+/// The `tracing` target of the frame-path spans, exported as traces (its-node's telemetry).
+const FRAME_SPAN_TARGET: &str = "its::frame";
+
+/// The W3C trace context (`traceparent`, `tracestate`) of `span` as message headers, through
+/// the process's text map propagator; empty when the span is disabled or traces are off.
+fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    struct Headers(Vec<(String, String)>);
+    impl opentelemetry::propagation::Injector for Headers {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_owned(), value));
+        }
+    }
+    if span.is_disabled() {
+        return Vec::new();
+    }
+    let cx = span.context();
+    let mut headers = Headers(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers.0
+}
+
 async fn publish_loop(
     id: String,
     bus: Bus,
@@ -378,10 +400,26 @@ async fn publish_loop(
             encoding: Encoding::Jpeg,
             data: f.jpeg,
         };
+        // One frame is one trace: this span is its root, and its W3C context rides in the
+        // message headers to the scheduler (no headers when traces are off).
+        let span = tracing::info_span!(
+            target: FRAME_SPAN_TARGET,
+            parent: None,
+            "camera.publish",
+            otel.kind = "producer",
+            camera_id = %id,
+            // Integers as i64: the OpenTelemetry layer exports u64 fields as strings.
+            seq = seq as i64,
+        );
+        let headers = trace_headers(&span);
         let res = match its_proto::encode(&msg) {
-            Ok(b) => bus.publish_raw(subject.clone(), Bytes::from(b)).await,
+            Ok(b) => {
+                bus.publish_raw_with_headers(subject.clone(), &headers, Bytes::from(b))
+                    .await
+            }
             Err(e) => Err(e.into()),
         };
+        drop(span);
         match res {
             Ok(()) => {
                 seq += 1;

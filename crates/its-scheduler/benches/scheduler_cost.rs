@@ -95,6 +95,7 @@ async fn run(
             .send(Enqueue {
                 frame: frame(i as usize % 200, i / 200),
                 received_at: Instant::now(),
+                span: tracing::Span::none(),
             })
             .await
             .unwrap();

@@ -13,6 +13,7 @@ use its_proto::{
 use its_worker::{BatchOutcome, FrameJob, JobResult, RunBatch, WorkerInfo};
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tracing::Span;
 
 use crate::batcher::{Batcher, CostModel, Decision, QueueView};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
@@ -20,6 +21,7 @@ use crate::control::{LatePolicy, validate_tuning};
 use crate::queues::{Queued, Queues};
 use crate::reorder::{Released, ReorderBuffer};
 use crate::stats::{Accounting, now_ns};
+use crate::trace;
 
 /// Scheduler settings (from `its-config`'s `[scheduler]`).
 #[derive(Debug, Clone)]
@@ -74,6 +76,53 @@ pub struct WorkerHandle {
 struct Item {
     frame: FrameMsg,
     attempts: u8,
+    /// The frame's `scheduler.frame` span (ends when the frame settles).
+    span: Span,
+    /// Its `scheduler.queue` span (ends at dispatch).
+    queued: Span,
+}
+
+impl Item {
+    fn new(frame: FrameMsg, attempts: u8, span: Span) -> Self {
+        let queued = trace::queue_span(&span, attempts);
+        Item {
+            frame,
+            attempts,
+            span,
+            queued,
+        }
+    }
+}
+
+/// The spans of a frame given to a worker, until its outcome settles.
+struct Dispatched {
+    camera: String,
+    seq: u64,
+    frame: Span,
+    worker: Span,
+}
+
+impl Dispatched {
+    /// The spans of `job`: the one at `i` when it matches (results usually come back in
+    /// dispatch order), else the first unclaimed match.
+    fn take(all: &mut [Option<Dispatched>], i: usize, job: &FrameJob) -> Option<Dispatched> {
+        let is = |d: &Option<Dispatched>| {
+            d.as_ref()
+                .is_some_and(|d| d.seq == job.frame.seq && d.camera == job.frame.camera_id)
+        };
+        let at = if all.get(i).is_some_and(is) {
+            i
+        } else {
+            all.iter().position(is)?
+        };
+        all[at].take()
+    }
+}
+
+/// A result ready for publication, with its frame's span.
+struct Ready {
+    msg: DetectionMsg,
+    span: Span,
 }
 
 struct WorkerState {
@@ -111,6 +160,9 @@ pub struct Enqueue {
     pub frame: FrameMsg,
     /// When the node received it.
     pub received_at: Instant,
+    /// The frame's `scheduler.frame` span (`its_scheduler::trace::frame_span`;
+    /// `Span::none()` for an untraced frame).
+    pub span: Span,
 }
 
 /// Stop waiting for full batches, run everything queued, and answer once every received frame
@@ -172,9 +224,9 @@ pub struct SchedulerActor {
     retry: VecDeque<(Queued<Item>, usize)>,
     batcher: Batcher,
     breaker: Breaker,
-    reorder: ReorderBuffer<DetectionMsg>,
-    released: Vec<Released<DetectionMsg>>,
-    publisher: Option<mpsc::UnboundedSender<DetectionMsg>>,
+    reorder: ReorderBuffer<Ready>,
+    released: Vec<Released<Ready>>,
+    publisher: Option<mpsc::UnboundedSender<Ready>>,
     result_filter: Option<ResultFilter>,
     workers: Vec<WorkerState>,
     wake: Option<(Instant, SpawnHandle)>,
@@ -280,7 +332,8 @@ impl SchedulerActor {
     }
 
     /// A frame settled without a result: counted, and no longer holding its camera's order.
-    fn drop_frame(&mut self, f: &FrameMsg, reason: DropReason, message: String) {
+    fn drop_frame(&mut self, f: &FrameMsg, span: &Span, reason: DropReason, message: String) {
+        span.record("drop_reason", reason.as_str());
         self.acct
             .dropped(&f.camera_id, Some(f.seq), reason, message);
         self.reorder
@@ -291,11 +344,11 @@ impl SchedulerActor {
     /// Hands the results the reorder buffer let go to the publisher, in order.
     fn flush_released(&mut self) {
         for r in self.released.drain(..) {
-            let mut msg = r.item;
-            msg.out_of_order = r.out_of_order;
+            let mut ready = r.item;
+            ready.msg.out_of_order = r.out_of_order;
             match &self.publisher {
                 Some(tx) => {
-                    if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
+                    if let Err(mpsc::error::SendError(Ready { msg, .. })) = tx.send(ready) {
                         self.acct.dropped(
                             &msg.camera_id,
                             Some(msg.seq),
@@ -305,8 +358,8 @@ impl SchedulerActor {
                     }
                 }
                 None => self.acct.dropped(
-                    &msg.camera_id,
-                    Some(msg.seq),
+                    &ready.msg.camera_id,
+                    Some(ready.msg.seq),
                     DropReason::Shutdown,
                     "the scheduler is not running".into(),
                 ),
@@ -324,6 +377,7 @@ impl SchedulerActor {
                 self.breaker.record(now, true);
                 self.drop_frame(
                     &q.item.frame,
+                    &q.item.span,
                     DropReason::DeadlineMissed,
                     format!(
                         "deadline passed {:.1} ms before dispatch",
@@ -366,6 +420,7 @@ impl SchedulerActor {
         for (q, _) in stuck {
             self.drop_frame(
                 &q.item.frame,
+                &q.item.span,
                 DropReason::DeviceError,
                 "the device failed and no other worker can retry the frame".into(),
             );
@@ -420,22 +475,33 @@ impl SchedulerActor {
         let now = Instant::now();
         let worker = &mut self.workers[w];
         let mut classes = [0u64; 4];
+        let size = items.len();
+        let mut spans: Vec<Option<Dispatched>> = Vec::with_capacity(size);
         let jobs: Vec<FrameJob> = items
             .into_iter()
             .map(|q| {
-                classes[q.item.frame.priority.index()] += 1;
+                let Item {
+                    frame,
+                    attempts,
+                    span,
+                    queued,
+                } = q.item;
+                drop(queued);
+                classes[frame.priority.index()] += 1;
+                spans.push(Some(Dispatched {
+                    camera: frame.camera_id.clone(),
+                    seq: frame.seq,
+                    worker: trace::worker_span(&span, &worker.handle.info.id, size),
+                    frame: span,
+                }));
                 FrameJob {
-                    frame: q.item.frame,
+                    frame,
                     received_at: q.arrived,
                     dispatched_at: now,
                     deadline: q.deadline,
-                    attempts: q.item.attempts,
+                    attempts,
                 }
             })
-            .collect();
-        let ids: Vec<(String, u64)> = jobs
-            .iter()
-            .map(|j| (j.frame.camera_id.clone(), j.frame.seq))
             .collect();
         *self.batch_sizes.entry(jobs.len()).or_default() += 1;
         self.acct.batch_dispatched(jobs.len());
@@ -478,21 +544,25 @@ impl SchedulerActor {
                             worker.handle.info.model = m.clone();
                         }
                         let info = worker.handle.info.clone();
-                        act.settle(outcome, w, &info);
+                        act.settle(outcome, w, &info, spans);
                     }
                     Err(e) => {
                         // The frames went with the message: they cannot be retried.
                         worker.down = true;
                         let id = worker.handle.info.id.clone();
                         tracing::error!(worker = %id, error = %e, "worker is gone");
-                        for (camera, seq) in ids {
+                        for d in spans.into_iter().flatten() {
+                            d.worker.record("outcome", "worker_gone");
+                            d.frame
+                                .record("drop_reason", DropReason::DeviceError.as_str());
+                            drop((d.worker, d.frame));
                             act.acct.dropped(
-                                &camera,
-                                Some(seq),
+                                &d.camera,
+                                Some(d.seq),
                                 DropReason::DeviceError,
                                 format!("worker {id} is gone: {e}"),
                             );
-                            act.reorder.settled(&camera, seq, &mut act.released);
+                            act.reorder.settled(&d.camera, d.seq, &mut act.released);
                         }
                         act.flush_released();
                     }
@@ -504,29 +574,58 @@ impl SchedulerActor {
 
     /// Settles every frame of a finished batch: results into the reorder buffer, drops counted,
     /// device errors retried once on another worker.
-    fn settle(&mut self, outcome: BatchOutcome, w: usize, info: &WorkerInfo) {
+    fn settle(
+        &mut self,
+        outcome: BatchOutcome,
+        w: usize,
+        info: &WorkerInfo,
+        mut spans: Vec<Option<Dispatched>>,
+    ) {
         let batch_size = outcome.results.len() as u32;
         let model = outcome.model.unwrap_or_else(|| info.model.clone());
         let now = Instant::now();
-        for (job, result) in outcome.results {
+        for (i, (job, result)) in outcome.results.into_iter().enumerate() {
+            // The worker's span of this frame ends at the end of this iteration, when its
+            // outcome has settled (retry queued, drop counted, or result handed on).
+            let (span, _worker_span) = match Dispatched::take(&mut spans, i, &job) {
+                Some(d) => {
+                    let outcome = match &result {
+                        JobResult::Done { .. } => "done",
+                        JobResult::Dropped { .. } => "dropped",
+                        JobResult::DeviceError { .. } => "device_error",
+                    };
+                    d.worker.record("outcome", outcome);
+                    if let JobResult::Done {
+                        preprocess_ns,
+                        infer_ns,
+                        postprocess_ns,
+                        ..
+                    } = &result
+                    {
+                        d.worker.record("preprocess_ns", trace::int(*preprocess_ns));
+                        d.worker.record("infer_ns", trace::int(*infer_ns));
+                        d.worker
+                            .record("postprocess_ns", trace::int(*postprocess_ns));
+                    }
+                    (d.frame, d.worker)
+                }
+                None => (Span::none(), Span::none()),
+            };
             let f = job.frame;
             match result {
                 JobResult::Dropped { reason, message } => {
-                    self.drop_frame(&f, reason, message);
+                    self.drop_frame(&f, &span, reason, message);
                 }
                 JobResult::DeviceError { message } => {
                     if job.attempts == 0 && self.another_worker(w) {
                         let q = Queued {
-                            item: Item {
-                                frame: f,
-                                attempts: 1,
-                            },
+                            item: Item::new(f, 1, span),
                             arrived: job.received_at,
                             deadline: job.deadline,
                         };
                         self.retry.push_back((q, w));
                     } else {
-                        self.drop_frame(&f, DropReason::DeviceError, message);
+                        self.drop_frame(&f, &span, DropReason::DeviceError, message);
                     }
                 }
                 JobResult::Done {
@@ -543,6 +642,7 @@ impl SchedulerActor {
                         let by = now.saturating_duration_since(job.deadline);
                         self.drop_frame(
                             &f,
+                            &span,
                             DropReason::DeadlineMissed,
                             format!(
                                 "result ready {:.1} ms after the deadline",
@@ -583,7 +683,7 @@ impl SchedulerActor {
                     self.reorder.ready_until(
                         &camera,
                         seq,
-                        msg,
+                        Ready { msg, span },
                         now,
                         job.deadline.max(now),
                         &mut self.released,
@@ -615,6 +715,7 @@ impl SchedulerActor {
                     shed += 1;
                     self.drop_frame(
                         &q.item.frame,
+                        &q.item.span,
                         DropReason::Shed,
                         format!("overload breaker {}", state.as_str()),
                     );
@@ -702,25 +803,39 @@ impl Actor for SchedulerActor {
         ctx.set_mailbox_capacity(256);
         // One publisher task keeps each camera's results in the order the reorder buffer
         // released them.
-        let (tx, mut rx) = mpsc::unbounded_channel::<DetectionMsg>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Ready>();
         self.publisher = Some(tx);
         let acct = self.acct.clone();
         let filter = self.result_filter.clone();
         actix::spawn(async move {
-            while let Some(mut msg) = rx.recv().await {
+            while let Some(Ready { mut msg, span }) = rx.recv().await {
                 // The filter runs here, after the reorder buffer released the result in order,
                 // so a suppressed result has already settled its camera's order like any other.
                 // It settles the frame exactly once in the ledger, as `not_published`: neither
                 // a publication (this node sent nothing) nor a drop (the frame's result does go
                 // out, from the node that owns it); `in_flight` counts it as settled.
                 if let Some(why) = filter.as_ref().and_then(|f| f(&msg)) {
+                    span.record("not_published", why);
+                    drop(span);
                     acct.not_published(&msg.camera_id, msg.seq, why);
                     continue;
                 }
                 msg.published_at_ns = now_ns();
                 msg.timings.total_ns = msg.published_at_ns.saturating_sub(msg.captured_at_ns);
                 let subject = subjects::results(&msg.camera_id);
-                match acct.bus().publish_msg(subject, &msg).await {
+                // The result carries the trace on: its headers hold this span's context.
+                let publish = trace::publish_span(&span, &subject);
+                let headers = trace::context_headers(&publish);
+                let res = acct
+                    .bus()
+                    .publish_msg_with_headers(subject, &headers, &msg)
+                    .await;
+                if res.is_err() {
+                    span.record("drop_reason", DropReason::PublishFailed.as_str());
+                }
+                // The frame's spans end before it counts as settled.
+                drop((publish, span));
+                match res {
                     Ok(()) => acct.published(msg.timings.total_ns),
                     Err(e) => acct.dropped(
                         &msg.camera_id,
@@ -740,6 +855,7 @@ impl Handler<Enqueue> for SchedulerActor {
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
         let f = msg.frame;
+        let span = msg.span;
         let p = f.priority;
         let now_wall = now_ns();
         let deadline_ns = f.deadline_ns.unwrap_or(
@@ -756,6 +872,8 @@ impl Handler<Enqueue> for SchedulerActor {
         };
         self.batcher.on_arrival(msg.received_at);
         if !self.breaker.admit(p) {
+            span.record("drop_reason", DropReason::Shed.as_str());
+            drop(span);
             self.acct.dropped(
                 &f.camera_id,
                 Some(f.seq),
@@ -770,16 +888,18 @@ impl Handler<Enqueue> for SchedulerActor {
         }
         let (camera, seq) = (f.camera_id.clone(), f.seq);
         let queued = Queued {
-            item: Item {
-                frame: f,
-                attempts: 0,
-            },
+            item: Item::new(f, 0, span),
             arrived: msg.received_at,
             deadline,
         };
         match self.queues.push(p, queued) {
             Ok(()) => self.reorder.expect(&camera, seq),
             Err((_, back)) => {
+                back.item
+                    .span
+                    .record("drop_reason", DropReason::QueueFull.as_str());
+                drop(back.item.queued);
+                drop(back.item.span);
                 self.acct.dropped(
                     &back.item.frame.camera_id,
                     Some(back.item.frame.seq),

@@ -62,8 +62,13 @@ async fn handle(
         ),
         Ok(frame) => {
             let (camera, seq) = (frame.camera_id.clone(), frame.seq);
+            let span = crate::trace::frame_span(&frame, || its_bus::message_headers(&msg));
             if scheduler
-                .send(Enqueue { frame, received_at })
+                .send(Enqueue {
+                    frame,
+                    received_at,
+                    span,
+                })
                 .await
                 .is_err()
             {

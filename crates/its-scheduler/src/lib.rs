@@ -21,6 +21,7 @@ mod intake;
 pub mod queues;
 pub mod reorder;
 mod stats;
+pub mod trace;
 
 pub use actor::{
     Control, Drain, Enqueue, GetSchedulerSnapshot, ResultFilter, SchedulerActor, SchedulerOptions,

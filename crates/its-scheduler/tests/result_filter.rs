@@ -86,6 +86,7 @@ async fn held_back_results_settle_once_unpublished() {
             .send(Enqueue {
                 frame,
                 received_at: std::time::Instant::now(),
+                span: tracing::Span::none(),
             })
             .await
             .unwrap();
