@@ -2,11 +2,96 @@
 //! semantics every CUDA kernel of `kernels/engine.cu` is checked against.
 
 use super::EngineBuildError;
+use super::memory::MemoryPlan;
 use super::plan::{Conv, Op, Plan};
 use super::tensor::{broadcast_index, strides, transpose_index};
 
 /// Runs `plan` on `input` (the input tensor's elements) and returns every graph output.
 pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError> {
+    let st = Separate(plan.storage_len.iter().map(|&n| vec![0.0; n]).collect());
+    execute(plan, input, st)
+}
+
+/// Runs `plan` like [`run`], but with every storage at its planned place in one arena (`mem`,
+/// offsets in bytes of `mem.elem_bytes`), the way the CUDA executor lays memory out. The arena
+/// starts as NaN everywhere but the constants and the input, so a value read after another
+/// storage overwrote it, or read before it was written, changes the outputs.
+pub fn run_in_arena(
+    plan: &Plan,
+    input: &[f32],
+    mem: &MemoryPlan,
+) -> Result<Vec<Vec<f32>>, EngineBuildError> {
+    let n = plan.storage_len.len();
+    if mem.offsets.len() != n
+        || mem.elem_bytes == 0
+        || mem
+            .offsets
+            .iter()
+            .any(|o| !o.is_multiple_of(mem.elem_bytes))
+    {
+        return Err(EngineBuildError::Shape(
+            "memory plan does not fit the plan".into(),
+        ));
+    }
+    let at: Vec<usize> = mem.offsets.iter().map(|o| o / mem.elem_bytes).collect();
+    let len = mem.arena_bytes / mem.elem_bytes;
+    let st = Arena {
+        buf: vec![f32::NAN; len],
+        at,
+        len: plan.storage_len.clone(),
+    };
+    execute(plan, input, st)
+}
+
+/// Where the executor keeps storages.
+trait Storages {
+    /// Storage `s`, all of it.
+    fn get(&self, s: usize) -> &[f32];
+    /// A buffer for an op to write storage `s` into (its old contents, or scratch).
+    fn take(&mut self, s: usize) -> Vec<f32>;
+    /// Puts back what an op wrote into storage `s`.
+    fn put(&mut self, s: usize, v: Vec<f32>);
+}
+
+/// One buffer per storage.
+struct Separate(Vec<Vec<f32>>);
+
+impl Storages for Separate {
+    fn get(&self, s: usize) -> &[f32] {
+        &self.0[s]
+    }
+    fn take(&mut self, s: usize) -> Vec<f32> {
+        std::mem::take(&mut self.0[s])
+    }
+    fn put(&mut self, s: usize, v: Vec<f32>) {
+        self.0[s] = v;
+    }
+}
+
+/// Every storage at its offset (elements) in one buffer.
+struct Arena {
+    buf: Vec<f32>,
+    at: Vec<usize>,
+    len: Vec<usize>,
+}
+
+impl Storages for Arena {
+    fn get(&self, s: usize) -> &[f32] {
+        &self.buf[self.at[s]..self.at[s] + self.len[s]]
+    }
+    fn take(&mut self, s: usize) -> Vec<f32> {
+        vec![f32::NAN; self.len[s]]
+    }
+    fn put(&mut self, s: usize, v: Vec<f32>) {
+        self.buf[self.at[s]..self.at[s] + self.len[s]].copy_from_slice(&v);
+    }
+}
+
+fn execute(
+    plan: &Plan,
+    input: &[f32],
+    mut st: impl Storages,
+) -> Result<Vec<Vec<f32>>, EngineBuildError> {
     let expected = plan.tensors[plan.input].numel();
     if input.len() != expected {
         return Err(EngineBuildError::Shape(format!(
@@ -14,15 +99,19 @@ pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError
             input.len()
         )));
     }
-    let mut st: Vec<Vec<f32>> = plan.storage_len.iter().map(|&n| vec![0.0; n]).collect();
     for (s, v) in &plan.constants {
-        st[*s].clone_from(v);
+        let mut b = st.take(*s);
+        b.copy_from_slice(v);
+        st.put(*s, b);
     }
-    st[plan.tensors[plan.input].storage].copy_from_slice(input);
+    let s_in = plan.tensors[plan.input].storage;
+    let mut b = st.take(s_in);
+    b[..input.len()].copy_from_slice(input);
+    st.put(s_in, b);
     for op in &plan.ops {
         let ys = plan.tensors[op.output()].storage;
-        let mut out = std::mem::take(&mut st[ys]);
-        let get = |t: usize| -> &[f32] { &st[plan.tensors[t].storage] };
+        let mut out = st.take(ys);
+        let get = |t: usize| -> &[f32] { st.get(plan.tensors[t].storage) };
         match op {
             Op::Conv(c) if c.nhwc => {
                 // The reference computes in NCHW; the layout only changes where values live.
@@ -150,14 +239,14 @@ pub fn run(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, EngineBuildError
                 }
             }
         }
-        st[ys] = out;
+        st.put(ys, out);
     }
     Ok(plan
         .outputs
         .iter()
         .map(|(_, t)| {
             let s = plan.tensors[*t].storage;
-            st[s][..plan.tensors[*t].numel()].to_vec()
+            st.get(s)[..plan.tensors[*t].numel()].to_vec()
         })
         .collect())
 }

@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod layout;
+pub mod memory;
 pub mod native;
 pub mod plan;
 pub mod tensor;
