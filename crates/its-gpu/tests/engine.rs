@@ -265,3 +265,165 @@ fn channels_last_rewrite_keeps_the_outputs() {
     nhwc_rewrite_is_exact(synth(Arch::Yolov8n, 128, 3).path(), 1);
     nhwc_rewrite_is_exact(yolov3_tiny().path(), 1);
 }
+
+/// Host floats as device elements of `math` (bytes).
+fn elems(v: &[f32], math: ConvMath) -> Vec<u8> {
+    match math {
+        ConvMath::Fp16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn floats(b: &[u8], math: ConvMath) -> Vec<f32> {
+    match math {
+        ConvMath::Fp16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    }
+}
+
+/// Builds `dir`'s plan with the liveness-planned arena, feeds it through the input view,
+/// reads the output view, and compares with the CPU reference (separate buffers, and the
+/// context's own rewritten plan run through the same arena layout on the CPU).
+fn arena_vs_cpu(gpu: &GpuContext, dir: &Path, batch: usize, math: ConvMath) -> f32 {
+    use its_gpu::engine::memory::verify;
+    let (model, manifest) = load(dir);
+    let (h, w) = (
+        manifest.input.height as usize,
+        manifest.input.width as usize,
+    );
+    let plan = Plan::build(&model, [batch, 3, h, w]).unwrap();
+    let x = sample_input(batch * 3 * h * w, 9);
+    let reference = cpu::run(&plan, &x).unwrap();
+    let opts = EngineOptions {
+        math,
+        ..EngineOptions::default()
+    };
+    let mut engine = CudaEngine::build(gpu, plan, opts).unwrap();
+    let r = engine.report().clone();
+    eprintln!(
+        "{} b{batch} {math:?}: arena {:.1} MiB of {:.1} MiB unplanned, workspace {:.1} MiB",
+        dir.display(),
+        r.activation_bytes as f64 / 1048576.0,
+        r.unplanned_activation_bytes as f64 / 1048576.0,
+        r.workspace_bytes as f64 / 1048576.0
+    );
+    assert_eq!(r.activation_bytes, engine.memory().arena_bytes);
+    assert!(
+        r.activation_bytes * 2 < r.unplanned_activation_bytes,
+        "{r:?}"
+    );
+    verify(engine.plan(), engine.memory()).unwrap();
+    let in_arena = cpu::run_in_arena(engine.plan(), &x, engine.memory()).unwrap();
+    assert!(relative_error(&in_arena[0], &reference[0]) < 1e-6);
+    // Through the views, the way the GPU worker feeds and reads a context.
+    let stream = engine.stream().clone();
+    let bytes = elems(&x, math);
+    {
+        let mut input = engine.input_view_mut();
+        assert_eq!(input.len(), bytes.len());
+        stream.memcpy_htod(bytes.as_slice(), &mut input).unwrap();
+    }
+    engine.launch().unwrap();
+    let (view, shape) = engine.output_view(0).unwrap();
+    assert_eq!(shape, engine.plan().shape(engine.plan().outputs[0].1));
+    let out = floats(&stream.clone_dtoh(&view).unwrap(), math);
+    stream.synchronize().unwrap();
+    // And run() (copies in and out of the same arena) agrees with the views.
+    let ran = engine.run(&x).unwrap();
+    assert_eq!(ran[0], out, "run() and the views differ");
+    relative_error(&out, &reference[0])
+}
+
+#[test]
+fn gpu_arena_engine_matches_the_cpu_reference_through_its_views() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let y11 = synth(Arch::Yolo11n, 320, 80);
+    let err = arena_vs_cpu(&gpu, y11.path(), 2, ConvMath::Fp32);
+    assert!(err < 1e-3, "yolo11n fp32: relative error {err}");
+    let err = arena_vs_cpu(&gpu, y11.path(), 2, ConvMath::Fp16);
+    assert!(err < 5e-2, "yolo11n fp16: relative error {err}");
+    let v8 = synth(Arch::Yolov8n, 128, 5);
+    let err = arena_vs_cpu(&gpu, v8.path(), 3, ConvMath::Fp32);
+    assert!(err < 1e-3, "yolov8n fp32: relative error {err}");
+    if workspace().join(".cache/yolov3-tiny").is_dir() {
+        let v3 = yolov3_tiny();
+        let err = arena_vs_cpu(&gpu, v3.path(), 2, ConvMath::Fp32);
+        assert!(err < 1e-3, "yolov3-tiny fp32: relative error {err}");
+        let err = arena_vs_cpu(&gpu, v3.path(), 2, ConvMath::Fp16);
+        assert!(err < 5e-2, "yolov3-tiny fp16: relative error {err}");
+    } else {
+        eprintln!("yolov3-tiny skipped: .cache/yolov3-tiny missing");
+    }
+}
+
+#[test]
+fn gpu_second_build_loads_the_engine_cache_and_skips_timing() {
+    use its_gpu::engine::{CacheOutcome, EngineCache};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dir = synth(Arch::Yolo11n, 320, 80);
+    let (model, manifest) = load(dir.path());
+    let onnx = manifest.model_path(dir.path());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = EngineCache::for_model(&onnx, Some(cache_dir.path().join("engine"))).unwrap();
+    let opts = EngineOptions {
+        math: ConvMath::Fp16,
+        ..EngineOptions::default()
+    };
+    let plan = || Plan::build(&model, [4, 3, 320, 320]).unwrap();
+    let x = sample_input(4 * 3 * 320 * 320, 4);
+
+    let mut first = CudaEngine::build_cached(&gpu, plan(), opts, &cache).unwrap();
+    let r1 = first.report().clone();
+    let CacheOutcome::Miss { written, reason } = &r1.cache else {
+        panic!("first build: expected a miss, got {}", r1.cache)
+    };
+    let file = written.clone().expect("cache file written");
+    assert!(file.is_file(), "{reason}");
+    let a = first.run(&x).unwrap();
+    drop(first);
+
+    let mut second = CudaEngine::build_cached(&gpu, plan(), opts, &cache).unwrap();
+    let r2 = second.report().clone();
+    eprintln!(
+        "build {:.0} ms (timing {:.0} ms, {}), then {:.0} ms ({})",
+        r1.build_ms, r1.timing_ms, r1.cache, r2.build_ms, r2.cache
+    );
+    assert_eq!(r2.cache, CacheOutcome::Hit(file.clone()));
+    assert_eq!(r2.timing_ms, 0.0);
+    assert!(
+        r2.build_ms < r1.build_ms,
+        "cached build {} ms, first {} ms",
+        r2.build_ms,
+        r1.build_ms
+    );
+    assert_eq!(r2.workspace_bytes, r1.workspace_bytes);
+    let b = second.run(&x).unwrap();
+    assert!(
+        relative_error(&b[0], &a[0]) < 1e-6,
+        "the cached choices compute another result"
+    );
+    drop(second);
+
+    // A corrupt file: rebuilt with a reason, rewritten, then a hit again.
+    std::fs::write(&file, b"{ not json").unwrap();
+    let third = CudaEngine::build_cached(&gpu, plan(), opts, &cache).unwrap();
+    match &third.report().cache {
+        CacheOutcome::Miss { reason, written } => {
+            assert!(reason.contains("corrupt"), "{reason}");
+            assert!(written.is_ok());
+        }
+        other => panic!("expected a miss on a corrupt file, got {other}"),
+    }
+    drop(third);
+    let fourth = CudaEngine::build_cached(&gpu, plan(), opts, &cache).unwrap();
+    assert!(fourth.report().cache.is_hit());
+}

@@ -1,6 +1,7 @@
 //! `its engine build | bench | check MODEL`: the native GPU engine (its-gpu) from the command
 //! line. `check` compares it with ONNX Runtime on the CPU, `bench` times it with CUDA events.
-//! Both print a table, or JSON with `--json`.
+//! Both print a table, or JSON with `--json`. Every build reads and writes the engine cache
+//! file (cuDNN algorithm choices per layer and profile; `--cache-dir`, `--no-cache`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use its_engine::{Engine as _, ModelManifest, OrtEngine, OrtOptions};
 use its_gpu::GpuContext;
 use its_gpu::engine::tensor::{relative_error, sample_input};
-use its_gpu::engine::{ConvMath, CudaEngine, EngineOptions, Plan, cpu};
+use its_gpu::engine::{ConvMath, CudaEngine, EngineCache, EngineOptions, Plan, cpu};
 use its_model::onnx::ModelProto;
 use serde_json::json;
 
@@ -19,7 +20,8 @@ use serde_json::json;
 #[derive(Debug, Subcommand)]
 pub enum EngineCommand {
     /// Lower the model for each batch profile and build an execution context on GPU 0:
-    /// prints the plan size, activation memory and build time per profile.
+    /// prints the plan size, activation memory (planned arena and one buffer per tensor),
+    /// engine cache hit or miss and build time per profile; writes the engine cache file.
     Build(Common),
     /// Time inference per batch profile with CUDA events (median of --iters runs).
     Bench {
@@ -89,6 +91,13 @@ pub struct Common {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Directory of the engine cache files (default: $XDG_CACHE_HOME/its/engine, else
+    /// ~/.cache/its/engine, else .engine-cache beside the model file).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the engine cache: time every convolution algorithm again.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 impl Common {
@@ -113,6 +122,33 @@ struct Loaded {
     manifest: Option<ModelManifest>,
     height: usize,
     width: usize,
+    cache: Option<EngineCache>,
+}
+
+impl Loaded {
+    /// Builds an execution context for `plan` on `gpu`, through the engine cache unless
+    /// `--no-cache`.
+    fn engine(
+        &self,
+        gpu: &GpuContext,
+        plan: Plan,
+        opts: EngineOptions,
+    ) -> anyhow::Result<CudaEngine> {
+        Ok(match &self.cache {
+            Some(c) => CudaEngine::build_cached(gpu, plan, opts, c)?,
+            None => CudaEngine::build(gpu, plan, opts)?,
+        })
+    }
+}
+
+/// The engine cache of the model file at `path`, per `--cache-dir` / `--no-cache`.
+fn cache_for(common: &Common, path: &Path) -> anyhow::Result<Option<EngineCache>> {
+    if common.no_cache {
+        return Ok(None);
+    }
+    let c = EngineCache::for_model(path, common.cache_dir.clone())
+        .with_context(|| format!("hashing {}", path.display()))?;
+    Ok(Some(c))
 }
 
 fn load(common: &Common) -> anyhow::Result<Loaded> {
@@ -126,6 +162,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
         Ok(Loaded {
             height: manifest.input.height as usize,
             width: manifest.input.width as usize,
+            cache: cache_for(common, &path)?,
             path,
             model,
             manifest: Some(manifest),
@@ -133,6 +170,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     } else {
         let model = ModelProto::read(p).with_context(|| format!("reading {}", p.display()))?;
         Ok(Loaded {
+            cache: cache_for(common, p)?,
             path: p.clone(),
             model,
             manifest: None,
@@ -198,32 +236,48 @@ fn build(common: &Common) -> anyhow::Result<()> {
     let gpu = gpu()?;
     let mut rows = Vec::new();
     let mut table = format!(
-        "{} on {} ({}x{}, {:?})\nbatch  ops  convs  lower ms  build ms  activations MiB  graph\n",
+        "{} on {} ({}x{}, {:?})\nengine cache: {}\nbatch  ops  convs  lower ms  build ms  timing ms  arena MiB  unplanned MiB  workspace MiB  graph  cache\n",
         l.path.display(),
         gpu.device_name(),
         l.width,
         l.height,
-        common.math
+        common.math,
+        l.cache.as_ref().map_or("off (--no-cache)".to_owned(), |c| c
+            .dir
+            .display()
+            .to_string())
     );
+    let mut notes = String::new();
     for &b in &common.batch {
         let (plan, lower_ms) = plan_for(&l, b)?;
         let ops = plan.ops.len();
-        let engine = CudaEngine::build(&gpu, plan, common.options())?;
+        let engine = l.engine(&gpu, plan, common.options())?;
         let r = engine.report();
         table += &format!(
-            "{b:>5}  {ops:>3}  {:>5}  {lower_ms:>8.1}  {:>8.1}  {:>15.1}  {}\n",
+            "{b:>5}  {ops:>3}  {:>5}  {lower_ms:>8.1}  {:>8.1}  {:>9.1}  {:>9.1}  {:>13.1}  {:>13.1}  {:>5}  {}\n",
             r.convs,
             r.build_ms,
-            r.activation_bytes as f64 / (1 << 20) as f64,
-            r.cuda_graph
+            r.timing_ms,
+            mib(r.activation_bytes),
+            mib(r.unplanned_activation_bytes),
+            mib(r.workspace_bytes),
+            r.cuda_graph,
+            r.cache.label()
         );
+        if let its_gpu::engine::CacheOutcome::Miss { .. } = &r.cache {
+            notes += &format!("batch {b}: {}\n", r.cache);
+        }
         rows.push(json!({
             "batch": b, "ops": ops, "convs": r.convs, "lower_ms": lower_ms,
-            "build_ms": r.build_ms, "activation_bytes": r.activation_bytes,
+            "build_ms": r.build_ms, "timing_ms": r.timing_ms,
+            "activation_bytes": r.activation_bytes,
+            "unplanned_activation_bytes": r.unplanned_activation_bytes,
             "workspace_bytes": r.workspace_bytes, "cuda_graph": r.cuda_graph,
-            "graph_fallback": r.graph_fallback,
+            "graph_fallback": r.graph_fallback, "cache": r.cache.label(),
+            "cache_detail": r.cache.to_string(),
         }));
     }
+    table += &notes;
     out(
         &json!({"model": l.path, "device": gpu.device_name(), "profiles": rows}),
         &table,
@@ -231,12 +285,16 @@ fn build(common: &Common) -> anyhow::Result<()> {
     )
 }
 
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
 fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow::Result<()> {
     let l = load(common)?;
     let gpu = gpu()?;
     let mut rows = Vec::new();
     let mut table = format!(
-        "{} on {} ({}x{}, {:?}, {}), CUDA events, median of {iters}\nbatch   ms/batch   img/s   GFLOP/s  build ms\n",
+        "{} on {} ({}x{}, {:?}, {}), CUDA events, median of {iters}\nbatch   ms/batch   img/s   GFLOP/s  build ms  cache  arena MiB  unplanned MiB\n",
         l.path.display(),
         gpu.device_name(),
         l.width,
@@ -252,14 +310,18 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
     for &b in &common.batch {
         let (plan, _) = plan_for(&l, b)?;
         let macs = plan.macs();
-        let mut engine = CudaEngine::build(&gpu, plan, common.options())?;
+        let mut engine = l.engine(&gpu, plan, common.options())?;
         engine.run(&input(engine.plan().tensors[engine.plan().input].numel()))?;
         let ms = engine.time(iters)?;
         let ips = b as f64 * 1e3 / ms;
         let gflops = 2.0 * macs as f64 / (ms * 1e6);
+        let r = engine.report();
         table += &format!(
-            "{b:>5}  {ms:>9.3}  {ips:>7.0}  {gflops:>8.0}  {:>8.0}\n",
-            engine.report().build_ms
+            "{b:>5}  {ms:>9.3}  {ips:>7.0}  {gflops:>8.0}  {:>8.0}  {:>5}  {:>9.1}  {:>13.1}\n",
+            r.build_ms,
+            r.cache.label(),
+            mib(r.activation_bytes),
+            mib(r.unplanned_activation_bytes)
         );
         let mut multi = serde_json::Value::Null;
         if streams > 1 {
@@ -267,7 +329,7 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
             let mut ctxs = vec![];
             for _ in 1..streams {
                 let (plan, _) = plan_for(&l, b)?;
-                ctxs.push(CudaEngine::build(&gpu, plan, common.options())?);
+                ctxs.push(l.engine(&gpu, plan, common.options())?);
             }
             let all: Vec<&CudaEngine> = std::iter::once(&engine).chain(ctxs.iter()).collect();
             let round = || -> anyhow::Result<()> {
@@ -295,6 +357,10 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
         rows.push(json!({
             "batch": b, "ms": ms, "img_per_s": ips, "gflop_per_s": gflops,
             "build_ms": engine.report().build_ms, "cuda_graph": engine.report().cuda_graph,
+            "cache": engine.report().cache.label(),
+            "activation_bytes": engine.report().activation_bytes,
+            "unplanned_activation_bytes": engine.report().unplanned_activation_bytes,
+            "workspace_bytes": engine.report().workspace_bytes,
             "multi_stream": multi,
         }));
         last = Some(engine);
@@ -364,7 +430,7 @@ fn check(common: &Common, tolerance: f32, on_cpu: bool) -> anyhow::Result<()> {
         let out_shape = plan.shape(plan.outputs[0].1).to_vec();
         let x = input(plan.tensors[plan.input].numel());
         let ours = match &gpu {
-            Some(g) => CudaEngine::build(g, plan, common.options())?.run(&x)?,
+            Some(g) => l.engine(g, plan, common.options())?.run(&x)?,
             None => cpu::run(&plan, &x)?,
         };
         let manifest = match &l.manifest {
@@ -447,13 +513,14 @@ fn fp16_agreement(common: &Common, dir: &Path) -> anyhow::Result<()> {
             math,
             ..common.options()
         };
-        let engine = NativeEngine::new(
+        let engine = NativeEngine::new_cached(
             gpu.clone(),
             l.model.clone(),
             manifest.input,
             opts,
             &[],
             &manifest.name,
+            l.cache.clone(),
         )?;
         Ok(its_engine::Detector::new(
             Box::new(engine),

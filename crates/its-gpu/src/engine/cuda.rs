@@ -1,7 +1,9 @@
-//! The CUDA executor of a [`Plan`]: one execution context (stream, cuDNN handle, activation
-//! buffers, workspace) per [`CudaEngine`]; convolutions on cuDNN with the algorithm chosen
-//! by timing every one cuDNN offers for the layer, everything else on `kernels/engine.cu`.
-//! After the build, the whole plan is captured once into a CUDA graph and replayed.
+//! The CUDA executor of a [`Plan`]: one execution context (stream, cuDNN handle, one
+//! activation arena planned by liveness ([`super::memory`]), workspace) per [`CudaEngine`];
+//! convolutions on cuDNN with the algorithm chosen by timing every one cuDNN offers for the
+//! layer (or loaded from the engine cache file, [`super::cache`]), everything else on
+//! `kernels/engine.cu`. After the build, the whole plan is captured once into a CUDA graph
+//! and replayed.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use cudarc::driver::{
 };
 
 use super::EngineBuildError;
+use super::cache::{self, CacheFile, CacheKey, CacheMiss, CacheOutcome, CachedConv, EngineCache};
+use super::memory::{MemoryPlan, plan_memory};
 use super::plan::{Conv, Op, Plan};
 use super::tensor::strides;
 use crate::context::{ENGINE_F16_SRC, ENGINE_SRC};
@@ -31,6 +35,15 @@ pub enum ConvMath {
 }
 
 impl ConvMath {
+    /// `fp32`, `tf32` or `fp16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvMath::Fp32 => "fp32",
+            ConvMath::Tf32 => "tf32",
+            ConvMath::Fp16 => "fp16",
+        }
+    }
+
     /// Bytes of one activation element.
     pub fn elem_bytes(self) -> usize {
         match self {
@@ -100,10 +113,17 @@ pub struct BuildReport {
     pub convs: usize,
     /// Kernel launches plus cuDNN calls per run.
     pub launches: usize,
-    /// Bytes of activation buffers.
+    /// Bytes of the activation arena (every storage of the plan, constants, input and
+    /// outputs included, at its liveness-planned offset).
     pub activation_bytes: usize,
-    /// Bytes of the largest cuDNN workspace.
+    /// Bytes one buffer per storage would take (what the arena saves against).
+    pub unplanned_activation_bytes: usize,
+    /// Bytes of the cuDNN workspace (the largest the chosen algorithms take).
     pub workspace_bytes: usize,
+    /// Wall time spent timing cuDNN algorithms, ms (0 on a cache hit).
+    pub timing_ms: f64,
+    /// What the build did with the engine cache file.
+    pub cache: CacheOutcome,
     /// Whether the run replays a CUDA graph.
     pub cuda_graph: bool,
     /// Why graph capture was not used, when it was asked for and failed.
@@ -163,7 +183,12 @@ struct ConvLayer {
     w_desc: dnn_sys::cudnnFilterDescriptor_t,
     conv_desc: dnn_sys::cudnnConvolutionDescriptor_t,
     algo: dnn_sys::cudnnConvolutionFwdAlgo_t,
+    /// Workspace bytes `algo` takes.
     workspace: usize,
+    /// The most workspace any algorithm worth timing takes (at most 256 MiB).
+    candidate_workspace: usize,
+    /// Timed device time of `algo`, ms (0 when not timed).
+    ms: f32,
     weight: CudaSlice<u8>,
     bias: CudaSlice<f32>,
 }
@@ -175,7 +200,9 @@ pub struct CudaEngine {
     kernels: Kernels,
     handle: dnn_sys::cudnnHandle_t,
     convs: Vec<Option<ConvLayer>>,
-    buffers: Vec<CudaSlice<u8>>,
+    /// Every storage of the plan at its [`MemoryPlan`] offset.
+    arena: CudaSlice<u8>,
+    memory: MemoryPlan,
     math: ConvMath,
     ptrs: Vec<u64>,
     workspace: Option<CudaSlice<u8>>,
@@ -259,9 +286,43 @@ impl CudaEngine {
         opts: EngineOptions,
         stream: Arc<CudaStream>,
     ) -> Result<Self, EngineBuildError> {
+        Self::build_with(gpu, plan, opts, stream, None)
+    }
+
+    /// [`Self::build`] with the engine cache file: the cuDNN algorithm choices come from
+    /// `cache` when its file for this GPU, driver, cuDNN, model, options and profile matches,
+    /// else they are timed and written there. [`BuildReport::cache`] says which.
+    pub fn build_cached(
+        gpu: &GpuContext,
+        plan: Plan,
+        opts: EngineOptions,
+        cache: &EngineCache,
+    ) -> Result<Self, EngineBuildError> {
+        let stream = gpu.new_stream()?;
+        Self::build_with(gpu, plan, opts, stream, Some(cache))
+    }
+
+    /// [`Self::build_on`] with an optional engine cache (see [`Self::build_cached`]).
+    pub fn build_with(
+        gpu: &GpuContext,
+        plan: Plan,
+        opts: EngineOptions,
+        stream: Arc<CudaStream>,
+        cache: Option<&EngineCache>,
+    ) -> Result<Self, EngineBuildError> {
         let started = Instant::now();
         cudnn_available()?;
-        let plan = if opts.nhwc && opts.math == ConvMath::Fp16 {
+        let input_shape = {
+            let s = plan.shape(plan.input);
+            [
+                s[0],
+                s.get(1).copied().unwrap_or(1),
+                s.get(2).copied().unwrap_or(1),
+                s.get(3).copied().unwrap_or(1),
+            ]
+        };
+        let nhwc = opts.nhwc && opts.math == ConvMath::Fp16;
+        let plan = if nhwc {
             super::layout::to_nhwc(&plan)
         } else {
             plan
@@ -297,37 +358,72 @@ impl CudaEngine {
         unsafe { dnn::set_stream(handle, stream.cu_stream() as dnn_sys::cudaStream_t) }
             .map_err(dnn_err("set stream"))?;
 
-        let mut buffers = Vec::with_capacity(plan.storage_len.len());
-        let mut ptrs = Vec::with_capacity(plan.storage_len.len());
-        let mut activation_bytes = 0;
-        for &n in &plan.storage_len {
-            let b = stream.alloc_zeros::<u8>(n.max(1) * elem)?;
-            let p = b.device_ptr(&stream).0;
-            ptrs.push(p);
-            activation_bytes += n * elem;
-            buffers.push(b);
-        }
+        // One arena for every storage, each at its liveness-planned offset.
+        let memory = plan_memory(&plan, elem);
+        let mut arena = stream.alloc_zeros::<u8>(memory.arena_bytes.max(super::memory::ALIGN))?;
+        let base = arena.device_ptr(&stream).0;
+        let ptrs: Vec<u64> = memory.offsets.iter().map(|&o| base + o as u64).collect();
         for (s, v) in &plan.constants {
-            stream.memcpy_htod(to_elems(v, opts.math).as_slice(), &mut buffers[*s])?;
+            let r = memory.range(*s);
+            stream.memcpy_htod(to_elems(v, opts.math).as_slice(), &mut arena.slice_mut(r))?;
         }
+
+        // The engine cache: only algorithm timing is worth caching.
+        let mut key = None;
+        let mut cached = None;
+        let mut miss = None;
+        if let Some(c) = cache.filter(|_| opts.time_algorithms) {
+            let k = cache_key(gpu, c, opts.math, nhwc, input_shape);
+            match cache::load(c, &k, &plan) {
+                Ok(file) => cached = Some(file),
+                Err(m) => miss = Some(m),
+            }
+            key = Some(k);
+        }
+
         let mut engine = Self {
             stream,
             kernels,
             handle,
             convs: Vec::new(),
-            buffers,
+            arena,
+            report: BuildReport {
+                activation_bytes: memory.arena_bytes,
+                unplanned_activation_bytes: memory.unplanned_bytes,
+                ..BuildReport::default()
+            },
+            memory,
             math: opts.math,
             ptrs,
             workspace: None,
             workspace_ptr: 0,
             graph: None,
-            report: BuildReport {
-                activation_bytes,
-                ..BuildReport::default()
-            },
             plan,
         };
-        engine.build_convs(opts)?;
+        if let Some(rejected) = engine.build_convs(opts, cached.as_ref())? {
+            miss = Some(rejected);
+        }
+        if let (Some(c), Some(k)) = (cache, key) {
+            engine.report.cache = match miss {
+                None => {
+                    let path = c.file(&k);
+                    tracing::info!(file = %path.display(), "engine cache hit: cuDNN algorithms loaded, timing skipped");
+                    CacheOutcome::Hit(path)
+                }
+                Some(m) => {
+                    tracing::info!(reason = %m, "engine cache miss: cuDNN algorithms timed");
+                    let file = engine.cache_file(k);
+                    let written = cache::store(c, &file).map_err(|e| e.to_string());
+                    if let Err(e) = &written {
+                        tracing::warn!(error = %e, dir = %c.dir.display(), "engine cache file not written");
+                    }
+                    CacheOutcome::Miss {
+                        reason: m.to_string(),
+                        written,
+                    }
+                }
+            };
+        }
         engine.report.launches = engine
             .plan
             .ops
@@ -350,6 +446,37 @@ impl CudaEngine {
         engine.stream.synchronize()?;
         engine.report.build_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(engine)
+    }
+
+    /// What this build decided, as a cache file for `key`.
+    fn cache_file(&self, key: CacheKey) -> CacheFile {
+        let convs = self
+            .plan
+            .ops
+            .iter()
+            .zip(&self.convs)
+            .enumerate()
+            .filter_map(|(i, (op, l))| match (op, l) {
+                (Op::Conv(c), Some(l)) => Some(CachedConv {
+                    op: i,
+                    signature: cache::conv_signature(&self.plan, c),
+                    algo: l.algo as i32,
+                    workspace: l.workspace,
+                    ms: l.ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        CacheFile {
+            key,
+            convs,
+            timing_ms: self.report.timing_ms,
+        }
+    }
+
+    /// Where every storage lives in the activation arena.
+    pub fn memory(&self) -> &MemoryPlan {
+        &self.memory
     }
 
     /// The plan this context runs.
@@ -375,25 +502,32 @@ impl CudaEngine {
     /// The input tensor's device buffer (NCHW, elements of [`Self::math`]'s storage type, as
     /// bytes), for a producer on this context's stream to write into before [`Self::launch`].
     pub fn input_view_mut(&mut self) -> CudaViewMut<'_, u8> {
-        let info = &self.plan.tensors[self.plan.input];
-        let bytes = info.numel() * self.math.elem_bytes();
-        self.buffers[info.storage].slice_mut(0..bytes)
+        let r = self.tensor_bytes(self.plan.input);
+        self.arena.slice_mut(r)
+    }
+
+    /// Byte range of tensor `t` in the arena.
+    fn tensor_bytes(&self, t: usize) -> std::ops::Range<usize> {
+        let info = &self.plan.tensors[t];
+        let off = self.memory.offsets[info.storage];
+        off..off + info.numel() * self.math.elem_bytes()
     }
 
     /// Output `i`'s device buffer (elements of [`Self::math`]'s storage type, as bytes) and
     /// its shape; valid after [`Self::launch`] on this context's stream.
     pub fn output_view(&self, i: usize) -> Option<(CudaView<'_, u8>, &[usize])> {
         let (_, t) = self.plan.outputs.get(i)?;
-        let info = &self.plan.tensors[*t];
-        let bytes = info.numel() * self.math.elem_bytes();
-        Some((
-            self.buffers[info.storage].slice(0..bytes),
-            self.plan.shape(*t),
-        ))
+        Some((self.arena.slice(self.tensor_bytes(*t)), self.plan.shape(*t)))
     }
 
-    fn build_convs(&mut self, opts: EngineOptions) -> Result<(), EngineBuildError> {
-        let mut max_ws = 0usize;
+    /// The cuDNN layers: algorithms from `cached` when cuDNN accepts every one of them
+    /// (returns `None`), else timed (or cuDNN's heuristic without timing); returns why a
+    /// cached file was refused.
+    fn build_convs(
+        &mut self,
+        opts: EngineOptions,
+        cached: Option<&CacheFile>,
+    ) -> Result<Option<CacheMiss>, EngineBuildError> {
         let mut layers = Vec::with_capacity(self.plan.ops.len());
         for op in &self.plan.ops {
             let Op::Conv(c) = op else {
@@ -402,20 +536,109 @@ impl CudaEngine {
             };
             layers.push(Some(self.conv_layer(c, opts)?));
         }
-        for l in layers.iter().flatten() {
-            max_ws = max_ws.max(l.workspace);
-        }
         self.report.convs = layers.iter().flatten().count();
-        self.report.workspace_bytes = max_ws;
-        if max_ws > 0 {
-            let ws = self.stream.alloc_zeros::<u8>(max_ws)?;
+        self.convs = layers;
+        let mut rejected = None;
+        if let Some(file) = cached {
+            let heuristic: Vec<_> = self
+                .convs
+                .iter()
+                .map(|l| l.as_ref().map(|l| (l.algo, l.workspace)))
+                .collect();
+            match self.apply_cached(file) {
+                Ok(()) => return Ok(None),
+                Err(why) => {
+                    tracing::warn!(reason = %why, "engine cache file refused; timing again");
+                    rejected = Some(CacheMiss::PlanMismatch(why));
+                    for (l, h) in self.convs.iter_mut().zip(heuristic) {
+                        if let (Some(l), Some((algo, ws))) = (l.as_mut(), h) {
+                            (l.algo, l.workspace, l.ms) = (algo, ws, 0.0);
+                        }
+                    }
+                }
+            }
+        }
+        if opts.time_algorithms {
+            let cap = self
+                .convs
+                .iter()
+                .flatten()
+                .map(|l| l.candidate_workspace)
+                .max();
+            self.alloc_workspace(cap.unwrap_or(0))?;
+            let t = Instant::now();
+            self.time_algorithms()?;
+            self.report.timing_ms = t.elapsed().as_secs_f64() * 1e3;
+        }
+        // Keep only the workspace the chosen algorithms take.
+        let need = self.convs.iter().flatten().map(|l| l.workspace).max();
+        self.alloc_workspace(need.unwrap_or(0))?;
+        Ok(rejected)
+    }
+
+    /// (Re)allocates the cuDNN workspace to `bytes`.
+    fn alloc_workspace(&mut self, bytes: usize) -> Result<(), EngineBuildError> {
+        if self.workspace.is_some() && self.report.workspace_bytes == bytes {
+            return Ok(());
+        }
+        self.stream.synchronize()?;
+        self.workspace = None;
+        self.workspace_ptr = 0;
+        self.report.workspace_bytes = 0;
+        if bytes > 0 {
+            let ws = self.stream.alloc_zeros::<u8>(bytes)?;
             self.workspace_ptr = ws.device_ptr(&self.stream).0;
             self.workspace = Some(ws);
+            self.report.workspace_bytes = bytes;
         }
-        self.convs = layers;
-        if opts.time_algorithms {
-            self.time_algorithms()?;
+        Ok(())
+    }
+
+    /// Takes the algorithms of `file` (checked against the plan by [`cache::load`]): each
+    /// must be one cuDNN offers for its layer and must run once.
+    fn apply_cached(&mut self, file: &CacheFile) -> Result<(), String> {
+        let mut by_op = std::collections::HashMap::new();
+        for c in &file.convs {
+            by_op.insert(c.op, c);
         }
+        for (i, l) in self.convs.iter_mut().enumerate() {
+            let Some(l) = l.as_mut() else { continue };
+            let c = by_op
+                .get(&i)
+                .ok_or_else(|| format!("no cached choice for op {i}"))?;
+            let algo = ALGOS
+                .into_iter()
+                .find(|a| *a as i32 == c.algo)
+                .ok_or_else(|| format!("op {i}: unknown cuDNN algorithm {}", c.algo))?;
+            // SAFETY: valid descriptors.
+            let ws = unsafe {
+                dnn::get_convolution_forward_workspace_size(
+                    self.handle,
+                    l.x_desc,
+                    l.w_desc,
+                    l.conv_desc,
+                    l.y_desc,
+                    algo,
+                )
+            }
+            .map_err(|e| format!("op {i}: cuDNN refuses {algo:?}: {e:?}"))?;
+            l.algo = algo;
+            l.workspace = ws;
+            l.ms = c.ms;
+        }
+        let need = self.convs.iter().flatten().map(|l| l.workspace).max();
+        self.alloc_workspace(need.unwrap_or(0))
+            .map_err(|e| e.to_string())?;
+        // One call each: an algorithm cuDNN takes but cannot run is a refusal, not a failed
+        // build later.
+        for (i, op) in self.plan.ops.iter().enumerate() {
+            let (Op::Conv(c), Some(l)) = (op, self.convs[i].as_ref()) else {
+                continue;
+            };
+            self.conv_call(l, l.algo, self.ptr(c.x), self.ptr(c.y))
+                .map_err(|e| format!("op {i}: {e}"))?;
+        }
+        self.stream.synchronize().map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -488,7 +711,7 @@ impl CudaEngine {
                 .map_err(dnn_err("group"))?;
             dnn::set_convolution_math_type(conv_desc, math).map_err(dnn_err("math"))?;
         }
-        // Heuristic choice first; timing may replace it.
+        // Heuristic choice first; timing or the cache may replace it.
         let mut algo = ALGOS[1];
         let mut workspace = usize::MAX;
         for a in [ALGOS[1], ALGOS[0]] {
@@ -514,6 +737,7 @@ impl CudaEngine {
             )));
         }
         // Room for the timed candidates too (bounded: 256 MiB).
+        let mut candidate_workspace = workspace;
         for a in ALGOS {
             // SAFETY: valid descriptors.
             if let Ok(ws) = unsafe {
@@ -527,7 +751,7 @@ impl CudaEngine {
                 )
             } && ws <= 256 << 20
             {
-                workspace = workspace.max(ws);
+                candidate_workspace = candidate_workspace.max(ws);
             }
         }
         Ok(ConvLayer {
@@ -537,6 +761,8 @@ impl CudaEngine {
             conv_desc,
             algo,
             workspace,
+            candidate_workspace,
+            ms: 0.0,
             weight: self.stream.clone_htod(&to_elems(
                 &if c.nhwc {
                     // [m, c/g, kh, kw] -> [m, kh, kw, c/g] (cuDNN's NHWC filter order).
@@ -564,7 +790,7 @@ impl CudaEngine {
             let Some(layer) = self.convs[i].as_ref() else {
                 continue;
             };
-            let mut best = (f32::INFINITY, layer.algo);
+            let mut best = (f32::INFINITY, layer.algo, layer.workspace);
             for a in ALGOS {
                 // SAFETY: valid descriptors.
                 let Ok(ws) = (unsafe {
@@ -597,11 +823,13 @@ impl CudaEngine {
                     }
                 }
                 if ok && ms < best.0 {
-                    best = (ms, a);
+                    best = (ms, a, ws);
                 }
             }
             if let Some(layer) = self.convs[i].as_mut() {
                 layer.algo = best.1;
+                layer.workspace = best.2;
+                layer.ms = if best.0.is_finite() { best.0 } else { 0.0 };
             }
         }
         Ok(())
@@ -934,18 +1162,17 @@ impl CudaEngine {
                 input.len()
             )));
         }
-        let s = self.plan.tensors[t].storage;
-        self.stream
-            .memcpy_htod(to_elems(input, self.math).as_slice(), &mut self.buffers[s])?;
+        let r = self.tensor_bytes(t);
+        self.stream.memcpy_htod(
+            to_elems(input, self.math).as_slice(),
+            &mut self.arena.slice_mut(r),
+        )?;
         self.launch()?;
-        let elem = self.math.elem_bytes();
         let mut raw = Vec::new();
         for (_, o) in &self.plan.outputs {
-            let info = &self.plan.tensors[*o];
-            let bytes = info.numel() * elem;
             raw.push(
                 self.stream
-                    .clone_dtoh(&self.buffers[info.storage].slice(0..bytes))?,
+                    .clone_dtoh(&self.arena.slice(self.tensor_bytes(*o)))?,
             );
         }
         self.stream.synchronize()?;
@@ -998,4 +1225,49 @@ impl Drop for CudaEngine {
             let _ = dnn::destroy_handle(self.handle);
         }
     }
+}
+
+/// The cache key of a build of this plan on `gpu`.
+fn cache_key(
+    gpu: &GpuContext,
+    cache: &EngineCache,
+    math: ConvMath,
+    nhwc: bool,
+    input_shape: [usize; 4],
+) -> CacheKey {
+    CacheKey {
+        format: cache::CACHE_FORMAT,
+        gpu: gpu.device_name().to_owned(),
+        compute_capability: gpu.compute_capability(),
+        driver: driver_version(),
+        cudnn: dnn::get_version(),
+        model_sha256: cache.model_sha256.clone(),
+        math: math.as_str().to_owned(),
+        nhwc,
+        input_shape,
+    }
+}
+
+/// The CUDA driver API version and the kernel module's version (Linux), e.g.
+/// `cuda 13.0, module 580.159.04`.
+fn driver_version() -> String {
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: writes one int; the driver is loaded (a GpuContext exists).
+    let ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .is_ok();
+    let cuda = if ok {
+        format!("cuda {}.{}", v / 1000, (v % 1000) / 10)
+    } else {
+        "cuda unknown".to_owned()
+    };
+    let module = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|t| {
+            let w: Vec<&str> = t.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "Module")?;
+            w.get(i + 1).map(|s| (*s).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("{cuda}, module {module}")
 }

@@ -3,6 +3,7 @@
 //! and run by [`CudaEngine`] on cuDNN convolutions and our kernels (`kernels/engine.cu`), with
 //! one arena and one CUDA graph per execution context. [`cpu::run`] is the reference.
 
+pub mod cache;
 pub mod cpu;
 pub mod cuda;
 pub mod layout;
@@ -11,7 +12,8 @@ pub mod native;
 pub mod plan;
 pub mod tensor;
 
-pub use cuda::{ConvMath, CudaEngine, EngineOptions};
+pub use cache::{CacheOutcome, EngineCache};
+pub use cuda::{BuildReport, ConvMath, CudaEngine, EngineOptions};
 pub use native::NativeEngine;
 pub use plan::{Act, BinOp, Op, Plan, Tid};
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use its_engine::{Engine, EngineError, InputSpec, RawOutput};
 use its_model::onnx::ModelProto;
 
-use super::{CudaEngine, EngineBuildError, EngineOptions, Plan};
+use super::{CudaEngine, EngineBuildError, EngineCache, EngineOptions, Plan};
 use crate::GpuContext;
 
 /// The native engine for one model on one GPU.
@@ -18,6 +18,7 @@ pub struct NativeEngine {
     options: EngineOptions,
     contexts: HashMap<usize, CudaEngine>,
     name: String,
+    cache: Option<EngineCache>,
 }
 
 impl std::fmt::Debug for NativeEngine {
@@ -46,7 +47,23 @@ impl NativeEngine {
         batches: &[usize],
         name: &str,
     ) -> Result<Self, EngineBuildError> {
+        Self::new_cached(gpu, model, input, options, batches, name, None)
+    }
+
+    /// [`Self::new`] with the engine cache file (`cache`, e.g.
+    /// [`EngineCache::for_model`] of the model file): every execution context takes its cuDNN
+    /// algorithms from the cache when it matches, and writes it when it does not.
+    pub fn new_cached(
+        gpu: GpuContext,
+        model: ModelProto,
+        input: InputSpec,
+        options: EngineOptions,
+        batches: &[usize],
+        name: &str,
+        cache: Option<EngineCache>,
+    ) -> Result<Self, EngineBuildError> {
         let mut e = Self {
+            cache,
             name: format!("native[{:?}]:{name}", options.math).to_lowercase(),
             gpu,
             model,
@@ -69,8 +86,19 @@ impl NativeEngine {
                 self.input.width as usize,
             ];
             let plan = Plan::build(&self.model, shape)?;
-            let ctx = CudaEngine::build(&self.gpu, plan, self.options)?;
-            tracing::info!(batch, build_ms = ctx.report().build_ms, engine = %self.name, "execution context built");
+            let ctx = match &self.cache {
+                Some(c) => CudaEngine::build_cached(&self.gpu, plan, self.options, c)?,
+                None => CudaEngine::build(&self.gpu, plan, self.options)?,
+            };
+            let r = ctx.report();
+            tracing::info!(
+                batch,
+                build_ms = r.build_ms,
+                activation_bytes = r.activation_bytes,
+                cache = r.cache.label(),
+                engine = %self.name,
+                "execution context built"
+            );
             self.contexts.insert(batch, ctx);
         }
         Ok(self.contexts.get_mut(&batch).expect("inserted above"))
