@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use its_bus::{Bus, HealthSnapshot, Message};
 use its_proto::{
-    CameraStatus, DetectionMsg, EventKind, EventMsg, ModelRef, NodeStatus, WorkerStatus, subjects,
+    CameraStatus, DetectionMsg, EventKind, EventMsg, ModelRef, NodeReport, NodeStatus,
+    WorkerStatus, subjects,
 };
 
 use crate::metrics::{BATCH_BUCKETS, Exposition, Histogram, Kind, LATENCY_BUCKETS};
@@ -63,6 +64,8 @@ const BREAKER_STATES: [&str; 4] = [
 #[derive(Debug)]
 struct Inner {
     nodes: BTreeMap<String, Seen<NodeStatus>>,
+    /// `NodeReport.nats_slow_consumer_events` of each node in `nodes`.
+    node_slow_consumers: BTreeMap<String, u64>,
     workers: BTreeMap<(String, String), Seen<WorkerStatus>>,
     cameras: BTreeMap<String, Seen<CameraStatus>>,
     models: BTreeMap<(String, String), ModelSeen>,
@@ -95,6 +98,7 @@ impl ClusterView {
         ClusterView {
             inner: Mutex::new(Inner {
                 nodes: BTreeMap::new(),
+                node_slow_consumers: BTreeMap::new(),
                 workers: BTreeMap::new(),
                 cameras: BTreeMap::new(),
                 models: BTreeMap::new(),
@@ -118,6 +122,12 @@ impl ClusterView {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let forget = self.opts.stale_after * FORGET_AFTER_STALE;
         i.nodes.retain(|_, s| s.at.elapsed() <= forget);
+        let Inner {
+            nodes,
+            node_slow_consumers,
+            ..
+        } = &mut *i;
+        node_slow_consumers.retain(|id, _| nodes.contains_key(id));
         i.workers.retain(|_, s| s.at.elapsed() <= forget);
         i.cameras.retain(|_, s| s.at.elapsed() <= forget);
         i.models.retain(|_, m| m.at.elapsed() <= forget);
@@ -170,10 +180,18 @@ impl ClusterView {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         i.counters.messages += 1;
         let ok = if subject.starts_with(&node_prefix) {
-            its_proto::decode::<NodeStatus>(payload)
-                .map(|s| {
-                    i.nodes
-                        .insert(s.node_id.clone(), Seen { value: s, at: now });
+            its_proto::decode::<NodeReport>(payload)
+                .map(|r| {
+                    let id = r.status.node_id.clone();
+                    i.node_slow_consumers
+                        .insert(id.clone(), r.nats_slow_consumer_events);
+                    i.nodes.insert(
+                        id,
+                        Seen {
+                            value: r.status,
+                            at: now,
+                        },
+                    );
                 })
                 .is_ok()
         } else if subject.starts_with(worker_prefix) {
@@ -429,6 +447,19 @@ impl ClusterView {
             );
         }
 
+        e.family(
+            "its_node_nats_slow_consumer_events_total",
+            Kind::Counter,
+            "Slow-consumer events of a node's NATS connection (messages of a subscription dropped because it read too slowly), from its last status.",
+        );
+        for (id, n) in &i.node_slow_consumers {
+            e.sample(
+                "its_node_nats_slow_consumer_events_total",
+                &[("node", id)],
+                *n as f64,
+            );
+        }
+
         type WorkerField = fn(&WorkerStatus) -> Option<f64>;
         let worker_families: [(&str, Kind, &str, WorkerField); 12] = [
             (
@@ -587,6 +618,16 @@ impl ClusterView {
             "Connection losses of this admin server's NATS connection.",
         );
         e.sample("its_nats_disconnects_total", &[], nats.disconnects as f64);
+        e.family(
+            "its_nats_slow_consumer_events_total",
+            Kind::Counter,
+            "Slow-consumer events of this admin server's NATS connection (the node's own connection when the admin runs inside a node): messages of a subscription dropped because it read too slowly.",
+        );
+        e.sample(
+            "its_nats_slow_consumer_events_total",
+            &[],
+            nats.slow_consumers as f64,
+        );
         e.family(
             "its_nats_connected",
             Kind::Gauge,

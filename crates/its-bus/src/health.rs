@@ -17,6 +17,7 @@ struct Inner {
     slow_consumers: AtomicU64,
     permission_violations: AtomicU64,
     server_errors: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
     last_server_error: Mutex<Option<String>>,
     notify: tokio::sync::Notify,
 }
@@ -56,6 +57,9 @@ impl ConnectionHealth {
             Event::Disconnected => {
                 i.disconnects.fetch_add(1, Relaxed);
             }
+            Event::Closed => {
+                i.closed.store(true, std::sync::atomic::Ordering::Release);
+            }
             Event::SlowConsumer(_) | Event::ServerError(ServerError::SlowConsumer(_)) => {
                 i.slow_consumers.fetch_add(1, Relaxed);
                 tracing::warn!(%event, "nats slow consumer: messages were dropped");
@@ -77,6 +81,19 @@ impl ConnectionHealth {
         i.notify.notify_waiters();
     }
 
+    /// Counts a slow-consumer event of another connection of this process (a
+    /// [`bounded_sibling`](crate::Bus::bounded_sibling)); its other events stay its own.
+    pub(crate) fn record_slow_consumer_of_sibling(&self, event: &async_nats::Event) {
+        use async_nats::{Event, ServerError};
+        if matches!(
+            event,
+            Event::SlowConsumer(_) | Event::ServerError(ServerError::SlowConsumer(_))
+        ) {
+            self.0.slow_consumers.fetch_add(1, Relaxed);
+            self.0.notify.notify_waiters();
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> HealthSnapshot {
         let i = &self.0;
@@ -91,6 +108,17 @@ impl ConnectionHealth {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+        }
+    }
+
+    /// Waits until the client reported the connection closed (a drain completed).
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.0.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 pub use async_nats::{Message, Subscriber};
-pub use connect::{connect, server_urls};
+pub use connect::{DEFAULT_SUBSCRIPTION_CAPACITY, connect, server_urls};
 pub use health::{ConnectionHealth, HealthSnapshot};
 pub use kv::{Kv, KvEntry};
 pub use server::LocalNatsServer;
@@ -36,6 +36,17 @@ pub enum BusError {
         /// The URL(s) tried.
         url: String,
         /// The server's answer.
+        detail: String,
+    },
+    /// The TLS handshake failed: a certificate was refused by either side; retrying will
+    /// not help.
+    #[error(
+        "TLS with NATS at {url} failed: {detail} (check nats.tls_ca_file, the CA of the server's certificate, and nats.tls_cert_file / nats.tls_key_file, a client certificate the server's CA signed)"
+    )]
+    Tls {
+        /// The URL(s) tried.
+        url: String,
+        /// The TLS error.
         detail: String,
     },
     /// A credentials, key or certificate file could not be read.
@@ -96,6 +107,9 @@ pub enum BusError {
         no_responders: bool,
     },
 }
+
+/// The longest [`Bus::drain`] waits for each of its steps.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A connected NATS client: a cheap handle, clone it freely.
 #[derive(Clone, Debug)]
@@ -209,13 +223,29 @@ impl Bus {
             .map_err(|e| BusError::Connection(e.to_string()))
     }
 
-    /// Drains the connection: subscriptions stop, pending messages are delivered and
-    /// published ones flushed, then the connection closes.
+    /// Drains the connection and returns once it is done: everything published so far has
+    /// reached the server (a flush, answered by the server), subscriptions stopped and their
+    /// pending messages were delivered, and the connection closed. Each step waits at most
+    /// [`DRAIN_TIMEOUT`]; a step that does not finish in time (the server is unreachable) is
+    /// an error saying that messages may not have reached the server.
     pub async fn drain(&self) -> Result<(), BusError> {
+        let late = |what: &str| {
+            BusError::Connection(format!(
+                "{what} did not finish within {} s; messages published last may not have reached the server",
+                DRAIN_TIMEOUT.as_secs()
+            ))
+        };
+        tokio::time::timeout(DRAIN_TIMEOUT, self.client.flush())
+            .await
+            .map_err(|_| late("the flush before the drain"))?
+            .map_err(|e| BusError::Connection(format!("flush before the drain: {e}")))?;
         self.client
             .drain()
             .await
-            .map_err(|e| BusError::Connection(e.to_string()))
+            .map_err(|e| BusError::Connection(e.to_string()))?;
+        tokio::time::timeout(DRAIN_TIMEOUT, self.health.wait_closed())
+            .await
+            .map_err(|_| late("the drain"))
     }
 
     /// Whether the client is connected right now.

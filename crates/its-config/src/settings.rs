@@ -199,6 +199,10 @@ pub struct NatsSettings {
     pub connect_attempts: u32,
     /// First delay between connection attempts, milliseconds; doubles up to 5 s, with jitter.
     pub connect_backoff_ms: u64,
+    /// Frames the node's frame subscription holds before its reader takes them (1 to 65536):
+    /// the frame intake has a connection of its own, and beyond this many waiting frames the
+    /// client drops new ones as a NATS slow consumer (counted, `nats_slow_consumer_events`).
+    pub intake_capacity: usize,
 }
 
 impl Default for NatsSettings {
@@ -219,6 +223,7 @@ impl Default for NatsSettings {
             tls_key_file: String::new(),
             connect_attempts: 10,
             connect_backoff_ms: 200,
+            intake_capacity: 4096,
         }
     }
 }
@@ -790,6 +795,12 @@ impl Settings {
             "nats.connect_backoff_ms",
             n.connect_backoff_ms,
             "1 to 60000",
+        )?;
+        check(
+            (1..=65_536).contains(&n.intake_capacity),
+            "nats.intake_capacity",
+            n.intake_capacity,
+            "1 to 65536",
         )?;
         let c = &self.cameras;
         for id in c.camera_ids() {

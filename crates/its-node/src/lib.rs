@@ -67,6 +67,8 @@ pub struct Node {
     registry: Option<Registry>,
     intake_stop: Option<oneshot::Sender<()>>,
     intake_done: Option<tokio::task::JoinHandle<()>>,
+    /// The frame intake's own connection, bounded by `nats.intake_capacity`.
+    intake_bus: Bus,
     status_task: Option<tokio::task::JoinHandle<()>>,
     /// The scheduler control server and the worker status publisher.
     scheduler_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -315,10 +317,19 @@ impl Node {
         ];
 
         let (stop_tx, stop_rx) = oneshot::channel();
+        // The frame intake reads through a connection of its own, whose subscription buffers
+        // at most nats.intake_capacity frames (its slow-consumer events count in bus.health()).
+        let intake_bus = bus
+            .bounded_sibling(
+                &settings.nats,
+                &format!("its-node-{node_id}-intake"),
+                settings.nats.intake_capacity,
+            )
+            .await?;
         // Cluster mode: the intake follows the cameras the placement leader assigns here.
         let (intake_done, cluster) = if let Some(agent) = agent {
             let intake = actix::spawn(its_scheduler::run_intake_assigned(
-                bus.clone(),
+                intake_bus.clone(),
                 agent.cameras(),
                 scheduler.clone(),
                 acct.clone(),
@@ -327,8 +338,8 @@ impl Node {
             ));
             (intake, Some(agent))
         } else {
-            let sub = bus.subscribe(subjects::FRAMES_ALL).await?;
-            bus.flush().await?;
+            let sub = intake_bus.subscribe(subjects::FRAMES_ALL).await?;
+            intake_bus.flush().await?;
             let intake = actix::spawn(its_scheduler::run_intake(
                 sub,
                 scheduler.clone(),
@@ -355,6 +366,7 @@ impl Node {
             registry,
             intake_stop: Some(stop_tx),
             intake_done: Some(intake_done),
+            intake_bus,
             status_task: Some(status_task),
             scheduler_tasks,
             embedded,
@@ -422,12 +434,17 @@ impl Node {
         // StopAll answered once every camera's queue was published, so its counters are final.
         let status = self.acct.status(false);
         self.bus
-            .publish_msg(subjects::node_status(&self.settings.node.id), &status)
+            .publish_msg(
+                subjects::node_status(&self.settings.node.id),
+                &status::node_report(status.clone(), &self.bus),
+            )
             .await?;
         if let Some(admin) = self.admin.take() {
             admin.stop().await;
         }
         tracing::info!("draining nats");
+        self.intake_bus.drain().await?;
+        // Returns once every result, event and the final status reached the server.
         self.bus.drain().await?;
         drop(self.embedded.take());
         Ok(ShutdownReport { cameras, status })

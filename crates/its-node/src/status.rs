@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use its_bus::Bus;
 use its_config::StatusSettings;
-use its_proto::{NodeStatus, subjects};
+use its_proto::{NodeReport, NodeStatus, subjects};
 use its_scheduler::Accounting;
 
 /// One status line, computed from two consecutive NodeStatus reports.
@@ -42,6 +42,15 @@ impl StatusLine {
     }
 }
 
+/// The report published on `its.status.node.<node_id>`: the ledger and the health of the
+/// node's NATS connection.
+pub(crate) fn node_report(status: NodeStatus, bus: &Bus) -> NodeReport {
+    NodeReport {
+        status,
+        nats_slow_consumer_events: bus.health().snapshot().slow_consumers,
+    }
+}
+
 pub(crate) async fn report(settings: StatusSettings, acct: Accounting, bus: Bus) {
     let start = Instant::now();
     let interval = Duration::from_millis(settings.interval_ms);
@@ -58,7 +67,10 @@ pub(crate) async fn report(settings: StatusSettings, acct: Accounting, bus: Bus)
             eprintln!("{}", line.0);
         }
         if let Err(e) = bus
-            .publish_msg(subjects::node_status(&now.node_id), &now)
+            .publish_msg(
+                subjects::node_status(&now.node_id),
+                &node_report(now.clone(), &bus),
+            )
             .await
         {
             tracing::warn!(error = %e, "cannot publish node status");

@@ -388,6 +388,25 @@ pub struct NodeStatus {
     pub batch_sizes: BTreeMap<String, u64>,
 }
 
+/// Counters of one node, on `its.status.node.<node_id>` every second: the ledger
+/// ([`NodeStatus`]) and the health of the node's own NATS connection, one flat map on the wire.
+/// A reader that decodes only `NodeStatus` reads the same message; a report from an older
+/// node reads the connection fields as 0.
+///
+/// Invariant once the node is idle: `frames_received = results_published + sum(drops)`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename = "NodeStatus")]
+pub struct NodeReport {
+    /// The node's ledger.
+    #[serde(flatten)]
+    pub status: NodeStatus,
+    /// Slow-consumer events of the node's NATS connection since start: each one means the
+    /// client or the server dropped messages of one of the node's subscriptions because it
+    /// read them too slowly (for the frame subscription: frames that were never counted).
+    #[serde(default)]
+    pub nats_slow_consumer_events: u64,
+}
+
 /// Raises a camera's priority for a while, on `its.control.priority.<camera_id>`.
 ///
 /// Sent for example when a violation was detected; the camera falls back to its configured

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Assignment, CameraSpec, CameraStatus, ClusterControl, ControlReply, DetectionMsg, EventMsg,
-    FrameMsg, LeaderLease, ModelSwapReply, NodeInfo, NodeStatus, PriorityBoost, SCHEMA_VERSION,
+    FrameMsg, LeaderLease, ModelSwapReply, NodeInfo, NodeReport, PriorityBoost, SCHEMA_VERSION,
     SchedulerControl, WorkerStatus,
 };
 
@@ -22,7 +22,7 @@ pub fn generate() -> Value {
             "DetectionMsg": { "subject": "its.results.<camera_id>", "schema": schema_for!(DetectionMsg) },
             "EventMsg": { "subject": "its.events.<kind>.<camera_id>", "schema": schema_for!(EventMsg) },
             "WorkerStatus": { "subject": "its.status.worker.<node_id>.<worker_id>", "schema": schema_for!(WorkerStatus) },
-            "NodeStatus": { "subject": "its.status.node.<node_id>", "schema": schema_for!(NodeStatus) },
+            "NodeStatus": { "subject": "its.status.node.<node_id>", "schema": schema_for!(NodeReport) },
             "PriorityBoost": { "subject": "its.control.priority.<camera_id>", "schema": schema_for!(PriorityBoost) },
             "CameraStatus": { "subject": "its.status.camera.<camera_id>", "schema": schema_for!(CameraStatus) },
             "SchedulerControl": { "subject": "its.control.scheduler.<node_id> (request; reply ControlReply, ModelSwapReply for swap_model)", "schema": schema_for!(SchedulerControl) },

@@ -222,3 +222,115 @@ pub fn settings(overrides: &[String]) -> its_config::Settings {
     })
     .unwrap_or_else(|e| panic!("test settings are invalid: {e}"))
 }
+
+/// TLS certificates made at test time (rcgen): a CA, a server certificate for 127.0.0.1 and
+/// `localhost`, and client certificates, each as PEM files in one temporary directory.
+#[derive(Debug)]
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    /// A new CA named `name`; its certificate is `ca.pem`.
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca.pem");
+        TestPki { dir, ca }
+    }
+
+    /// The CA certificate file.
+    pub fn ca_file(&self) -> String {
+        self.path("ca.pem")
+    }
+
+    /// A file of this directory.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn issue(&self, name: &str, sans: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose) {
+        let mut params = rcgen::CertificateParams::new(sans).expect("certificate params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem())
+            .expect("write key");
+    }
+
+    /// A server certificate for 127.0.0.1 and `localhost`: `(cert file, key file)`.
+    pub fn server(&self, name: &str) -> (String, String) {
+        self.issue(
+            name,
+            vec!["127.0.0.1".into(), "localhost".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}-key.pem")),
+        )
+    }
+
+    /// A client certificate: `(cert file, key file)`.
+    pub fn client(&self, name: &str) -> (String, String) {
+        self.issue(name, Vec::new(), rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+        (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}-key.pem")),
+        )
+    }
+}
+
+impl TestNats {
+    /// A server that requires TLS with a certificate from `pki` and, with `verify`, a client
+    /// certificate from the same CA (mutual TLS).
+    pub fn start_tls(pki: &TestPki, verify: bool) -> Self {
+        let (cert, key) = pki.server("nats-server");
+        let conf = format!(
+            "tls {{\n  cert_file: \"{cert}\"\n  key_file: \"{key}\"\n  ca_file: \"{}\"\n  verify: {verify}\n  timeout: 2\n}}\n",
+            pki.ca_file()
+        );
+        let path = pki.path("tls.conf");
+        std::fs::write(&path, conf).expect("write tls.conf");
+        Self::start_with_args(&["-c", &path])
+    }
+
+    /// A server whose only users are the nkeys (public keys, `U…`) given.
+    pub fn start_nkeys(users: &[&str]) -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let list: Vec<String> = users
+            .iter()
+            .map(|u| format!("    {{ nkey: \"{u}\" }}"))
+            .collect();
+        let conf = format!(
+            "authorization {{\n  users: [\n{}\n  ]\n}}\n",
+            list.join("\n")
+        );
+        let path = dir.path().join("nkeys.conf");
+        std::fs::write(&path, conf).expect("write nkeys.conf");
+        let nats = Self::start_with_args(&["-c", path.to_str().expect("utf-8 path")]);
+        (nats, dir)
+    }
+}
+
+/// A new nkey user identity made at test time: `(public key U…, seed SU…)`.
+pub fn nkey_user() -> (String, String) {
+    let kp = nkeys::KeyPair::new_user();
+    (kp.public_key(), kp.seed().expect("an nkey user seed"))
+}
