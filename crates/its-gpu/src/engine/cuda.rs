@@ -1261,13 +1261,34 @@ fn driver_version() -> String {
     } else {
         "cuda unknown".to_owned()
     };
+    // "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ..."
     let module = std::fs::read_to_string("/proc/driver/nvidia/version")
         .ok()
-        .and_then(|t| {
-            let w: Vec<&str> = t.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "Module")?;
-            w.get(i + 1).map(|s| (*s).to_owned())
-        })
+        .and_then(|t| module_version(&t))
         .unwrap_or_else(|| "unknown".to_owned());
     format!("{cuda}, module {module}")
+}
+
+/// The first dotted number (`580.159.04`) of the NVRM line of `/proc/driver/nvidia/version`.
+fn module_version(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("NVRM"))?;
+    line.split_whitespace()
+        .find(|w| {
+            w.contains('.')
+                && w.split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kernel_module_version_is_read_from_the_nvrm_line() {
+        let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22-I3-AF03-09-1)  Sun May 18 2025\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n";
+        assert_eq!(super::module_version(open).as_deref(), Some("580.159.04"));
+        let closed = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\n";
+        assert_eq!(super::module_version(closed).as_deref(), Some("535.183.01"));
+        assert_eq!(super::module_version("garbage"), None);
+    }
 }
