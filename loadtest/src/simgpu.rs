@@ -141,6 +141,7 @@ pub fn start_workers(cost: CostModel, gpus: u32, slots: u32) -> Vec<WorkerHandle
                         name: "simulated".into(),
                         version: cost.describe(),
                     },
+                    gpu: None,
                 },
                 addr: addr.recipient(),
             }

@@ -461,7 +461,7 @@ impl ClusterView {
         }
 
         type WorkerField = fn(&WorkerStatus) -> Option<f64>;
-        let worker_families: [(&str, Kind, &str, WorkerField); 12] = [
+        let worker_families: [(&str, Kind, &str, WorkerField); 16] = [
             (
                 "its_worker_queue_depth_frames",
                 Kind::Gauge,
@@ -533,6 +533,30 @@ impl ClusterView {
                 Kind::Gauge,
                 "Device memory a worker uses, when the device reports it.",
                 |w| w.memory_used_bytes.map(|b| b as f64),
+            ),
+            (
+                "its_worker_memory_total_bytes",
+                Kind::Gauge,
+                "Device memory installed on a worker's GPU (NVML).",
+                |w| w.memory_total_bytes.map(|b| b as f64),
+            ),
+            (
+                "its_worker_gpu_temperature_celsius",
+                Kind::Gauge,
+                "Temperature of a worker's GPU (NVML).",
+                |w| w.gpu_temperature_c.map(f64::from),
+            ),
+            (
+                "its_worker_gpu_power_watts",
+                Kind::Gauge,
+                "Board power draw of a worker's GPU (NVML).",
+                |w| w.gpu_power_w.map(f64::from),
+            ),
+            (
+                "its_worker_gpu_sm_clock_hertz",
+                Kind::Gauge,
+                "SM clock of a worker's GPU (NVML).",
+                |w| w.gpu_sm_clock_mhz.map(|m| f64::from(m) * 1e6),
             ),
         ];
         for (name, kind, help, get) in worker_families {

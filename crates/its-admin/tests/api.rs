@@ -80,6 +80,10 @@ fn worker_status(node: &str, worker: &str) -> WorkerStatus {
         capacity_fps: Some(100.0),
         draining: false,
         restarts: 0,
+        gpu_temperature_c: Some(41.0),
+        gpu_power_w: Some(120.5),
+        gpu_sm_clock_mhz: Some(1980),
+        memory_total_bytes: Some(150_000_000_000),
     }
 }
 
@@ -714,6 +718,17 @@ async fn every_endpoint_and_role() {
         40.0
     );
     assert_eq!(sum(&m, "its_nats_connected", &[]), 1.0);
+    // GPU telemetry of the workers, as their WorkerStatus carried it (NVML on a GPU node;
+    // n1 has one worker).
+    let w = worker_status("n1", "cpu-0");
+    assert_eq!(
+        sum(&m, "its_worker_gpu_power_watts", &[("node", "n1")]),
+        f64::from(w.gpu_power_w.unwrap())
+    );
+    assert_eq!(
+        sum(&m, "its_worker_gpu_sm_clock_hertz", &[("node", "n1")]),
+        f64::from(w.gpu_sm_clock_mhz.unwrap()) * 1e6
+    );
     assert!(
         sum(
             &m,

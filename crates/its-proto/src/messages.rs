@@ -352,6 +352,18 @@ pub struct WorkerStatus {
     /// Engine restarts (after a panic or a device error) since start.
     #[serde(default)]
     pub restarts: u64,
+    /// The GPU's temperature, degrees Celsius, when NVML reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_temperature_c: Option<f32>,
+    /// The GPU board's power draw, watts, when NVML reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_w: Option<f32>,
+    /// The GPU's SM clock, MHz, when NVML reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_sm_clock_mhz: Option<u32>,
+    /// The GPU's installed memory, bytes, when NVML reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
 }
 
 /// Counters of one node, on `its.status.node.<node_id>` every second.

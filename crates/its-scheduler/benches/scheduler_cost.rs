@@ -124,6 +124,7 @@ fn main() {
                 name: "none".into(),
                 version: "0".into(),
             },
+            gpu: None,
         };
         let sched = SchedulerActor::new(
             SchedulerOptions {

@@ -997,6 +997,10 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                     let cost = w.cost.predict(max).as_secs_f64().max(1e-6);
                     (slots as f64 * max as f64 / cost) as f32
                 });
+                // The device's own figures (NVML) where the worker has a GPU; the busy-time
+                // estimate otherwise.
+                let gpu = w.handle.info.gpu.as_ref().and_then(|g| g.sample());
+                let utilisation = gpu.and_then(|g| g.utilisation).or(utilisation);
                 let s = WorkerStatus {
                     v: SCHEMA_VERSION,
                     node_id: node_id.clone(),
@@ -1010,7 +1014,7 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                     batch_p50_ns: w.service.value_at_quantile(0.5),
                     batch_p99_ns: w.service.value_at_quantile(0.99),
                     utilisation,
-                    memory_used_bytes: None,
+                    memory_used_bytes: gpu.and_then(|g| g.memory_used_bytes),
                     queue_depth: Priority::ALL
                         .iter()
                         .map(|p| (p.as_str().to_owned(), w.in_flight[p.index()]))
@@ -1018,6 +1022,10 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                     capacity_fps,
                     draining: w.drained,
                     restarts: w.restarts,
+                    gpu_temperature_c: gpu.and_then(|g| g.temperature_c),
+                    gpu_power_w: gpu.and_then(|g| g.power_w),
+                    gpu_sm_clock_mhz: gpu.and_then(|g| g.sm_clock_mhz),
+                    memory_total_bytes: gpu.and_then(|g| g.memory_total_bytes),
                 };
                 if msg.reset_windows {
                     w.service.reset();

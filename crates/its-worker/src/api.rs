@@ -101,6 +101,9 @@ pub struct WorkerInfo {
     pub slots: u32,
     /// The model it runs.
     pub model: ModelRef,
+    /// NVML telemetry of its GPU (workers on the native engine or the GPU frame path);
+    /// `None` on the CPU.
+    pub gpu: Option<its_gpu::GpuTelemetry>,
 }
 
 /// Loads another model beside the one a worker runs and switches to it between batches; the

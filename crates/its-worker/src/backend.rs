@@ -236,6 +236,14 @@ impl Resolved {
         }
     }
 
+    /// The GPU the engine runs on.
+    pub(crate) fn gpu(&self) -> Option<&GpuContext> {
+        match self {
+            Resolved::Ort => None,
+            Resolved::Native { gpu, .. } => Some(gpu),
+        }
+    }
+
     /// Whether batches run on the GPU frame path.
     pub(crate) fn is_lane(&self) -> bool {
         matches!(self, Resolved::Native { lane: true, .. })

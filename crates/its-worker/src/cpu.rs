@@ -351,6 +351,9 @@ impl CpuWorker {
             engine: engine_name,
             slots: threads,
             model,
+            gpu: engine
+                .gpu()
+                .map(|g| its_gpu::GpuTelemetry::new(g, opts.engine.gpu_device)),
         };
         let shared = Arc::new(Shared {
             slots,
