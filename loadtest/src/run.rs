@@ -288,10 +288,16 @@ async fn load(
             .unwrap_or(0),
         _ => args.cameras,
     };
-    let worker_label = if worker == "external" && !devices.is_empty() {
+    // What served the frames, as the workers' own status reports name it (e.g. "NVIDIA
+    // H200 gpu[fp16]" for the embedded node's GPU worker).
+    let worker_label = if (worker == "external" || worker == "cpu") && !devices.is_empty() {
         let mut d: Vec<&str> = devices.clone();
         d.dedup();
-        format!("external ({})", d.join(", "))
+        if worker == "external" {
+            format!("external ({})", d.join(", "))
+        } else {
+            d.join(", ")
+        }
     } else {
         worker.to_owned()
     };

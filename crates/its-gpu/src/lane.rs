@@ -13,6 +13,7 @@ use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfi
 use its_model::onnx::ModelProto;
 
 use crate::context::POSTPROCESS_SRC;
+use crate::engine::cache::EngineCache;
 use crate::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan};
 use crate::pipeline::{GpuPipeline, InputDtype, PipelineConfig};
 use crate::postprocess::Detection;
@@ -30,6 +31,9 @@ pub struct LaneConfig {
     /// Batch profiles built at start (an execution context each); a batch of `n` frames runs
     /// on the smallest profile `>= n`, and a larger batch builds a profile of its own size.
     pub batches: Vec<usize>,
+    /// Engine cache of the model: a profile whose build decisions are cached skips timing the
+    /// convolution algorithms. `None`: every context times them.
+    pub cache: Option<EngineCache>,
 }
 
 /// One frame's result.
@@ -80,6 +84,7 @@ pub struct GpuLane {
     pipeline: GpuPipeline,
     model: ModelProto,
     options: EngineOptions,
+    cache: Option<EngineCache>,
     input: (u32, u32),
     contexts: BTreeMap<usize, CudaEngine>,
     widen: CudaFunction,
@@ -161,6 +166,7 @@ impl GpuLane {
             pipeline,
             model,
             options: cfg.engine,
+            cache: cfg.cache,
             input,
             contexts: BTreeMap::new(),
             widen,
@@ -175,10 +181,17 @@ impl GpuLane {
 
     fn build_context(&mut self, batch: usize) -> Result<(), EngineBuildError> {
         let plan = plan_for(&self.model, batch, self.input)?;
-        let ctx = CudaEngine::build_on(&self.gpu, plan, self.options, self.stream.clone())?;
+        let ctx = CudaEngine::build_with(
+            &self.gpu,
+            plan,
+            self.options,
+            self.stream.clone(),
+            self.cache.as_ref(),
+        )?;
         tracing::debug!(
             batch,
             build_ms = ctx.report().build_ms,
+            cache = ctx.report().cache.label(),
             "lane execution context built"
         );
         self.contexts.insert(batch, ctx);

@@ -60,8 +60,12 @@ fn lane_config(math: ConvMath, batches: &[usize]) -> LaneConfig {
         pipeline,
         engine: options(math),
         batches: batches.to_vec(),
+        cache: None,
     }
 }
+
+/// A JPEG and its size, or `None` for a frame the lane must refuse.
+type Frame = (Vec<u8>, Option<(u32, u32)>);
 
 fn jpeg(w: u32, h: u32, seed: u64) -> Vec<u8> {
     encode_jpeg(&synthetic_scene(w, h, seed), w, h, 85).unwrap()
@@ -75,7 +79,7 @@ fn check_batch(
     lane: &mut GpuLane,
     model: &ModelProto,
     math: ConvMath,
-    frames: &[(Vec<u8>, Option<(u32, u32)>)],
+    frames: &[Frame],
 ) {
     let jpegs: Vec<&[u8]> = frames.iter().map(|(j, _)| j.as_slice()).collect();
     let batch = lane.run(&jpegs).unwrap();
@@ -137,7 +141,7 @@ fn lane_runs_mixed_batches_end_to_end() {
             (333, 217),
             (3840, 2160),
         ];
-        let mut frames: Vec<(Vec<u8>, Option<(u32, u32)>)> = sizes
+        let mut frames: Vec<Frame> = sizes
             .iter()
             .enumerate()
             .map(|(k, &(w, h))| (jpeg(w, h, k as u64), Some((w, h))))

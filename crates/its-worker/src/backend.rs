@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use its_engine::{Detector, EngineError, ModelManifest, OrtOptions, OutputFormat};
+use its_gpu::engine::cache::EngineCache;
 use its_gpu::engine::{ConvMath, EngineOptions, NativeEngine};
 use its_gpu::{GpuContext, GpuLane, LaneConfig, PipelineConfig, PostprocessConfig};
 use its_model::onnx::ModelProto;
@@ -121,6 +122,19 @@ fn probe(gpu_device: u32) -> (Result<GpuContext, String>, bool) {
     })();
     gpus.insert(gpu_device, r.clone());
     (r, true)
+}
+
+/// The engine cache of the model file at `path` in its default place (its-gpu's
+/// `engine::cache::default_dir`): builds after the first skip timing the convolution algorithms.
+/// A model that cannot be read for hashing builds without a cache, with a warning.
+fn engine_cache(path: &Path) -> Option<EngineCache> {
+    match EngineCache::for_model(path, None) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(model = %path.display(), error = %e, "no engine cache for this model");
+            None
+        }
+    }
 }
 
 /// The engine a worker's detectors are built on, decided at its start.
@@ -326,6 +340,7 @@ impl Resolved {
                 },
                 engine: *options,
                 batches: batches.clone(),
+                cache: engine_cache(&path),
             };
             let lane = GpuLane::new(gpu, model, cfg).map_err(|e| failed(e.to_string()))?;
             return Ok(Runner::Lane {
@@ -334,13 +349,14 @@ impl Resolved {
                 engine,
             });
         }
-        let native = NativeEngine::new(
+        let native = NativeEngine::new_cached(
             gpu.clone(),
             model,
             manifest.input,
             *options,
             batches,
             &manifest.name,
+            engine_cache(&path),
         )
         .map_err(|e| failed(e.to_string()))?;
         Detector::new(Box::new(native), manifest).map(Runner::Detector)
