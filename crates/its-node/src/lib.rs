@@ -20,7 +20,7 @@ use its_config::{BackendSetting, NativePrecisionSetting, Provider, Settings};
 use its_engine::{ExecutionProviderKind, OrtOptions};
 use its_proto::{CameraSpec, NodeStatus, Priority, subjects};
 use its_scheduler::{Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerHandle};
-use its_worker::{Backend, CpuWorker, CpuWorkerOptions, EngineChoice, NativePrecision};
+use its_worker::{Backend, EngineChoice, NativePrecision, Worker, WorkerOptions};
 use tokio::sync::oneshot;
 
 /// Errors of starting or stopping a node.
@@ -31,7 +31,7 @@ pub enum NodeError {
     Bus(#[from] its_bus::BusError),
     /// The worker could not start (model or ONNX Runtime missing).
     #[error(transparent)]
-    Worker(#[from] its_worker::CpuWorkerError),
+    Worker(#[from] its_worker::WorkerError),
     /// A camera source could not be prepared.
     #[error("camera {camera}: {source}")]
     Camera {
@@ -240,16 +240,15 @@ impl Node {
                 };
                 let mut workers = Vec::new();
                 for (id, engine, threads) in plan {
-                    let (worker_addr, info, switch) =
-                        CpuWorker::start_swappable(&CpuWorkerOptions {
-                            id,
-                            model_dir: settings.engine.model_dir.clone(),
-                            ort: ort_options(&settings),
-                            engine,
-                            threads,
-                            max_frame_dim: settings.engine.max_frame_dim,
-                            faults: Default::default(),
-                        })?;
+                    let (worker_addr, info, switch) = Worker::start_swappable(&WorkerOptions {
+                        id,
+                        model_dir: settings.engine.model_dir.clone(),
+                        ort: ort_options(&settings),
+                        engine,
+                        threads,
+                        max_frame_dim: settings.engine.max_frame_dim,
+                        faults: Default::default(),
+                    })?;
                     model_switches.push((info.id.clone(), switch.recipient()));
                     workers.push(WorkerHandle {
                         info,

@@ -13,7 +13,7 @@ use its_scheduler::{
     Accounting, LatePolicy, SchedulerActor, SchedulerOptions, WorkerHandle, now_ns,
 };
 use its_testkit::{TestNats, within};
-use its_worker::{CpuWorker, CpuWorkerOptions};
+use its_worker::{Worker, WorkerOptions};
 use tokio::sync::{oneshot, watch};
 
 fn jpeg() -> Vec<u8> {
@@ -79,7 +79,7 @@ async fn intake_follows_the_assigned_cameras() {
     let nats = TestNats::start();
     let bus = nats.bus().await;
     let acct = Accounting::new("node-c", bus.clone());
-    let (addr, info) = CpuWorker::start(&CpuWorkerOptions {
+    let (addr, info) = Worker::start(&WorkerOptions {
         id: "w".into(),
         model_dir: its_testkit::demo_model_dir(),
         ort: OrtOptions {

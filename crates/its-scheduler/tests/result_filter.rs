@@ -14,7 +14,7 @@ use its_scheduler::{
     Accounting, Enqueue, LatePolicy, SchedulerActor, SchedulerOptions, WorkerHandle, now_ns,
 };
 use its_testkit::{TestNats, within};
-use its_worker::{CpuWorker, CpuWorkerOptions};
+use its_worker::{Worker, WorkerOptions};
 
 fn jpeg() -> Vec<u8> {
     let (w, h) = (64u16, 48u16);
@@ -33,7 +33,7 @@ async fn held_back_results_settle_once_unpublished() {
     let nats = TestNats::start();
     let bus = nats.bus().await;
     let acct = Accounting::new("node-f", bus.clone());
-    let (addr, info) = CpuWorker::start(&CpuWorkerOptions {
+    let (addr, info) = Worker::start(&WorkerOptions {
         id: "w".into(),
         model_dir: its_testkit::demo_model_dir(),
         ort: OrtOptions {

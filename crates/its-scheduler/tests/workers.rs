@@ -24,7 +24,7 @@ use its_scheduler::{
     SchedulerSnapshot, WorkerHandle, now_ns,
 };
 use its_testkit::{TestNats, within};
-use its_worker::{CpuWorker, CpuWorkerOptions, FaultHook};
+use its_worker::{FaultHook, Worker, WorkerOptions};
 
 fn jpeg() -> Vec<u8> {
     let (w, h) = (64u16, 48u16);
@@ -62,7 +62,7 @@ impl Rig {
         for (id, delay) in ["a", "b"].into_iter().zip(delays_ms) {
             let hook = FaultHook::default();
             hook.set_delay(Duration::from_millis(delay));
-            let (addr, info) = CpuWorker::start(&CpuWorkerOptions {
+            let (addr, info) = Worker::start(&WorkerOptions {
                 id: id.into(),
                 model_dir: its_testkit::demo_model_dir(),
                 ort: OrtOptions {

@@ -7,10 +7,10 @@
 
 mod api;
 mod backend;
-mod cpu;
+mod worker;
 
 pub use api::{
     BatchOutcome, FrameJob, JobResult, RunBatch, SwapError, SwapModel, Swapped, WorkerInfo,
 };
 pub use backend::{Backend, EngineChoice, NativePrecision, native_unavailable};
-pub use cpu::{CpuWorker, CpuWorkerError, CpuWorkerOptions, FaultHook, ModelSwitch};
+pub use worker::{FaultHook, ModelSwitch, Worker, WorkerError, WorkerOptions};

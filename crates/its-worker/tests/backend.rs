@@ -6,15 +6,15 @@
 
 use its_engine::OrtOptions;
 use its_worker::{
-    Backend, CpuWorker, CpuWorkerError, CpuWorkerOptions, EngineChoice, FaultHook, JobResult,
+    Backend, EngineChoice, FaultHook, JobResult, Worker, WorkerError, WorkerOptions,
     native_unavailable,
 };
 
 mod common;
 use common::{batch, jpeg};
 
-fn options(engine: EngineChoice, faults: FaultHook) -> CpuWorkerOptions {
-    CpuWorkerOptions {
+fn options(engine: EngineChoice, faults: FaultHook) -> WorkerOptions {
+    WorkerOptions {
         id: "cpu-0".into(),
         model_dir: its_testkit::demo_model_dir(),
         ort: OrtOptions {
@@ -48,8 +48,8 @@ fn assert_done(o: &its_worker::BatchOutcome, n: usize) {
 async fn native_without_a_usable_gpu_fails_start_up_naming_the_fix() {
     // Device 63 exists nowhere this runs, with or without a driver.
     for backend in [Backend::Native, Backend::Gpu] {
-        match CpuWorker::start(&options(choice(backend, 63), FaultHook::default())) {
-            Err(e @ CpuWorkerError::NoGpu { gpu_device: 63, .. }) => {
+        match Worker::start(&options(choice(backend, 63), FaultHook::default())) {
+            Err(e @ WorkerError::NoGpu { gpu_device: 63, .. }) => {
                 let text = e.to_string();
                 let needs = format!(
                     "engine.backend = \"{}\" needs a CUDA GPU (device 63)",
@@ -70,8 +70,8 @@ async fn native_without_a_usable_gpu_fails_start_up_naming_the_fix() {
         eprintln!("a GPU is usable here: device 0 is checked by the auto test");
         return;
     };
-    match CpuWorker::start(&options(choice(Backend::Native, 0), FaultHook::default())) {
-        Err(e @ CpuWorkerError::NoGpu { gpu_device: 0, .. }) => {
+    match Worker::start(&options(choice(Backend::Native, 0), FaultHook::default())) {
+        Err(e @ WorkerError::NoGpu { gpu_device: 0, .. }) => {
             let text = e.to_string();
             assert!(text.contains(&why), "the reason ({why}) is in: {text}");
             assert!(text.contains("set engine.backend = \"auto\""), "{text}");
@@ -85,7 +85,7 @@ async fn native_without_a_usable_gpu_fails_start_up_naming_the_fix() {
 async fn auto_runs_native_on_a_gpu_and_onnx_runtime_without_one_and_says_which() {
     let faults = FaultHook::default();
     let (worker, info, switch) =
-        CpuWorker::start_swappable(&options(choice(Backend::Auto, 0), faults.clone()))
+        Worker::start_swappable(&options(choice(Backend::Auto, 0), faults.clone()))
             .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
     match native_unavailable(0) {
         Some(why) => {
@@ -134,8 +134,8 @@ async fn auto_runs_native_on_a_gpu_and_onnx_runtime_without_one_and_says_which()
 
 #[actix_rt::test]
 async fn ort_stays_onnx_runtime_whatever_the_machine() {
-    let (worker, info) = CpuWorker::start(&options(choice(Backend::Ort, 0), FaultHook::default()))
-        .expect("cpu worker");
+    let (worker, info) =
+        Worker::start(&options(choice(Backend::Ort, 0), FaultHook::default())).expect("cpu worker");
     assert_eq!(info.engine, "ort[cpu]:tiny-yolo");
     assert_eq!(info.device, "cpu");
     assert_done(&worker.send(batch(&jpeg(), 0, 2)).await.unwrap(), 2);

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use its_engine::OrtOptions;
-use its_worker::{CpuWorker, CpuWorkerOptions, FaultHook, JobResult, SwapError};
+use its_worker::{FaultHook, JobResult, SwapError, Worker, WorkerOptions};
 
 mod common;
 use common::{batch, jpeg};
@@ -24,7 +24,7 @@ async fn swap_between_batches_keeps_every_frame() {
     let tmp = tempfile::tempdir().unwrap();
     let v2 = its_testkit::demo_model_version(tmp.path(), "2");
     let faults = FaultHook::default();
-    let (worker, info, switch) = CpuWorker::start_swappable(&CpuWorkerOptions {
+    let (worker, info, switch) = Worker::start_swappable(&WorkerOptions {
         id: "cpu-0".into(),
         model_dir: its_testkit::demo_model_dir(),
         ort: OrtOptions {

@@ -32,7 +32,7 @@ use crate::{
 
 /// Errors of starting a worker.
 #[derive(Debug, thiserror::Error)]
-pub enum CpuWorkerError {
+pub enum WorkerError {
     /// The model or ONNX Runtime could not be loaded.
     #[error("cannot load the detector from {model_dir}: {source}")]
     Load {
@@ -57,7 +57,7 @@ pub enum CpuWorkerError {
 
 /// How to start the CPU worker.
 #[derive(Debug, Clone)]
-pub struct CpuWorkerOptions {
+pub struct WorkerOptions {
     /// Worker id, unique on the node.
     pub id: String,
     /// Model directory (`model.toml` + ONNX file).
@@ -74,7 +74,7 @@ pub struct CpuWorkerOptions {
     pub faults: FaultHook,
 }
 
-/// Fault injection at the engine boundary of a [`CpuWorker`]: the real batch path runs, and
+/// Fault injection at the engine boundary of a [`Worker`]: the real batch path runs, and
 /// where it would call the detector it fails, panics or waits instead, as armed. Cheap to clone;
 /// all clones arm the same worker. Inert by default.
 ///
@@ -185,7 +185,7 @@ struct Shared {
     next_slot: AtomicUsize,
     /// The engine every detector of this worker is built on.
     engine: Resolved,
-    opts: CpuWorkerOptions,
+    opts: WorkerOptions,
     limits: DecodeLimits,
 }
 
@@ -197,17 +197,17 @@ impl Shared {
     }
 }
 
-/// One thread of the CPU worker. Start them with [`CpuWorker::start`].
-pub struct CpuWorker {
+/// One thread of the CPU worker. Start them with [`Worker::start`].
+pub struct Worker {
     slot: usize,
     shared: Arc<Shared>,
 }
 
-impl Actor for CpuWorker {
+impl Actor for Worker {
     type Context = SyncContext<Self>;
 }
 
-/// Switches a running [`CpuWorker`] to another model: send it a [`SwapModel`] (or call
+/// Switches a running [`Worker`] to another model: send it a [`SwapModel`] (or call
 /// [`swap`](Self::swap)). Cheap to clone. Swaps of one worker run one at a time.
 #[derive(Clone)]
 pub struct ModelSwitch {
@@ -293,21 +293,21 @@ impl Handler<SwapModel> for ModelLoader {
     }
 }
 
-impl CpuWorker {
+impl Worker {
     /// Loads one detector per thread (so a bad model fails here, at start-up) and starts the
     /// threads. Must be called inside an actix system.
-    pub fn start(opts: &CpuWorkerOptions) -> Result<(Addr<CpuWorker>, WorkerInfo), CpuWorkerError> {
+    pub fn start(opts: &WorkerOptions) -> Result<(Addr<Worker>, WorkerInfo), WorkerError> {
         Self::start_swappable(opts).map(|(addr, info, _)| (addr, info))
     }
 
     /// As [`start`](Self::start), and also returns the worker's [`ModelSwitch`] (and starts
     /// its loader thread).
     pub fn start_swappable(
-        opts: &CpuWorkerOptions,
-    ) -> Result<(Addr<CpuWorker>, WorkerInfo, ModelSwitch), CpuWorkerError> {
+        opts: &WorkerOptions,
+    ) -> Result<(Addr<Worker>, WorkerInfo, ModelSwitch), WorkerError> {
         let threads = opts.threads.max(1);
         let mut engine =
-            Resolved::resolve(&opts.engine, &opts.id).map_err(|reason| CpuWorkerError::NoGpu {
+            Resolved::resolve(&opts.engine, &opts.id).map_err(|reason| WorkerError::NoGpu {
                 backend: opts.engine.backend.as_str(),
                 gpu_device: opts.engine.gpu_device,
                 reason,
@@ -337,7 +337,7 @@ impl CpuWorker {
             engine = next;
             loaded = load_all(&engine);
         }
-        let slots = loaded.map_err(|source| CpuWorkerError::Load {
+        let slots = loaded.map_err(|source| WorkerError::Load {
             model_dir: opts.model_dir.clone(),
             source,
         })?;
@@ -370,7 +370,7 @@ impl CpuWorker {
             // Each thread takes its own slot. A panic in a batch is caught in the handler,
             // which restarts the engine in place, so the arbiter never restarts a thread.
             let slot = s.next_slot.fetch_add(1, Relaxed) % s.slots.len();
-            CpuWorker {
+            Worker {
                 slot,
                 shared: s.clone(),
             }
@@ -658,7 +658,7 @@ impl CpuWorker {
     }
 }
 
-impl Handler<RunBatch> for CpuWorker {
+impl Handler<RunBatch> for Worker {
     type Result = MessageResult<RunBatch>;
 
     fn handle(&mut self, msg: RunBatch, _: &mut SyncContext<Self>) -> Self::Result {
