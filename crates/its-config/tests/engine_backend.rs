@@ -73,9 +73,15 @@ fn bad_backend_values_name_the_key() {
     }
 
     let e = with(&[], &["engine.gpu_streams=0"]).unwrap_err();
-    assert!(e.contains("engine.gpu_streams") && e.contains("1 to 32"), "{e}");
+    assert!(
+        e.contains("engine.gpu_streams") && e.contains("1 to 32"),
+        "{e}"
+    );
     let e = with(&[], &["engine.gpu_devices=0,64"]).unwrap_err();
-    assert!(e.contains("engine.gpu_devices") && e.contains("0 to 63"), "{e}");
+    assert!(
+        e.contains("engine.gpu_devices") && e.contains("0 to 63"),
+        "{e}"
+    );
 
     let e = with(&[("ITS__ENGINE__NATIVE_PRECISION", "int8")], &[]).unwrap_err();
     assert!(e.contains("engine.native_precision"), "{e}");
