@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     };
     // The file held exactly the floats the cfg asks for.
     let floats: usize = counts.iter().map(|(_, n)| n).sum();
-    assert!(matches!(weights.len() - floats * 4, 16 | 20), "header + floats");
+    assert!(
+        matches!(weights.len() - floats * 4, 16 | 20),
+        "header + floats"
+    );
     assert_eq!(convs.len(), counts.len());
     if let Ok(model) = to_onnx(&net, &convs, "fuzz") {
         // What the importer writes reads back.

@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
             if let Some(d) = &t.deadlines_ms {
                 assert!(d.iter().all(|v| (1..=600_000).contains(v)));
             }
-            for v in [t.min_batch_timeout_ms, t.max_batch_timeout_ms].into_iter().flatten() {
+            for v in [t.min_batch_timeout_ms, t.max_batch_timeout_ms]
+                .into_iter()
+                .flatten()
+            {
                 assert!((1..=1000).contains(&v));
             }
             if let (Some(lo), Some(hi)) = (t.min_batch_timeout_ms, t.max_batch_timeout_ms) {
