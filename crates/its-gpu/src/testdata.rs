@@ -97,3 +97,16 @@ pub fn encode_jpeg_progressive(
         .map_err(|e| GpuError::InvalidInput(format!("jpeg encode: {e}")))?;
     Ok(out)
 }
+
+/// CUDA device 0 for a GPU test or bench, or `None` after printing that it was skipped (no
+/// usable GPU here); with `ITS_REQUIRE_GPU=1` a missing GPU panics instead.
+pub fn gpu_or_skip() -> Option<crate::GpuContext> {
+    match crate::GpuContext::new(0) {
+        Ok(gpu) => Some(gpu),
+        Err(e) if crate::gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead) ({e})");
+            None
+        }
+    }
+}

@@ -4,24 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use its_engine::{Engine, ModelManifest, OrtEngine, OrtOptions};
+use its_gpu::GpuContext;
 use its_gpu::engine::tensor::{relative_error, sample_input};
 use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
-use its_gpu::{GpuContext, gpu_required};
+use its_gpu::testdata::gpu_or_skip;
 use its_model::onnx::ModelProto;
 use its_model::synth::{Arch, SynthSpec, write};
-
-const SKIP: &str = "skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead)";
-
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("{SKIP} ({e})");
-            None
-        }
-    }
-}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -6,24 +6,13 @@ use its_engine::ModelManifest;
 use its_gpu::engine::tensor::relative_error;
 use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan};
 use its_gpu::postprocess::reference::postprocess_frame;
+use its_gpu::testdata::gpu_or_skip;
 use its_gpu::testdata::{encode_jpeg, synthetic_scene};
 use its_gpu::{
     FrameGeometry, GpuContext, GpuError, GpuLane, LaneConfig, LetterboxParams, PipelineConfig,
-    gpu_required,
 };
 use its_model::onnx::ModelProto;
 use its_model::synth::{Arch, SynthSpec, write};
-
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead) ({e})");
-            None
-        }
-    }
-}
 
 fn yolo11n() -> (tempfile::TempDir, ModelProto, ModelManifest) {
     let dir = tempfile::tempdir().unwrap();

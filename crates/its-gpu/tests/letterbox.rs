@@ -3,26 +3,15 @@
 //! instead when ITS_REQUIRE_GPU=1.
 
 use its_gpu::letterbox::reference::{letterbox_batch, max_abs_err, random_bytes};
+use its_gpu::testdata::gpu_or_skip;
 use its_gpu::{
     FrameRef, GpuContext, GpuError, HostFrame, LetterboxConfig, LetterboxKernels, LetterboxParams,
     Letterboxer, compile_kernel, context::ALL_KERNELS, gpu_required,
 };
 
-const SKIP: &str = "skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead)";
 /// One u8 step plus FP16 rounding of a value <= 1 (half an ulp is 2^-12; one ulp for margin).
 const TOL_F16: f64 = 1.0 / 255.0 + 1.0 / 2048.0;
 const TOL_F32: f64 = 1.0 / 255.0 + 1e-6;
-
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("{SKIP} ({e})");
-            None
-        }
-    }
-}
 
 fn params(w: u32, h: u32) -> (u32, u32, u32, u32) {
     let p = LetterboxParams::compute(w, h, 640, 640);

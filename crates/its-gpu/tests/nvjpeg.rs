@@ -6,23 +6,9 @@ use its_gpu::letterbox::reference::letterbox_batch;
 use its_gpu::nvjpeg::is_baseline_huffman;
 use its_gpu::postprocess::reference::{Rng, postprocess_frame, synthetic_output};
 use its_gpu::quality::reference::measure;
+use its_gpu::testdata::gpu_or_skip;
 use its_gpu::testdata::{encode_jpeg, encode_jpeg_progressive, synthetic_scene};
-use its_gpu::{
-    GpuContext, GpuError, GpuPipeline, HostFrame, JpegDecoder, PipelineConfig, gpu_required,
-};
-
-const SKIP: &str = "skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead)";
-
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("{SKIP} ({e})");
-            None
-        }
-    }
-}
+use its_gpu::{GpuError, GpuPipeline, HostFrame, JpegDecoder, PipelineConfig, gpu_required};
 
 fn zune_rgb(jpeg: &[u8]) -> Vec<u8> {
     use zune_jpeg::JpegDecoder as Zune;

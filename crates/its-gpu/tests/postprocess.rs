@@ -7,22 +7,8 @@ use its_engine::nms::nms;
 use its_engine::preprocess::Letterbox;
 use its_gpu::pool::{DevicePool, PinnedPool};
 use its_gpu::postprocess::reference::{Rng, postprocess_frame, synthetic_output};
-use its_gpu::{
-    Detection, FrameGeometry, GpuContext, PostprocessConfig, Postprocessor, gpu_required,
-};
-
-const SKIP: &str = "skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead)";
-
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("{SKIP} ({e})");
-            None
-        }
-    }
-}
+use its_gpu::testdata::gpu_or_skip;
+use its_gpu::{Detection, FrameGeometry, GpuContext, PostprocessConfig, Postprocessor};
 
 fn geometry(src_w: u32, src_h: u32, size: u32) -> FrameGeometry {
     let lb = Letterbox::new(src_w, src_h, size, size);

@@ -4,23 +4,12 @@
 use its_gpu::letterbox::reference::random_bytes;
 use its_gpu::quality::reference::measure;
 use its_gpu::quality::{QualityKernel, reports_from};
+use its_gpu::testdata::gpu_or_skip;
 use its_gpu::testdata::synthetic_scene;
-use its_gpu::{FrameRef, GpuContext, HostFrame, QualityIssue, QualityReport, gpu_required};
+use its_gpu::{FrameRef, HostFrame, QualityIssue, QualityReport};
 
-const SKIP: &str = "skipped: no CUDA device (set ITS_REQUIRE_GPU=1 to fail instead)";
 /// f32 luma on the GPU vs f64 here; sums in f64 on both.
 const TOL: f32 = 2e-4;
-
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) if gpu_required() => panic!("ITS_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("{SKIP} ({e})");
-            None
-        }
-    }
-}
 
 fn frame(data: &[u8], w: u32, h: u32) -> HostFrame<'_> {
     HostFrame {

@@ -470,16 +470,24 @@ impl Worker {
         })
     }
 
-    fn detection(classes: &[String], class_id: u32, score: f32, b: [f32; 4]) -> Detection {
-        Detection {
-            class_id,
-            class_name: classes.get(class_id as usize).cloned().unwrap_or_default(),
-            score,
-            x1: b[0],
-            y1: b[1],
-            x2: b[2],
-            y2: b[3],
-        }
+    /// Wire detections, at most `its_proto::limits::MAX_DETECTIONS`, from (class, score, box)
+    /// in source pixels, best first.
+    fn detections(
+        classes: &[String],
+        found: impl Iterator<Item = (u32, f32, [f32; 4])>,
+    ) -> Vec<Detection> {
+        found
+            .take(its_proto::limits::MAX_DETECTIONS)
+            .map(|(class_id, score, b)| Detection {
+                class_id,
+                class_name: classes.get(class_id as usize).cloned().unwrap_or_default(),
+                score,
+                x1: b[0],
+                y1: b[1],
+                x2: b[2],
+                y2: b[3],
+            })
+            .collect()
     }
 
     /// The GPU frame path: the JPEG bytes go to the slot's lane as they are.
@@ -526,19 +534,12 @@ impl Worker {
             .map(|(job, refused)| {
                 let result = refused.unwrap_or_else(|| match frames.next() {
                     Some(Ok(f)) => JobResult::Done {
-                        detections: f
-                            .detections
-                            .iter()
-                            .take(its_proto::limits::MAX_DETECTIONS)
-                            .map(|d| {
-                                Self::detection(
-                                    classes,
-                                    d.class_id,
-                                    d.score,
-                                    [d.x1, d.y1, d.x2, d.y2],
-                                )
-                            })
-                            .collect(),
+                        detections: Self::detections(
+                            classes,
+                            f.detections
+                                .iter()
+                                .map(|d| (d.class_id, d.score, [d.x1, d.y1, d.x2, d.y2])),
+                        ),
                         frame_width: f.width,
                         frame_height: f.height,
                         preprocess_ns: ns(timings.decode_ms
@@ -630,19 +631,12 @@ impl Worker {
                     Ok(i) => {
                         let out = outputs[i].take().expect("one output per image");
                         JobResult::Done {
-                            detections: out
-                                .detections
-                                .iter()
-                                .take(its_proto::limits::MAX_DETECTIONS)
-                                .map(|d| {
-                                    Self::detection(
-                                        classes,
-                                        d.class_id,
-                                        d.score,
-                                        [d.x1, d.y1, d.x2, d.y2],
-                                    )
-                                })
-                                .collect(),
+                            detections: Self::detections(
+                                classes,
+                                out.detections
+                                    .iter()
+                                    .map(|d| (d.class_id, d.score, [d.x1, d.y1, d.x2, d.y2])),
+                            ),
                             frame_width: images[i].width,
                             frame_height: images[i].height,
                             preprocess_ns: decode_ns + out.preprocess_ns,
