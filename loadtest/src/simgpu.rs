@@ -142,6 +142,7 @@ pub fn start_workers(cost: CostModel, gpus: u32, slots: u32) -> Vec<WorkerHandle
                         version: cost.describe(),
                     },
                     gpu: None,
+                    pools: None,
                 },
                 addr: addr.recipient(),
             }

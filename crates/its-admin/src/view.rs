@@ -461,7 +461,7 @@ impl ClusterView {
         }
 
         type WorkerField = fn(&WorkerStatus) -> Option<f64>;
-        let worker_families: [(&str, Kind, &str, WorkerField); 16] = [
+        let worker_families: [(&str, Kind, &str, WorkerField); 19] = [
             (
                 "its_worker_queue_depth_frames",
                 Kind::Gauge,
@@ -557,6 +557,27 @@ impl ClusterView {
                 Kind::Gauge,
                 "SM clock of a worker's GPU (NVML).",
                 |w| w.gpu_sm_clock_mhz.map(|m| f64::from(m) * 1e6),
+            ),
+            (
+                "its_worker_pool_hit_ratio",
+                Kind::Gauge,
+                "Share of buffer takes a GPU worker's pools served without allocating, since start.",
+                |w| match (w.pool_hits, w.pool_misses) {
+                    (Some(h), Some(m)) if h + m > 0 => Some(h as f64 / (h + m) as f64),
+                    _ => None,
+                },
+            ),
+            (
+                "its_worker_pool_bytes",
+                Kind::Gauge,
+                "Bytes a GPU worker's device and pinned pools hold.",
+                |w| w.pool_bytes_held.map(|b| b as f64),
+            ),
+            (
+                "its_worker_pool_high_water_bytes",
+                Kind::Gauge,
+                "Largest bytes each of a GPU worker's pools held, summed.",
+                |w| w.pool_high_water_bytes.map(|b| b as f64),
             ),
         ];
         for (name, kind, help, get) in worker_families {

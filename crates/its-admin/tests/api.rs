@@ -84,6 +84,10 @@ fn worker_status(node: &str, worker: &str) -> WorkerStatus {
         gpu_power_w: Some(120.5),
         gpu_sm_clock_mhz: Some(1980),
         memory_total_bytes: Some(150_000_000_000),
+        pool_hits: Some(99),
+        pool_misses: Some(1),
+        pool_bytes_held: Some(1 << 30),
+        pool_high_water_bytes: Some(1 << 30),
     }
 }
 
@@ -728,6 +732,10 @@ async fn every_endpoint_and_role() {
     assert_eq!(
         sum(&m, "its_worker_gpu_sm_clock_hertz", &[("node", "n1")]),
         f64::from(w.gpu_sm_clock_mhz.unwrap()) * 1e6
+    );
+    assert_eq!(
+        sum(&m, "its_worker_pool_hit_ratio", &[("node", "n1")]),
+        0.99
     );
     assert!(
         sum(

@@ -364,6 +364,19 @@ pub struct WorkerStatus {
     /// The GPU's installed memory, bytes, when NVML reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_total_bytes: Option<u64>,
+    /// Buffer takes its streams' device and pinned pools served from a free buffer, since
+    /// start (GPU workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_hits: Option<u64>,
+    /// Buffer takes that allocated, since start (GPU workers; flat after warm-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_misses: Option<u64>,
+    /// Bytes the pools hold now (in use and free), GPU workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_bytes_held: Option<u64>,
+    /// Largest `pool_bytes_held` of each pool, summed, GPU workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_high_water_bytes: Option<u64>,
 }
 
 /// Counters of one node, on `its.status.node.<node_id>` every second.

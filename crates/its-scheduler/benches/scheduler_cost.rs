@@ -125,6 +125,7 @@ fn main() {
                 version: "0".into(),
             },
             gpu: None,
+            pools: None,
         };
         let sched = SchedulerActor::new(
             SchedulerOptions {

@@ -1000,6 +1000,7 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                 // The device's own figures (NVML) where the worker has a GPU; the busy-time
                 // estimate otherwise.
                 let gpu = w.handle.info.gpu.as_ref().and_then(|g| g.sample());
+                let pools = w.handle.info.pools.as_ref().map(|p| p.total());
                 let utilisation = gpu.and_then(|g| g.utilisation).or(utilisation);
                 let s = WorkerStatus {
                     v: SCHEMA_VERSION,
@@ -1026,6 +1027,10 @@ impl Handler<GetSchedulerSnapshot> for SchedulerActor {
                     gpu_power_w: gpu.and_then(|g| g.power_w),
                     gpu_sm_clock_mhz: gpu.and_then(|g| g.sm_clock_mhz),
                     memory_total_bytes: gpu.and_then(|g| g.memory_total_bytes),
+                    pool_hits: pools.map(|p| p.hits),
+                    pool_misses: pools.map(|p| p.misses),
+                    pool_bytes_held: pools.map(|p| p.bytes_held as u64),
+                    pool_high_water_bytes: pools.map(|p| p.high_water_bytes as u64),
                 };
                 if msg.reset_windows {
                     w.service.reset();

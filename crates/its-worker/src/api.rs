@@ -1,10 +1,12 @@
 //! The messages between the scheduler and any worker.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::Message;
 use its_engine::EngineError;
+use its_gpu::PoolStats;
 use its_proto::{Detection, DropReason, FrameMsg, ModelRef};
 
 /// One frame handed to a worker.
@@ -104,6 +106,46 @@ pub struct WorkerInfo {
     /// NVML telemetry of its GPU (workers on the native engine or the GPU frame path);
     /// `None` on the CPU.
     pub gpu: Option<its_gpu::GpuTelemetry>,
+    /// Counters of the device and pinned pools of its GPU streams (the GPU frame path);
+    /// `None` elsewhere.
+    pub pools: Option<PoolReport>,
+}
+
+/// The buffer pools of a GPU worker's streams, as each stream last reported them: one
+/// (device pool, pinned pool) entry per stream. Cheap to clone; every clone reads the same.
+#[derive(Debug, Clone, Default)]
+pub struct PoolReport(Arc<Mutex<Vec<(PoolStats, PoolStats)>>>);
+
+impl PoolReport {
+    /// A report for `streams` streams, all zero.
+    pub fn new(streams: usize) -> Self {
+        Self(Arc::new(Mutex::new(vec![Default::default(); streams])))
+    }
+
+    /// Stream `slot`'s counters now (called by the stream after each batch).
+    pub fn set(&self, slot: usize, device: PoolStats, pinned: PoolStats) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = v.get_mut(slot) {
+            *e = (device, pinned);
+        }
+    }
+
+    /// Every stream's device and pinned pools summed: hits, misses, evictions and bytes
+    /// add up; the high-water mark is the sum of each pool's own.
+    pub fn total(&self) -> PoolStats {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter()
+            .flat_map(|(d, p)| [d, p])
+            .fold(PoolStats::default(), |mut t, s| {
+                t.hits += s.hits;
+                t.misses += s.misses;
+                t.evictions += s.evictions;
+                t.bytes_held += s.bytes_held;
+                t.bytes_in_use += s.bytes_in_use;
+                t.high_water_bytes += s.high_water_bytes;
+                t
+            })
+    }
 }
 
 /// Loads another model beside the one a worker runs and switches to it between batches; the
@@ -138,4 +180,31 @@ pub enum SwapError {
     /// The worker has stopped.
     #[error("the worker has stopped: {0}")]
     Stopped(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_report_sums_every_stream_and_both_pools() {
+        let r = PoolReport::new(2);
+        let s = |hits, misses, held| PoolStats {
+            hits,
+            misses,
+            bytes_held: held,
+            high_water_bytes: held,
+            ..Default::default()
+        };
+        r.set(0, s(10, 2, 100), s(5, 1, 10));
+        r.set(1, s(7, 3, 200), s(0, 0, 0));
+        // A slot past the streams is ignored rather than growing the report.
+        r.set(2, s(1000, 1000, 1000), s(0, 0, 0));
+        let t = r.total();
+        assert_eq!((t.hits, t.misses), (22, 6));
+        assert_eq!((t.bytes_held, t.high_water_bytes), (310, 310));
+        // A later report of a stream replaces its earlier one.
+        r.set(0, s(20, 2, 100), s(5, 1, 10));
+        assert_eq!(r.total().hits, 32);
+    }
 }

@@ -10,7 +10,8 @@ mod backend;
 mod worker;
 
 pub use api::{
-    BatchOutcome, FrameJob, JobResult, RunBatch, SwapError, SwapModel, Swapped, WorkerInfo,
+    BatchOutcome, FrameJob, JobResult, PoolReport, RunBatch, SwapError, SwapModel, Swapped,
+    WorkerInfo,
 };
 pub use backend::{Backend, EngineChoice, NativePrecision, native_unavailable};
 pub use worker::{FaultHook, ModelSwitch, Worker, WorkerError, WorkerOptions};

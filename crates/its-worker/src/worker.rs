@@ -26,8 +26,8 @@ use its_proto::{Detection, DropReason, Encoding, ModelRef};
 
 use crate::backend::{Resolved, Runner};
 use crate::{
-    Backend, BatchOutcome, EngineChoice, FrameJob, JobResult, RunBatch, SwapError, SwapModel,
-    Swapped, WorkerInfo,
+    Backend, BatchOutcome, EngineChoice, FrameJob, JobResult, PoolReport, RunBatch, SwapError,
+    SwapModel, Swapped, WorkerInfo,
 };
 
 /// Errors of starting a worker.
@@ -201,6 +201,8 @@ impl Shared {
 pub struct Worker {
     slot: usize,
     shared: Arc<Shared>,
+    /// Where this thread's lane reports its pools (GPU frame path).
+    pools: Option<PoolReport>,
 }
 
 impl Actor for Worker {
@@ -354,6 +356,7 @@ impl Worker {
             gpu: engine
                 .gpu()
                 .map(|g| its_gpu::GpuTelemetry::new(g, opts.engine.gpu_device)),
+            pools: engine.is_lane().then(|| PoolReport::new(threads as usize)),
         };
         let shared = Arc::new(Shared {
             slots,
@@ -366,6 +369,7 @@ impl Worker {
             },
         });
         let s = shared.clone();
+        let pools = info.pools.clone();
         let addr = SyncArbiter::start(threads as usize, move || {
             // Each thread takes its own slot. A panic in a batch is caught in the handler,
             // which restarts the engine in place, so the arbiter never restarts a thread.
@@ -373,6 +377,7 @@ impl Worker {
             Worker {
                 slot,
                 shared: s.clone(),
+                pools: pools.clone(),
             }
         });
         let s = shared.clone();
@@ -508,11 +513,16 @@ impl Worker {
             let Runner::Lane { lane, .. } = &mut slot.runner else {
                 unreachable!("a lane worker's slots hold lanes")
             };
-            Self::guarded(&sh.opts.faults, || {
+            let r = Self::guarded(&sh.opts.faults, || {
                 lane.run(&jpegs)
                     .map(Some)
                     .map_err(|e| BatchFailure::Device(e.to_string()))
-            })
+            });
+            if let Some(p) = &self.pools {
+                let (device, pinned) = lane.pool_stats();
+                p.set(self.slot, device, pinned);
+            }
+            r
         };
         drop(jpegs);
         let batch = match batch {
