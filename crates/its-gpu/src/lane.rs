@@ -14,6 +14,7 @@ use its_model::onnx::ModelProto;
 
 use crate::context::POSTPROCESS_SRC;
 use crate::engine::cache::EngineCache;
+use crate::engine::cuda::from_elems;
 use crate::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan};
 use crate::pipeline::{GpuPipeline, InputDtype, PipelineConfig};
 use crate::postprocess::Detection;
@@ -226,25 +227,13 @@ impl GpuLane {
             .get_mut(&profile)
             .ok_or_else(|| EngineBuildError::Shape(format!("no batch profile {profile}")))?;
         let math = ctx.math();
-        let floats = |b: Vec<u8>| -> Vec<f32> {
-            match math {
-                ConvMath::Fp16 => b
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                ConvMath::Fp32 | ConvMath::Tf32 => b
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            }
-        };
         let input = self.stream.clone_dtoh(&ctx.input_view_mut())?;
         let (out, _) = ctx
             .output_view(0)
             .ok_or_else(|| EngineBuildError::Shape("the plan has no output".into()))?;
         let output = self.stream.clone_dtoh(&out)?;
         self.stream.synchronize()?;
-        Ok((floats(input), floats(output)))
+        Ok((from_elems(&input, math), from_elems(&output, math)))
     }
 
     /// Runs a batch of JPEGs through decode, letterbox, the engine and NMS; waits for the

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use its_engine::{Engine, ModelManifest, OrtEngine, OrtOptions};
 use its_gpu::GpuContext;
+use its_gpu::engine::cuda::{from_elems, to_elems};
 use its_gpu::engine::tensor::{relative_error, sample_input};
 use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
 use its_gpu::testdata::gpu_or_skip;
@@ -254,30 +255,6 @@ fn channels_last_rewrite_keeps_the_outputs() {
     nhwc_rewrite_is_exact(yolov3_tiny().path(), 1);
 }
 
-/// Host floats as device elements of `math` (bytes).
-fn elems(v: &[f32], math: ConvMath) -> Vec<u8> {
-    match math {
-        ConvMath::Fp16 => v
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect(),
-        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
-    }
-}
-
-fn floats(b: &[u8], math: ConvMath) -> Vec<f32> {
-    match math {
-        ConvMath::Fp16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    }
-}
-
 /// Builds `dir`'s plan with the liveness-planned arena, feeds it through the input view,
 /// reads the output view, and compares with the CPU reference (separate buffers, and the
 /// context's own rewritten plan run through the same arena layout on the CPU).
@@ -314,7 +291,7 @@ fn arena_vs_cpu(gpu: &GpuContext, dir: &Path, batch: usize, math: ConvMath) -> f
     assert!(relative_error(&in_arena[0], &reference[0]) < 1e-6);
     // Through the views, the way the GPU worker feeds and reads a context.
     let stream = engine.stream().clone();
-    let bytes = elems(&x, math);
+    let bytes = to_elems(&x, math);
     {
         let mut input = engine.input_view_mut();
         assert_eq!(input.len(), bytes.len());
@@ -323,7 +300,7 @@ fn arena_vs_cpu(gpu: &GpuContext, dir: &Path, batch: usize, math: ConvMath) -> f
     engine.launch().unwrap();
     let (view, shape) = engine.output_view(0).unwrap();
     assert_eq!(shape, engine.plan().shape(engine.plan().outputs[0].1));
-    let out = floats(&stream.clone_dtoh(&view).unwrap(), math);
+    let out = from_elems(&stream.clone_dtoh(&view).unwrap(), math);
     stream.synchronize().unwrap();
     // And run() (copies in and out of the same arena) agrees with the views.
     let ran = engine.run(&x).unwrap();

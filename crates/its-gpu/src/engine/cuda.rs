@@ -54,7 +54,7 @@ impl ConvMath {
 }
 
 /// Host floats to device elements of `math`'s storage type, as bytes.
-fn to_elems(v: &[f32], math: ConvMath) -> Vec<u8> {
+pub fn to_elems(v: &[f32], math: ConvMath) -> Vec<u8> {
     match math {
         ConvMath::Fp16 => v
             .iter()
@@ -65,7 +65,7 @@ fn to_elems(v: &[f32], math: ConvMath) -> Vec<u8> {
 }
 
 /// Device elements (bytes) back to host floats.
-fn from_elems(b: &[u8], math: ConvMath) -> Vec<f32> {
+pub fn from_elems(b: &[u8], math: ConvMath) -> Vec<f32> {
     match math {
         ConvMath::Fp16 => b
             .chunks_exact(2)
