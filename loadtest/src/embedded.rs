@@ -33,8 +33,9 @@ pub struct EmbeddedNode {
     server: LocalNatsServer,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<its_proto::NodeStatus, String>>>,
-    /// What serves the frames (`cpu` or `simulated-gpu ...`).
-    pub worker: String,
+    /// The simulated GPU workers serving the frames (`simulated-gpu ...`); `None` for the
+    /// node's own workers, which name their device in their status reports.
+    pub worker: Option<String>,
 }
 
 /// The generated demo model, searched from the working directory up and from the executable
@@ -71,12 +72,12 @@ impl EmbeddedNode {
             "status.print=false".into(),
         ];
         let worker = match opts.simulated {
-            Some(c) => format!(
+            Some(c) => Some(format!(
                 "simulated-gpu {} x{} ({} slots each)",
                 c.describe(),
                 opts.simulated_gpus.max(1),
                 opts.simulated_slots.max(1)
-            ),
+            )),
             None => {
                 let model = match &opts.model_dir {
                     Some(m) => m.clone(),
@@ -87,7 +88,7 @@ impl EmbeddedNode {
                     })?,
                 };
                 overrides.push(format!("engine.model_dir={}", model.display()));
-                "cpu".into()
+                None
             }
         };
         overrides.extend(opts.settings.iter().cloned());

@@ -53,16 +53,19 @@ pub fn run(args: Args) -> Result<Report, LoadError> {
             ));
         }
     };
-    let worker = embedded
-        .as_ref()
-        .map(|e| e.worker.clone())
-        .unwrap_or_else(|| "external".into());
+    let worker = embedded.as_ref().and_then(|e| e.worker.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("loadtest")
         .build()
         .map_err(|e| LoadError::Settings(format!("cannot start the runtime: {e}")))?;
-    let outcome = rt.block_on(load(&args, &url, &worker, simulated, embedded.is_some()));
+    let outcome = rt.block_on(load(
+        &args,
+        &url,
+        worker.as_deref(),
+        simulated,
+        embedded.is_some(),
+    ));
     // The node drains only after the load test has read what it needs.
     if let Some(e) = embedded {
         match e.stop() {
@@ -146,7 +149,7 @@ impl Setup {
 async fn load(
     args: &Args,
     url: &str,
-    worker: &str,
+    worker: Option<&str>,
     simulated: Option<CostModel>,
     embedded: bool,
 ) -> Result<Report, LoadError> {
@@ -288,18 +291,20 @@ async fn load(
             .unwrap_or(0),
         _ => args.cameras,
     };
-    // What served the frames, as the workers' own status reports name it (e.g. "NVIDIA
-    // H200 gpu[fp16]" for the embedded node's GPU worker).
-    let worker_label = if (worker == "external" || worker == "cpu") && !devices.is_empty() {
-        let mut d: Vec<&str> = devices.clone();
-        d.dedup();
-        if worker == "external" {
-            format!("external ({})", d.join(", "))
-        } else {
-            d.join(", ")
+    // What served the frames: the simulated workers as configured, else what the workers'
+    // own status reports name (e.g. "NVIDIA H200 gpu[fp16]" for a GPU worker).
+    let worker_label = match worker {
+        Some(w) => w.to_owned(),
+        None => {
+            let mut d: Vec<&str> = devices.clone();
+            d.dedup();
+            match (embedded, d.is_empty()) {
+                (true, true) => "embedded node (no worker status seen)".to_owned(),
+                (true, false) => d.join(", "),
+                (false, true) => "external".to_owned(),
+                (false, false) => format!("external ({})", d.join(", ")),
+            }
         }
-    } else {
-        worker.to_owned()
     };
     let mode_line = match &ramp {
         Some(r) => format!(
