@@ -51,6 +51,18 @@ fn ok<T: Serialize>(body: &T) -> ApiResult {
     Ok(json(actix_web::http::StatusCode::OK, body))
 }
 
+/// A node's answer to a control request: 200 with it when the node applied it, else 409.
+fn applied(r: &ControlResult) -> ApiResult {
+    if r.ok {
+        ok(r)
+    } else {
+        Err(ApiError::Conflict(format!(
+            "node {} did not apply it: {}",
+            r.node_id, r.message
+        )))
+    }
+}
+
 /// Checks the caller's role for a change, then takes one token of its address's rate limit.
 fn may_change(req: &HttpRequest, st: &AppState, need: AdminRole) -> Result<(), ApiError> {
     use crate::limits::{MUTATION_BURST, MUTATIONS_PER_SEC};
@@ -1041,14 +1053,7 @@ async fn worker_control(req: HttpRequest, st: State, id: String, drain: bool) ->
     };
     let r = control(&st, &w.node_id, &cmd).await?;
     tracing::info!(worker = %w.id, drain, ok = r.ok, message = %r.message, "worker control");
-    if r.ok {
-        ok(&r)
-    } else {
-        Err(ApiError::Conflict(format!(
-            "node {} did not apply it: {}",
-            r.node_id, r.message
-        )))
-    }
+    applied(&r)
 }
 
 /// Stops sending batches to a worker; it finishes what it has.
@@ -1133,14 +1138,7 @@ async fn node_control(req: HttpRequest, st: State, id: String, drain: bool) -> A
         ok: r.ok,
         message: r.message,
     };
-    if out.ok {
-        ok(&out)
-    } else {
-        Err(ApiError::Conflict(format!(
-            "node {} did not apply it: {}",
-            out.node_id, out.message
-        )))
-    }
+    applied(&out)
 }
 
 /// Drains a cluster node: the placement leader moves its cameras to other nodes
