@@ -1097,14 +1097,16 @@ fn reshape_dims(xs: &[usize], shape: &[i64], allowzero: bool) -> Option<Vec<usiz
             out.push(d as usize);
         }
     }
+    // Products of hostile dimensions can overflow: such a shape is refused, not wrapped.
+    let product = |v: &[usize]| v.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = product(&out)?;
         if known == 0 || !numel.is_multiple_of(known) {
             return None;
         }
         out[i] = numel / known;
     }
-    (out.iter().product::<usize>() == numel).then_some(out)
+    (product(&out)? == numel).then_some(out)
 }
 
 /// (start, len, step) of an ONNX slice of a dimension of `dim`; None for steps < 1.
@@ -1488,5 +1490,21 @@ fn fuse(plan: &mut Plan) {
             continue;
         }
         i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reshape_dims;
+
+    #[test]
+    fn reshape_dims_refuses_dimensions_whose_product_overflows() {
+        // The fuzzer's shape: dimensions whose product wraps around usize.
+        let huge = i64::MAX / 2;
+        assert_eq!(reshape_dims(&[2, 3], &[huge, huge, 4], false), None);
+        assert_eq!(reshape_dims(&[2, 3], &[huge, huge, -1], false), None);
+        // Ordinary shapes still resolve.
+        assert_eq!(reshape_dims(&[2, 3, 4], &[6, -1], false), Some(vec![6, 4]));
+        assert_eq!(reshape_dims(&[2, 3, 4], &[0, 12], false), Some(vec![2, 12]));
     }
 }
