@@ -49,7 +49,7 @@ async fn swap_while_frames_flow_drops_nothing() {
     let mut settings = its_testkit::settings(&[
         format!("nats.url={}", nats.url()),
         "cameras.synthetic_count=2".into(),
-        "cameras.fps=10".into(),
+        "cameras.fps=5".into(),
         "cameras.width=320".into(),
         "cameras.height=240".into(),
         "cameras.loop_frames=2".into(),

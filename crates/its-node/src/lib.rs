@@ -19,9 +19,18 @@ use its_camera::{
 use its_config::{BackendSetting, NativePrecisionSetting, Provider, Settings};
 use its_engine::{ExecutionProviderKind, OrtOptions};
 use its_proto::{CameraSpec, NodeStatus, Priority, subjects};
-use its_scheduler::{Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerHandle};
+use its_scheduler::{
+    AbandonQueued, Accounting, Drain, SchedulerActor, SchedulerOptions, WorkerHandle,
+};
 use its_worker::{Backend, EngineChoice, NativePrecision, Worker, WorkerOptions};
 use tokio::sync::oneshot;
+
+/// How long shutdown waits for queued and running frames to be served (the chart's
+/// `terminationGracePeriodSeconds` allows for it).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the drain ran out and the queues were dropped: how long batches already at a worker
+/// still have to return.
+const RUNNING_BATCH_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors of starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -420,10 +429,38 @@ impl Node {
             in_flight = self.acct.in_flight(),
             "finishing queued and running frames"
         );
-        tokio::time::timeout(Duration::from_secs(60), self.scheduler.send(Drain))
-            .await
-            .map_err(|_| NodeError::Shutdown("frames still in flight after 60 s".into()))?
-            .map_err(|e| NodeError::Shutdown(format!("scheduler: {e}")))?;
+        match tokio::time::timeout(DRAIN_TIMEOUT, self.scheduler.send(Drain)).await {
+            Ok(r) => r.map_err(|e| NodeError::Shutdown(format!("scheduler: {e}")))?,
+            Err(_) => {
+                // Out of time: what is still queued is counted as dropped (so the ledger
+                // stays whole); batches already at a worker get a little longer.
+                let left = self
+                    .scheduler
+                    .send(AbandonQueued {
+                        reason: format!(
+                            "not served within the {} s shutdown drain",
+                            DRAIN_TIMEOUT.as_secs()
+                        ),
+                    })
+                    .await
+                    .map_err(|e| NodeError::Shutdown(format!("scheduler: {e}")))?;
+                tracing::warn!(
+                    in_flight = self.acct.in_flight(),
+                    "shutdown drain ran out of time after {} s: {left}",
+                    DRAIN_TIMEOUT.as_secs()
+                );
+                tokio::time::timeout(RUNNING_BATCH_GRACE, self.acct.wait_settled())
+                    .await
+                    .map_err(|_| {
+                        NodeError::Shutdown(format!(
+                            "{} frame(s) still in flight {} s after the shutdown drain ran out \
+                             ({left})",
+                            self.acct.in_flight(),
+                            RUNNING_BATCH_GRACE.as_secs()
+                        ))
+                    })?;
+            }
+        }
         if let Some(t) = self.status_task.take() {
             t.abort();
         }

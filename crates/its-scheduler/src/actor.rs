@@ -171,6 +171,16 @@ pub struct Enqueue {
 #[rtype(result = "()")]
 pub struct Drain;
 
+/// Ends a drain that ran out of time: every frame still queued or waiting for a retry is
+/// settled as a [`DropReason::Shutdown`] drop with `reason`, so the ledger stays whole. The
+/// answer says what was dropped and what is still out at the workers.
+#[derive(Debug, Message)]
+#[rtype(result = "String")]
+pub struct AbandonQueued {
+    /// The drop message each abandoned frame is counted with.
+    pub reason: String,
+}
+
 /// A control command (tuning, draining or resuming a worker), answered with a [`ControlReply`].
 #[derive(Debug, Message)]
 #[rtype(result = "ControlReply")]
@@ -930,6 +940,48 @@ impl Handler<Drain> for SchedulerActor {
         self.pump(ctx);
         let acct = self.acct.clone();
         Box::pin(async move { acct.wait_settled().await })
+    }
+}
+
+impl Handler<AbandonQueued> for SchedulerActor {
+    type Result = MessageResult<AbandonQueued>;
+
+    fn handle(&mut self, msg: AbandonQueued, _: &mut Context<Self>) -> Self::Result {
+        let queued = self.queues.take(self.queues.len());
+        let retries: Vec<_> = self.retry.drain(..).map(|(q, _)| q).collect();
+        let dropped = queued.len() + retries.len();
+        for q in queued.into_iter().chain(retries) {
+            drop(q.item.queued);
+            self.drop_frame(
+                &q.item.frame,
+                &q.item.span,
+                DropReason::Shutdown,
+                msg.reason.clone(),
+            );
+        }
+        self.publish_depths();
+        let out: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|w| w.busy > 0)
+            .map(|w| {
+                format!(
+                    "{} ({} batch(es), {} frames)",
+                    w.handle.info.id,
+                    w.busy,
+                    w.in_flight.iter().sum::<u64>()
+                )
+            })
+            .collect();
+        MessageResult(format!(
+            "{dropped} queued frame(s) dropped; at workers: {}; {} result(s) held for ordering",
+            if out.is_empty() {
+                "none".to_owned()
+            } else {
+                out.join(", ")
+            },
+            self.reorder.held()
+        ))
     }
 }
 

@@ -24,8 +24,8 @@ mod stats;
 pub mod trace;
 
 pub use actor::{
-    Control, Drain, Enqueue, GetSchedulerSnapshot, ResultFilter, SchedulerActor, SchedulerOptions,
-    SchedulerSnapshot, WorkerHandle,
+    AbandonQueued, Control, Drain, Enqueue, GetSchedulerSnapshot, ResultFilter, SchedulerActor,
+    SchedulerOptions, SchedulerSnapshot, WorkerHandle,
 };
 pub use control::{
     LatePolicy, ModelSwitches, ValidTuning, run_control, run_control_with_models,

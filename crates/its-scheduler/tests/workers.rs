@@ -20,7 +20,7 @@ use its_proto::{
 };
 use its_scheduler::breaker::BreakerConfig;
 use its_scheduler::{
-    Accounting, GetSchedulerSnapshot, LatePolicy, SchedulerActor, SchedulerOptions,
+    AbandonQueued, Accounting, GetSchedulerSnapshot, LatePolicy, SchedulerActor, SchedulerOptions,
     SchedulerSnapshot, WorkerHandle, now_ns,
 };
 use its_testkit::{TestNats, within};
@@ -317,6 +317,60 @@ async fn a_worker_failing_mid_batch_loses_nothing() {
             .get(DropReason::DeviceError.as_str()),
         Some(&1)
     );
+}
+
+#[actix_rt::test]
+async fn a_drain_out_of_time_counts_the_queued_frames_and_waits_for_running_batches() {
+    // Both workers spend 1.5 s on every one-frame batch: most of 8 frames wait in the queue.
+    let opts = SchedulerOptions {
+        batch_sizes: vec![1],
+        ..relaxed()
+    };
+    let mut rig = Rig::start(opts, [1500, 1500]).await;
+    for i in 0..8u64 {
+        rig.send(&format!("cam-{}", i % 2), Priority::Normal).await;
+    }
+    within(60, "every frame received, both workers busy", async {
+        loop {
+            let snap = rig.snapshot().await;
+            if rig.acct.status(false).frames_received == rig.sent
+                && snap.workers.iter().all(|w| w.slots_busy > 0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let reason = "not served within the test's drain";
+    let left = rig
+        .scheduler
+        .send(AbandonQueued {
+            reason: reason.into(),
+        })
+        .await
+        .unwrap();
+    let dropped: u64 = left
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("answer starts with the count: {left}"));
+    assert!(dropped >= 1, "{left}");
+    assert!(
+        left.contains("at workers: a (1 batch(es), 1 frames)"),
+        "{left}"
+    );
+    assert!(left.contains("b (1 batch(es), 1 frames)"), "{left}");
+    let s = rig.acct.status(false);
+    assert_eq!(s.drops.get(DropReason::Shutdown.as_str()), Some(&dropped));
+    assert_eq!(s.in_flight, rig.sent - dropped, "{s:?}");
+    assert_eq!(rig.snapshot().await.queue_depth.values().sum::<usize>(), 0);
+    // The batches already at the workers still end as results.
+    rig.settle().await;
+    rig.assert_ledger();
+    let s = rig.acct.status(false);
+    assert_eq!(s.results_published, rig.sent - dropped, "{s:?}");
+    assert!(s.results_published >= 2, "{s:?}");
 }
 
 #[actix_rt::test]
