@@ -7,6 +7,8 @@ use std::time::Duration;
 use its_bus::{Bus, LocalNatsServer};
 use its_config::NatsSettings;
 
+pub mod jwt;
+
 /// The nats-server executable: `ITS_NATS_SERVER` or `nats-server` on PATH.
 pub fn nats_server_bin() -> String {
     std::env::var("ITS_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
