@@ -122,15 +122,7 @@ fn small_model() -> std::path::PathBuf {
 }
 
 fn jpeg() -> Vec<u8> {
-    let (w, h) = (64u16, 48u16);
-    let img: Vec<u8> = (0..w as usize * h as usize)
-        .flat_map(|i| [(i % 251) as u8, (i / 64 * 3) as u8, 60])
-        .collect();
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 80)
-        .encode(&img, w, h, jpeg_encoder::ColorType::Rgb)
-        .expect("encode");
-    out
+    its_testkit::small_jpeg(60)
 }
 
 fn free_port() -> u16 {

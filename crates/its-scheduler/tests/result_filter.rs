@@ -17,15 +17,7 @@ use its_testkit::{TestNats, within};
 use its_worker::{Worker, WorkerOptions};
 
 fn jpeg() -> Vec<u8> {
-    let (w, h) = (64u16, 48u16);
-    let img: Vec<u8> = (0..w as usize * h as usize)
-        .flat_map(|i| [(i % 251) as u8, (i / 64 * 5) as u8, 40])
-        .collect();
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 80)
-        .encode(&img, w, h, jpeg_encoder::ColorType::Rgb)
-        .expect("encode");
-    out
+    its_testkit::small_jpeg(40)
 }
 
 #[actix_rt::test]

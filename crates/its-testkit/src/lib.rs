@@ -9,6 +9,20 @@ use its_config::NatsSettings;
 
 pub mod jwt;
 
+/// A 64x48 JPEG with some structure (a gradient, not flat), for tests that need a frame the
+/// decoder accepts; `blue` varies the picture between tests.
+pub fn small_jpeg(blue: u8) -> Vec<u8> {
+    let (w, h) = (64u16, 48u16);
+    let img: Vec<u8> = (0..w as usize * h as usize)
+        .flat_map(|i| [(i % 251) as u8, (i / 64 * 5) as u8, blue])
+        .collect();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 80)
+        .encode(&img, w, h, jpeg_encoder::ColorType::Rgb)
+        .expect("encode a 64x48 RGB picture");
+    out
+}
+
 /// The nats-server executable: `ITS_NATS_SERVER` or `nats-server` on PATH.
 pub fn nats_server_bin() -> String {
     std::env::var("ITS_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())

@@ -7,15 +7,7 @@ use its_worker::{FrameJob, RunBatch};
 
 /// A 64x48 JPEG with some structure.
 pub fn jpeg() -> Vec<u8> {
-    let (w, h) = (64u16, 48u16);
-    let img: Vec<u8> = (0..w as usize * h as usize)
-        .flat_map(|i| [(i % 251) as u8, (i / 64 * 5) as u8, 128])
-        .collect();
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 80)
-        .encode(&img, w, h, jpeg_encoder::ColorType::Rgb)
-        .expect("encode");
-    out
+    its_testkit::small_jpeg(128)
 }
 
 /// `n` jobs of `data` with consecutive seqs from `first_seq`, due in 10 minutes.
