@@ -685,6 +685,52 @@ pub struct AdminSettings {
     /// A node, worker or camera whose last status is older than this is reported stale,
     /// milliseconds.
     pub stale_after_ms: u64,
+    /// The admin API's own NATS identity (`[admin.nats]`); when none is set it shares the
+    /// node's connection and so its identity.
+    pub nats: AdminNatsSettings,
+}
+
+/// The NATS identity of the admin API inside a node (`[admin.nats]`): the credentials of
+/// `[nats]`, for a second connection that the admin API alone uses, so that it can hold the
+/// `admin` role while the node holds `node` (config/nats/roles.conf). The server URL(s) and
+/// TLS are the node's. With nothing set, the admin API shares the node's connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminNatsSettings {
+    /// User name for user/password authentication.
+    pub user: String,
+    /// Password for user/password authentication (needs `user`).
+    pub password: Secret,
+    /// Token authentication.
+    pub token: Secret,
+    /// NATS credentials file (JWT + nkey seed).
+    pub creds_file: String,
+    /// Nkey seed (`SU…`) for nkey authentication.
+    pub nkey_seed: Secret,
+}
+
+impl AdminNatsSettings {
+    /// Whether an identity is set (any of the keys), so the admin API connects on its own.
+    pub fn is_set(&self) -> bool {
+        !self.user.is_empty()
+            || self.password.get().is_some()
+            || self.token.get().is_some()
+            || !self.creds_file.is_empty()
+            || self.nkey_seed.get().is_some()
+    }
+
+    /// The node's connection settings with this identity's credentials in place of the
+    /// node's: the same server URL(s), TLS and connection retries.
+    pub fn connection(&self, node: &NatsSettings) -> NatsSettings {
+        NatsSettings {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            creds_file: self.creds_file.clone(),
+            nkey_seed: self.nkey_seed.clone(),
+            ..node.clone()
+        }
+    }
 }
 
 impl Default for AdminSettings {
@@ -704,6 +750,7 @@ impl Default for AdminSettings {
             control_timeout_ms: 2_000,
             ready_requires_status: true,
             stale_after_ms: 10_000,
+            nats: AdminNatsSettings::default(),
         }
     }
 }
@@ -1098,6 +1145,28 @@ impl Settings {
         ] {
             check((100..=600_000).contains(&v), key, v, "100 to 600000 ms")?;
         }
+        let an = &a.nats;
+        check(
+            [
+                an.token.get().is_some(),
+                !an.user.is_empty(),
+                !an.creds_file.is_empty(),
+                an.nkey_seed.get().is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count()
+                <= 1,
+            "admin.nats.user",
+            &an.user,
+            "at most one of user/password, token, creds_file and nkey_seed",
+        )?;
+        check(
+            an.password.get().is_none() || !an.user.is_empty(),
+            "admin.nats.password",
+            &an.password,
+            "a password only together with admin.nats.user",
+        )?;
         let t = &self.telemetry;
         check(
             t.otlp_endpoint.is_empty()
@@ -1137,6 +1206,9 @@ impl Settings {
             &mut s.nats.password,
             &mut s.nats.token,
             &mut s.nats.nkey_seed,
+            &mut s.admin.nats.password,
+            &mut s.admin.nats.token,
+            &mut s.admin.nats.nkey_seed,
         ]
         .into_iter()
         .chain(s.admin.tokens.iter_mut().map(|t| &mut t.token))

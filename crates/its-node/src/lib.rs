@@ -52,6 +52,9 @@ pub enum NodeError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] its_admin::AdminError),
+    /// The admin API's own NATS connection (`[admin.nats]`) failed.
+    #[error("admin API's NATS identity (admin.nats): {0}")]
+    AdminBus(its_bus::BusError),
     /// Shutdown did not complete in time.
     #[error("shutdown: {0}")]
     Shutdown(String),
@@ -83,6 +86,8 @@ pub struct Node {
     scheduler_tasks: Vec<tokio::task::JoinHandle<()>>,
     embedded: Option<LocalNatsServer>,
     admin: Option<its_admin::AdminServer>,
+    /// The admin API's own connection, when `[admin.nats]` gives it an identity.
+    admin_bus: Option<Bus>,
     /// The cluster agent, when `cluster.enabled`.
     cluster: Option<its_cluster::ClusterAgent>,
 }
@@ -216,10 +221,36 @@ impl Node {
         };
         let bus = its_bus::connect(&settings.nats, &url, &format!("its-node-{node_id}")).await?;
         // The admin API first: an unsafe admin setting stops start-up before anything runs.
-        let admin = if settings.admin.enabled {
-            Some(its_admin::AdminServer::start(&settings.admin, bus.clone()).await?)
+        // With an identity of its own (`[admin.nats]`) it uses a second connection to the
+        // same server(s), so it can hold the `admin` role while the node holds `node`.
+        let (admin, admin_bus) = if settings.admin.enabled {
+            let admin_bus = if settings.admin.nats.is_set() {
+                let admin_nats = settings.admin.nats.connection(&settings.nats);
+                let name = format!("its-node-{node_id}-admin");
+                let connected = its_bus::connect(&admin_nats, &url, &name).await;
+                Some(connected.map_err(|e| {
+                    NodeError::AdminBus(match e {
+                        // the file is the admin's, not the node's
+                        its_bus::BusError::File {
+                            what: "nats.creds_file",
+                            path,
+                            source,
+                        } => its_bus::BusError::File {
+                            what: "admin.nats.creds_file",
+                            path,
+                            source,
+                        },
+                        e => e,
+                    })
+                })?)
+            } else {
+                None
+            };
+            let admin_uses = admin_bus.clone().unwrap_or_else(|| bus.clone());
+            let server = its_admin::AdminServer::start(&settings.admin, admin_uses).await?;
+            (Some(server), admin_bus)
         } else {
-            None
+            (None, None)
         };
         let acct = Accounting::new(&node_id, bus.clone());
 
@@ -379,6 +410,7 @@ impl Node {
             scheduler_tasks,
             embedded,
             admin,
+            admin_bus,
             cluster,
         })
     }
@@ -391,6 +423,12 @@ impl Node {
     /// The bus this node uses.
     pub fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// The admin API's own connection, when `[admin.nats]` gives it an identity (otherwise the
+    /// admin API uses [`bus`](Self::bus)).
+    pub fn admin_bus(&self) -> Option<&Bus> {
+        self.admin_bus.as_ref()
     }
 
     /// The node's counters now.
@@ -478,11 +516,18 @@ impl Node {
         if let Some(admin) = self.admin.take() {
             admin.stop().await;
         }
+        // The admin's own connection once the admin stopped; a failure there is reported
+        // after the node's connections drained, so results are never held back by it.
+        let admin_drained = match self.admin_bus.take() {
+            Some(bus) => bus.drain().await.map_err(NodeError::AdminBus),
+            None => Ok(()),
+        };
         tracing::info!("draining nats");
         self.intake_bus.drain().await?;
         // Returns once every result, event and the final status reached the server.
         self.bus.drain().await?;
         drop(self.embedded.take());
+        admin_drained?;
         Ok(ShutdownReport { cameras, status })
     }
 }
