@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::BusError;
+use crate::{BusError, ConnectionHealth};
 
 /// How long one KV request waits for the server's answer.
 const KV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -16,6 +16,9 @@ const KV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Kv<T> {
     store: kv::Store,
     bucket: String,
+    /// The connection's events: a write the server refuses for this identity shows up there
+    /// (`-ERR 'Permissions Violation ...'`), while the write itself only times out.
+    health: ConnectionHealth,
     _values: PhantomData<fn() -> T>,
 }
 
@@ -33,6 +36,7 @@ pub struct KvEntry<T> {
 impl<T> Kv<T> {
     pub(crate) async fn open(
         client: async_nats::Client,
+        health: ConnectionHealth,
         bucket: &str,
         history: i64,
         replicas: usize,
@@ -61,6 +65,7 @@ impl<T> Kv<T> {
         Ok(Kv {
             store,
             bucket: bucket.to_owned(),
+            health,
             _values: PhantomData,
         })
     }
@@ -71,34 +76,49 @@ impl<T> Kv<T> {
             detail: e.to_string(),
         }
     }
+
+    /// Runs a write; when it fails and the server refused a permission on this connection
+    /// meanwhile, the error says so (with the server's words, which name the subject) rather
+    /// than only the missing acknowledgement.
+    async fn write<R, E: std::fmt::Display>(
+        &self,
+        op: impl std::future::Future<Output = Result<R, E>>,
+    ) -> Result<R, BusError> {
+        let before = self.health.snapshot().permission_violations;
+        op.await.map_err(|e| {
+            let now = self.health.snapshot();
+            match now.last_server_error {
+                Some(refusal) if now.permission_violations > before => BusError::Kv {
+                    bucket: self.bucket.clone(),
+                    detail: format!(
+                        "the NATS server refused this connection's identity: {refusal} \
+                         (the write failed: {e})"
+                    ),
+                },
+                _ => self.err(e),
+            }
+        })
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// Writes `value` under `key`; returns the new revision.
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = its_proto::encode(value)?;
-        self.store
-            .put(key, bytes.into())
-            .await
-            .map_err(|e| self.err(e))
+        self.write(self.store.put(key, bytes.into())).await
     }
 
     /// Writes `value` only if `key` does not exist; returns the new revision.
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = its_proto::encode(value)?;
-        self.store
-            .create(key, bytes.into())
-            .await
-            .map_err(|e| self.err(e))
+        self.write(self.store.create(key, bytes.into())).await
     }
 
     /// Writes `value` only if `key` is still at `revision`; returns the new revision.
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, BusError> {
         let bytes = its_proto::encode(value)?;
-        self.store
-            .update(key, bytes.into(), revision)
+        self.write(self.store.update(key, bytes.into(), revision))
             .await
-            .map_err(|e| self.err(e))
     }
 
     /// Reads the current value of `key`.
@@ -116,7 +136,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
 
     /// Deletes `key`.
     pub async fn delete(&self, key: &str) -> Result<(), BusError> {
-        self.store.delete(key).await.map_err(|e| self.err(e))
+        self.write(self.store.delete(key)).await
     }
 
     /// The keys present now.

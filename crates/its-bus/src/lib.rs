@@ -260,7 +260,7 @@ impl Bus {
 
     /// Opens (creating if absent) a JetStream key-value bucket of MessagePack values.
     pub async fn kv<T>(&self, bucket: &str, history: i64) -> Result<Kv<T>, BusError> {
-        Kv::open(self.client.clone(), bucket, history, 1).await
+        Kv::open(self.client.clone(), self.health.clone(), bucket, history, 1).await
     }
 
     /// As [`kv`](Self::kv), creating an absent bucket with `replicas` copies on the servers of
@@ -272,7 +272,14 @@ impl Bus {
         history: i64,
         replicas: usize,
     ) -> Result<Kv<T>, BusError> {
-        Kv::open(self.client.clone(), bucket, history, replicas).await
+        Kv::open(
+            self.client.clone(),
+            self.health.clone(),
+            bucket,
+            history,
+            replicas,
+        )
+        .await
     }
 
     /// Sends a request encoded as a MessagePack map and waits at most `timeout` for one reply,

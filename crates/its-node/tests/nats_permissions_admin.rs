@@ -295,11 +295,9 @@ async fn an_admin_api_sharing_the_node_identity_is_refused_the_registry_write() 
     let (status, body) = http(addr, "GET", "/api/v1/cameras", None).await;
     assert_eq!(status, 200, "{body}");
 
-    // Registering a camera: the server refuses the write. The API answers 503 naming the
-    // registry bucket; its problem does not name the permission (today: "nats: key-value
-    // bucket its_cameras: failed to create key in store: timed out": the client sees only the
-    // missing acknowledgement). The server's refusal, which does name it, is in the
-    // connection's health.
+    // Registering a camera: the server refuses the write. The client sees only a missing
+    // acknowledgement (a timeout); the server's refusal, which names the subject, arrives as
+    // a connection event. The API answers 503 with both: the bucket and the refusal.
     let before = node.bus().health().snapshot().permission_violations;
     let (status, body) = http(
         addr,
@@ -316,6 +314,12 @@ async fn an_admin_api_sharing_the_node_identity_is_refused_the_registry_write() 
         .unwrap_or_default()
         .to_ascii_lowercase();
     assert!(detail.contains(CAMERAS_BUCKET), "{body}");
+    assert!(
+        detail.contains("refused this connection's identity")
+            && detail.contains("permissions violation")
+            && detail.contains("$kv.its_cameras.shared-cam"),
+        "{body}"
+    );
     let snap = within(
         10,
         "the server's refusal of the registry write",
