@@ -239,9 +239,14 @@ impl TensorProto {
         }
     }
 
-    /// Number of elements (product of dims; 1 for a scalar).
+    /// Number of elements (product of dims; 1 for a scalar). Hostile dimensions whose product
+    /// does not fit saturate at `usize::MAX`, which no tensor's data matches.
     pub fn numel(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+        self.dims
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .try_fold(1usize, |a, d| a.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
     /// The values of a float32 tensor, from `raw_data` or `float_data`.
@@ -512,7 +517,7 @@ impl ModelProto {
             .iter()
             .filter(|t| t.data_type == DataType::Float as i32 && used.contains(t.name.as_str()))
             .map(TensorProto::numel)
-            .sum()
+            .fold(0usize, usize::saturating_add)
     }
 
     /// How many nodes of each operator type, sorted by operator name.
@@ -560,6 +565,30 @@ mod tests {
         // `w` feeds a Concat, not a learned layer.
         assert_eq!(back.parameter_count(), 0);
         assert_eq!(back.op_counts().get("Concat"), Some(&1));
+    }
+
+    /// Found by the onnx_model fuzz target with overflow checks: declared dimensions whose
+    /// product overflows panicked in `numel` (and wrapped without the checks).
+    #[test]
+    fn dimensions_whose_product_overflows_saturate_and_match_no_data() {
+        let mut w = TensorProto::from_f32("w", &[1, 1], &[1.0]);
+        w.dims = vec![1 << 40, 1 << 40];
+        assert_eq!(w.numel(), usize::MAX);
+        assert!(w.to_f32().is_err());
+        let mut g = GraphProto::default();
+        g.initializer.push(w.clone());
+        g.initializer.push(TensorProto {
+            name: "b".into(),
+            ..w
+        });
+        g.node.push(NodeProto {
+            input: vec!["x".into(), "w".into(), "b".into()],
+            output: vec!["y".into()],
+            op_type: "Conv".into(),
+            ..Default::default()
+        });
+        let m = model(g, 17, "test");
+        assert_eq!(m.parameter_count(), usize::MAX);
     }
 
     #[test]
