@@ -4,52 +4,15 @@
 //! to end (a real camera, a node, a subscriber) with each process under its own identity.
 
 use futures::StreamExt;
-use its_config::NatsSettings;
 use its_node::Node;
 use std::collections::BTreeSet;
 
 use actix::Actor;
 use its_proto::{CameraSpec, DetectionMsg, subjects};
-use its_testkit::{TestNats, within};
+use its_testkit::roles::{connect, server};
+use its_testkit::within;
 
 const FRAMES: u64 = 6;
-
-fn identity(user: &str) -> NatsSettings {
-    let mut n = its_testkit::settings(&[]).nats;
-    n.user = user.to_owned();
-    n.password = its_config::Secret(format!("{user}-test-password"));
-    n
-}
-
-async fn connect(nats: &TestNats, user: &str) -> its_bus::Bus {
-    within(
-        10,
-        "connect",
-        its_bus::connect(&identity(user), &nats.url(), user),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
-}
-
-/// A server running the committed roles file, with test passwords in its `its-passwords.conf`.
-fn server() -> (TestNats, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let roles = its_testkit::workspace_root().join("config/nats/roles.conf");
-    std::fs::copy(&roles, dir.path().join("roles.conf")).unwrap();
-    let mut passwords = String::new();
-    for user in ["ingest", "node", "subscriber", "admin"] {
-        passwords.push_str(&format!(
-            "ITS_{}_PASSWORD: \"{user}-test-password\"\n",
-            user.to_ascii_uppercase()
-        ));
-    }
-    std::fs::write(dir.path().join("its-passwords.conf"), passwords).unwrap();
-    // An operator's own configuration that includes the roles file.
-    let conf = dir.path().join("main.conf");
-    std::fs::write(&conf, "include ./roles.conf\n").unwrap();
-    let nats = TestNats::start_with_args(&["-c", conf.to_str().unwrap()]);
-    (nats, dir)
-}
 
 fn violations(bus: &its_bus::Bus) -> u64 {
     bus.health().snapshot().permission_violations

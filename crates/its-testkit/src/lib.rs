@@ -8,6 +8,7 @@ use its_bus::{Bus, LocalNatsServer};
 use its_config::NatsSettings;
 
 pub mod jwt;
+pub mod roles;
 
 /// A 64x48 JPEG with some structure (a gradient, not flat), for tests that need a frame the
 /// decoder accepts; `blue` varies the picture between tests.
