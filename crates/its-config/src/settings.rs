@@ -349,6 +349,13 @@ pub struct SchedulerSettings {
     pub queue_capacity: usize,
     /// Largest FrameMsg accepted, bytes (at most 64 MiB; NATS' own limit applies too).
     pub max_frame_bytes: usize,
+    /// Most frames per second the node's intake takes from one camera id, a token bucket per
+    /// camera refilled at this rate; frames beyond it are dropped (`rate_limited`). 0 = no
+    /// limit. The default is the highest rate a camera may declare (`cameras.fps`, the
+    /// registry's `fps`), so only a camera publishing faster than any declared rate is held.
+    pub max_camera_fps: u32,
+    /// Frames one camera may send at once above `max_camera_fps`: the size of its bucket.
+    pub camera_burst_frames: u32,
     /// Named profile setting batching, late policy, shedding and reordering at once (see
     /// [`SchedulerPreset`]); `custom` uses the individual keys.
     pub preset: SchedulerPreset,
@@ -411,6 +418,8 @@ impl Default for SchedulerSettings {
             max_batch_timeout_ms: 50,
             queue_capacity: 1024,
             max_frame_bytes: its_proto::limits::MAX_FRAME_BYTES,
+            max_camera_fps: its_proto::registry::MAX_FPS as u32,
+            camera_burst_frames: 60,
             preset: SchedulerPreset::Custom,
             late_policy: LatePolicySetting::Drop,
             shed_miss_ratio: 0.2,
@@ -976,6 +985,18 @@ impl Settings {
             "scheduler.max_frame_bytes",
             s.max_frame_bytes,
             "1024 to 67108864",
+        )?;
+        check(
+            s.max_camera_fps <= 10_000,
+            "scheduler.max_camera_fps",
+            s.max_camera_fps,
+            "0 (no limit) to 10000 frames per second",
+        )?;
+        check(
+            (1..=10_000).contains(&s.camera_burst_frames),
+            "scheduler.camera_burst_frames",
+            s.camera_burst_frames,
+            "1 to 10000 frames",
         )?;
         if s.preset != SchedulerPreset::Custom {
             // A preset owns its keys: a different explicit value would be silently overridden.

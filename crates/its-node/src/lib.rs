@@ -365,6 +365,11 @@ impl Node {
                 settings.nats.intake_capacity,
             )
             .await?;
+        let intake_opts = its_scheduler::IntakeOptions::new(settings.scheduler.max_frame_bytes)
+            .with_camera_rate(its_scheduler::CameraRate::per_second(
+                settings.scheduler.max_camera_fps,
+                settings.scheduler.camera_burst_frames,
+            ));
         // Cluster mode: the intake follows the cameras the placement leader assigns here.
         let (intake_done, cluster) = if let Some(agent) = agent {
             let intake = actix::spawn(its_scheduler::run_intake_assigned(
@@ -372,7 +377,7 @@ impl Node {
                 agent.cameras(),
                 scheduler.clone(),
                 acct.clone(),
-                settings.scheduler.max_frame_bytes,
+                intake_opts,
                 stop_rx,
             ));
             (intake, Some(agent))
@@ -383,7 +388,7 @@ impl Node {
                 sub,
                 scheduler.clone(),
                 acct.clone(),
-                settings.scheduler.max_frame_bytes,
+                intake_opts,
                 stop_rx,
             ));
             (intake, None)

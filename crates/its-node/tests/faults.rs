@@ -399,7 +399,12 @@ async fn a_flooding_camera_is_dropped_by_policy_and_memory_does_not_accumulate()
     let nats = TestNats::start();
     let publisher = nats.bus().await;
     let watcher = nats.bus().await;
-    let settings = node_settings(&nats.url(), &["scheduler.queue_capacity=16"]);
+    // No per-camera rate limit: what is tested is the queues' own shedding, which every camera
+    // of a class shares (the limit is tested in its-scheduler's tests/camera_rate.rs).
+    let settings = node_settings(
+        &nats.url(),
+        &["scheduler.queue_capacity=16", "scheduler.max_camera_fps=0"],
+    );
     let mut statuses = watcher
         .subscribe(&subjects::node_status(&settings.node.id))
         .await

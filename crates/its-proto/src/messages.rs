@@ -217,11 +217,14 @@ pub enum DropReason {
     DeviceError,
     /// The payload encoding is one this node cannot decode.
     UnsupportedEncoding,
+    /// The camera sent faster than the node's per-camera rate limit
+    /// (`scheduler.max_camera_fps`, with a burst of `scheduler.camera_burst_frames`).
+    RateLimited,
 }
 
 impl DropReason {
     /// All reasons, in declaration order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::MalformedEnvelope,
         DropReason::UnsupportedVersion,
         DropReason::PayloadTooLarge,
@@ -236,6 +239,7 @@ impl DropReason {
         DropReason::Shed,
         DropReason::DeviceError,
         DropReason::UnsupportedEncoding,
+        DropReason::RateLimited,
     ];
 
     /// The name used on the wire and in metrics.
@@ -255,6 +259,7 @@ impl DropReason {
             DropReason::Shed => "shed",
             DropReason::DeviceError => "device_error",
             DropReason::UnsupportedEncoding => "unsupported_encoding",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

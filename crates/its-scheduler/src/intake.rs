@@ -1,6 +1,7 @@
 //! Frame intake: reads `its.frames.*` ([`run_intake`]) or exactly the frame subjects of the
 //! cameras assigned to this node ([`run_intake_assigned`], cluster mode), checks each envelope,
-//! and hands good frames to the scheduler. Every message read is counted.
+//! holds each camera to its rate limit ([`crate::rate`]), and hands good frames to the
+//! scheduler. Every message read is counted.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -11,7 +12,51 @@ use its_bus::{Bus, Message, Subscriber};
 use its_proto::{DropReason, decode_frame, subjects};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::rate::{CameraRate, CameraRateLimiter};
 use crate::{Accounting, Enqueue, SchedulerActor};
+
+/// What the intake checks before a frame reaches the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntakeOptions {
+    /// Largest FrameMsg accepted, bytes (`scheduler.max_frame_bytes`).
+    pub max_frame_bytes: usize,
+    /// Per-camera rate limit (`scheduler.max_camera_fps`, `scheduler.camera_burst_frames`);
+    /// `None`: none.
+    pub camera_rate: Option<CameraRate>,
+}
+
+impl IntakeOptions {
+    /// Frames up to `max_frame_bytes`, no rate limit.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        IntakeOptions {
+            max_frame_bytes,
+            camera_rate: None,
+        }
+    }
+
+    /// These options with `rate` applied to each camera (`None`: no limit).
+    pub fn with_camera_rate(self, rate: Option<CameraRate>) -> Self {
+        IntakeOptions {
+            camera_rate: rate,
+            ..self
+        }
+    }
+}
+
+/// The intake's checks and the state they keep: one per intake task.
+struct Checks {
+    max_frame_bytes: usize,
+    limiter: Option<CameraRateLimiter>,
+}
+
+impl Checks {
+    fn new(opts: IntakeOptions) -> Self {
+        Checks {
+            max_frame_bytes: opts.max_frame_bytes,
+            limiter: opts.camera_rate.map(CameraRateLimiter::new),
+        }
+    }
+}
 
 /// Runs until `stop` fires (then drains the subscription: messages already on their way are
 /// still read and counted) or the subscription ends.
@@ -19,9 +64,10 @@ pub async fn run_intake(
     mut sub: Subscriber,
     scheduler: Addr<SchedulerActor>,
     acct: Accounting,
-    max_frame_bytes: usize,
+    opts: IntakeOptions,
     stop: oneshot::Receiver<()>,
 ) {
+    let mut checks = Checks::new(opts);
     let mut stop = Some(stop);
     loop {
         let msg = match stop.as_mut() {
@@ -39,7 +85,7 @@ pub async fn run_intake(
             None => sub.next().await,
         };
         let Some(msg) = msg else { break };
-        handle(msg, &scheduler, &acct, max_frame_bytes).await;
+        handle(msg, &scheduler, &acct, &mut checks).await;
     }
     tracing::info!("frame intake stopped");
 }
@@ -49,11 +95,11 @@ async fn handle(
     msg: Message,
     scheduler: &Addr<SchedulerActor>,
     acct: &Accounting,
-    max_frame_bytes: usize,
+    checks: &mut Checks,
 ) {
     acct.received();
     let received_at = Instant::now();
-    match decode_frame(&msg.payload, msg.subject.as_str(), max_frame_bytes) {
+    match decode_frame(&msg.payload, msg.subject.as_str(), checks.max_frame_bytes) {
         Err(e) => acct.dropped(
             subjects::last_token(msg.subject.as_str()),
             None,
@@ -61,6 +107,22 @@ async fn handle(
             e.to_string(),
         ),
         Ok(frame) => {
+            if let Some(limiter) = checks.limiter.as_mut()
+                && !limiter.admit(&frame.camera_id, received_at)
+            {
+                let rate = limiter.rate();
+                acct.dropped(
+                    &frame.camera_id,
+                    Some(frame.seq),
+                    DropReason::RateLimited,
+                    format!(
+                        "camera over the node's rate limit of {} fps with a burst of {} frames \
+                         (scheduler.max_camera_fps, scheduler.camera_burst_frames)",
+                        rate.fps, rate.burst
+                    ),
+                );
+                return;
+            }
             let (camera, seq) = (frame.camera_id.clone(), frame.seq);
             let span = crate::trace::frame_span(&frame, || its_bus::message_headers(&msg));
             if scheduler
@@ -93,9 +155,10 @@ pub async fn run_intake_assigned(
     mut cameras: watch::Receiver<BTreeSet<String>>,
     scheduler: Addr<SchedulerActor>,
     acct: Accounting,
-    max_frame_bytes: usize,
+    opts: IntakeOptions,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let mut checks = Checks::new(opts);
     let (tx, mut rx) = mpsc::channel::<Message>(256);
     let mut subs: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let initial = cameras.borrow_and_update().clone();
@@ -110,7 +173,7 @@ pub async fn run_intake_assigned(
                 let set = cameras.borrow_and_update().clone();
                 follow(&bus, &set, &mut subs, &tx).await;
             }
-            Some(msg) = rx.recv() => handle(msg, &scheduler, &acct, max_frame_bytes).await,
+            Some(msg) = rx.recv() => handle(msg, &scheduler, &acct, &mut checks).await,
         }
     }
     for (_, task) in subs.drain() {
@@ -118,7 +181,7 @@ pub async fn run_intake_assigned(
     }
     drop(tx);
     while let Some(msg) = rx.recv().await {
-        handle(msg, &scheduler, &acct, max_frame_bytes).await;
+        handle(msg, &scheduler, &acct, &mut checks).await;
     }
     tracing::info!("frame intake stopped");
 }

@@ -1,12 +1,12 @@
 //! The scheduler of a GPU node.
 //!
-//! Frames arrive on `its.frames.*` ([`intake`]), are checked, admitted by the overload
-//! [`breaker`], queued by priority with a deadline ([`queues`]), grouped into batches whose size
-//! and wait adapt to the arrival rate and the measured cost of each batch size ([`batcher`]),
-//! and sent to the worker that will finish them first ([`SchedulerActor`]). A batch that fails
-//! on its device is retried once on another worker. Results pass a per-camera [`reorder`]
-//! buffer and go out on `its.results.<camera>`. [`run_control`] serves run-time tuning and
-//! worker drain/resume.
+//! Frames arrive on `its.frames.*` ([`intake`]), are checked, held to a per-camera [`rate`]
+//! limit, admitted by the overload [`breaker`], queued by priority with a deadline
+//! ([`queues`]), grouped into batches whose size and wait adapt to the arrival rate and the
+//! measured cost of each batch size ([`batcher`]), and sent to the worker that will finish
+//! them first ([`SchedulerActor`]). A batch that fails on its device is retried once on another
+//! worker. Results pass a per-camera [`reorder`] buffer and go out on `its.results.<camera>`.
+//! [`run_control`] serves run-time tuning and worker drain/resume.
 //!
 //! Architecture invariant: every frame read from NATS is counted once in [`Accounting`] and
 //! settled once, as a published result, as a drop with a reason, or (cluster mode) as a result
@@ -19,6 +19,7 @@ pub mod breaker;
 mod control;
 mod intake;
 pub mod queues;
+pub mod rate;
 pub mod reorder;
 mod stats;
 pub mod trace;
@@ -31,5 +32,6 @@ pub use control::{
     LatePolicy, ModelSwitches, ValidTuning, run_control, run_control_with_models,
     run_worker_status, validate_tuning,
 };
-pub use intake::{run_intake, run_intake_assigned};
+pub use intake::{IntakeOptions, run_intake, run_intake_assigned};
+pub use rate::{CameraRate, CameraRateLimiter};
 pub use stats::{Accounting, now_ns};

@@ -105,7 +105,7 @@ async fn intake_follows_the_assigned_cameras() {
         set_rx,
         scheduler.clone(),
         acct.clone(),
-        1 << 20,
+        its_scheduler::IntakeOptions::new(1 << 20),
         stop_rx,
     ));
     let data = jpeg();

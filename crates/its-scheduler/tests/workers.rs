@@ -100,7 +100,7 @@ impl Rig {
             sub,
             scheduler.clone(),
             acct.clone(),
-            1 << 20,
+            its_scheduler::IntakeOptions::new(1 << 20),
             stop_rx,
         ));
         actix::spawn(its_scheduler::run_control(
