@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<Report, LoadError> {
             simulated_gpus: args.simulated_gpus,
             simulated_slots: args.simulated_slots,
             model_dir: args.model_dir.clone(),
-            settings: args.node_settings.clone(),
+            settings: embedded_settings(&args),
         })?)
     } else {
         None
@@ -652,4 +652,58 @@ fn write_outputs(
     }
     write_file(&out.join("report.md"), report.markdown().as_bytes())?;
     Ok(())
+}
+
+/// The embedded node's overrides: the `--set` ones, after a per-camera rate limit raised above
+/// the offered rate when `--fps` exceeds the node's default (the limit must not be what a fast
+/// load test measures; a `--set scheduler.max_camera_fps=...` still wins).
+fn embedded_settings(args: &Args) -> Vec<String> {
+    let limit = its_config::Settings::default().scheduler.max_camera_fps;
+    let mut out = Vec::new();
+    if limit > 0 && args.fps > f64::from(limit) {
+        out.push(format!(
+            "scheduler.max_camera_fps={}",
+            (args.fps * 2.0).ceil() as u32
+        ));
+    }
+    out.extend(args.node_settings.iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::try_parse_from(["its-loadtest"].iter().chain(extra)).expect("valid arguments")
+    }
+
+    #[test]
+    fn a_load_faster_than_the_nodes_camera_limit_raises_it_and_a_set_still_wins() {
+        let limit = its_config::Settings::default().scheduler.max_camera_fps;
+        assert!(embedded_settings(&args(&["--fps", "30"])).is_empty());
+        let fast = (limit * 2).to_string();
+        let s = embedded_settings(&args(&["--fps", &fast]));
+        assert_eq!(s, [format!("scheduler.max_camera_fps={}", limit * 4)]);
+        let s = embedded_settings(&args(&[
+            "--fps",
+            &fast,
+            "--set",
+            "scheduler.max_camera_fps=0",
+        ]));
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("scheduler.max_camera_fps=0")
+        );
+        // Overrides apply in order, so the user's comes last and wins.
+        let settings = its_config::load(&its_config::Sources {
+            file: None,
+            env: Default::default(),
+            overrides: s,
+        })
+        .expect("valid settings");
+        assert_eq!(settings.scheduler.max_camera_fps, 0);
+    }
 }
