@@ -203,6 +203,20 @@ pub struct NatsSettings {
     /// the frame intake has a connection of its own, and beyond this many waiting frames the
     /// client drops new ones as a NATS slow consumer (counted, `nats_slow_consumer_events`).
     pub intake_capacity: usize,
+    /// Bytes the frame subscription may hold at most (64 KiB to 1 TiB): the intake's capacity
+    /// is lowered to this divided by the server's `max_payload` (the largest message it can
+    /// hold) when that is fewer frames than `intake_capacity`.
+    pub intake_max_bytes: u64,
+}
+
+impl NatsSettings {
+    /// Frames the intake's subscription may hold: `intake_capacity`, lowered so that this
+    /// many messages of the server's `max_payload` bytes fit in `intake_max_bytes` (at least 1).
+    pub fn intake_frames(&self, server_max_payload: usize) -> usize {
+        let per_frame = (server_max_payload as u64).max(1);
+        let by_bytes = usize::try_from(self.intake_max_bytes / per_frame).unwrap_or(usize::MAX);
+        self.intake_capacity.min(by_bytes.max(1))
+    }
 }
 
 impl Default for NatsSettings {
@@ -224,6 +238,7 @@ impl Default for NatsSettings {
             connect_attempts: 10,
             connect_backoff_ms: 200,
             intake_capacity: 4096,
+            intake_max_bytes: 4 << 30,
         }
     }
 }
@@ -857,6 +872,12 @@ impl Settings {
             "nats.intake_capacity",
             n.intake_capacity,
             "1 to 65536",
+        )?;
+        check(
+            ((64 << 10)..=(1 << 40)).contains(&n.intake_max_bytes),
+            "nats.intake_max_bytes",
+            n.intake_max_bytes,
+            "65536 to 1099511627776 (64 KiB to 1 TiB)",
         )?;
         let c = &self.cameras;
         for id in c.camera_ids() {

@@ -79,8 +79,11 @@ pub struct Node {
     registry: Option<Registry>,
     intake_stop: Option<oneshot::Sender<()>>,
     intake_done: Option<tokio::task::JoinHandle<()>>,
-    /// The frame intake's own connection, bounded by `nats.intake_capacity`.
+    /// The frame intake's own connection, bounded by `nats.intake_capacity` and
+    /// `nats.intake_max_bytes`.
     intake_bus: Bus,
+    /// Frames that connection's subscription holds at most.
+    intake_frames: usize,
     status_task: Option<tokio::task::JoinHandle<()>>,
     /// The scheduler control server and the worker status publisher.
     scheduler_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -358,11 +361,18 @@ impl Node {
         let (stop_tx, stop_rx) = oneshot::channel();
         // The frame intake reads through a connection of its own, whose subscription buffers
         // at most nats.intake_capacity frames (its slow-consumer events count in bus.health()).
+        let intake_frames = settings.nats.intake_frames(bus.max_payload());
+        tracing::info!(
+            frames = intake_frames,
+            server_max_payload = bus.max_payload(),
+            "frame intake buffers at most {intake_frames} frames (nats.intake_capacity, \
+             nats.intake_max_bytes)"
+        );
         let intake_bus = bus
             .bounded_sibling(
                 &settings.nats,
                 &format!("its-node-{node_id}-intake"),
-                settings.nats.intake_capacity,
+                intake_frames,
             )
             .await?;
         let intake_opts = its_scheduler::IntakeOptions::new(settings.scheduler.max_frame_bytes)
@@ -411,6 +421,7 @@ impl Node {
             intake_stop: Some(stop_tx),
             intake_done: Some(intake_done),
             intake_bus,
+            intake_frames,
             status_task: Some(status_task),
             scheduler_tasks,
             embedded,
@@ -434,6 +445,12 @@ impl Node {
     /// admin API uses [`bus`](Self::bus)).
     pub fn admin_bus(&self) -> Option<&Bus> {
         self.admin_bus.as_ref()
+    }
+
+    /// Frames the frame intake's subscription holds at most: `nats.intake_capacity`, lowered by
+    /// `nats.intake_max_bytes` over the server's `max_payload`.
+    pub fn intake_frames(&self) -> usize {
+        self.intake_frames
     }
 
     /// The node's counters now.

@@ -55,6 +55,80 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A burst of `n` frames far beyond the intake's room, from one client as fast as it goes (the
+/// node's client reads whole socket buffers at once, so it finds the subscription full); each
+/// frame is a small garbage message (a counted malformed_envelope drop when read). Returns the
+/// first node report with slow-consumer events once every frame read has settled.
+async fn burst_until_slow_consumer(
+    publisher: &its_bus::Bus,
+    statuses: &mut its_bus::Subscriber,
+    n: u64,
+) -> NodeReport {
+    for seq in 0..n {
+        publisher
+            .publish_raw(
+                subjects::frames("burst-cam"),
+                seq.to_le_bytes().repeat(64).into(),
+            )
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    within(
+        60,
+        "a status with slow-consumer events, all settled",
+        async {
+            loop {
+                let msg = statuses.next().await.expect("status subscription open");
+                let r: NodeReport = its_proto::decode(&msg.payload).unwrap();
+                if r.nats_slow_consumer_events > 0 && r.status.in_flight == 0 {
+                    // Settled: nothing more arrives once the client emptied its buffer.
+                    let again: NodeReport =
+                        its_proto::decode(&statuses.next().await.unwrap().payload).unwrap();
+                    if again.status.frames_received == r.status.frames_received {
+                        return again;
+                    }
+                }
+            }
+        },
+    )
+    .await
+}
+
+#[actix_rt::test]
+async fn the_intake_byte_bound_lowers_its_frame_capacity_by_the_servers_max_payload() {
+    const BURST: u64 = 3000;
+    // A server that takes messages of at most 64 KiB, and a node whose intake may hold 128 KiB.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").unwrap();
+    let nats = TestNats::start_with_args(&["-c", conf.to_str().unwrap()]);
+    let publisher = nats.bus().await;
+    let watcher = nats.bus().await;
+    assert_eq!(publisher.max_payload(), 65_536);
+    let settings = node_settings(&nats.url(), &["nats.intake_max_bytes=131072"]);
+    assert_eq!(
+        settings.nats.intake_capacity, 4096,
+        "the frame bound is not the limit"
+    );
+    let node_id = settings.node.id.clone();
+    let mut statuses = watcher
+        .subscribe(&subjects::node_status(&node_id))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let node = within(60, "node start", Node::start(settings))
+        .await
+        .unwrap();
+    assert_eq!(node.intake_frames(), 2, "128 KiB of 64 KiB messages");
+    let report = burst_until_slow_consumer(&publisher, &mut statuses, BURST).await;
+    let st = &report.status;
+    let drops: u64 = st.drops.values().sum();
+    assert_eq!(st.frames_received, st.results_published + drops, "{st:?}");
+    assert!(st.frames_received < BURST, "{st:?}");
+    within(60, "node shutdown", node.shutdown()).await.unwrap();
+}
+
 #[actix_rt::test]
 async fn a_frame_intake_past_its_capacity_is_a_reported_slow_consumer() {
     const BURST: u64 = 3000;
@@ -81,40 +155,7 @@ async fn a_frame_intake_past_its_capacity_is_a_reported_slow_consumer() {
     );
     assert_eq!(before, Some(0.0), "no slow consumer before the burst");
 
-    // A burst far beyond the intake's 2 frames of room, from one client as fast as it goes:
-    // the node's client reads whole socket buffers at once, so it finds the subscription full.
-    // Each frame is a small garbage message (a counted malformed_envelope drop when read).
-    for seq in 0..BURST {
-        publisher
-            .publish_raw(
-                subjects::frames("burst-cam"),
-                seq.to_le_bytes().repeat(64).into(),
-            )
-            .await
-            .unwrap();
-    }
-    publisher.flush().await.unwrap();
-
-    // The node reports it, and settles every frame it did read.
-    let report = within(
-        60,
-        "a status with slow-consumer events, all settled",
-        async {
-            loop {
-                let msg = statuses.next().await.expect("status subscription open");
-                let r: NodeReport = its_proto::decode(&msg.payload).unwrap();
-                if r.nats_slow_consumer_events > 0 && r.status.in_flight == 0 {
-                    // Settled: nothing more arrives once the client emptied its buffer.
-                    let again: NodeReport =
-                        its_proto::decode(&statuses.next().await.unwrap().payload).unwrap();
-                    if again.status.frames_received == r.status.frames_received {
-                        return again;
-                    }
-                }
-            }
-        },
-    )
-    .await;
+    let report = burst_until_slow_consumer(&publisher, &mut statuses, BURST).await;
     let st = &report.status;
     let drops: u64 = st.drops.values().sum();
     assert_eq!(st.frames_received, st.results_published + drops, "{st:?}");
