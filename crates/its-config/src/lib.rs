@@ -64,7 +64,7 @@ pub struct Sources<'a> {
 
 /// Loads, merges and validates the configuration.
 pub fn load(sources: &Sources<'_>) -> Result<Settings, ConfigError> {
-    let defaults = config::Config::try_from(&Settings::default())?;
+    let defaults = defaults()?;
     let mut builder = config::Config::builder().add_source(defaults);
     builder = match sources.file {
         Some(path) => builder.add_source(config::File::from(path).format(config::FileFormat::Toml)),
@@ -114,7 +114,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Settings, ConfigError> {
 /// Loads the built-in defaults overlaid with TOML `text` (no file, environment or overrides) and
 /// validates the result: what `--config FILE` does with the file's contents.
 pub fn from_toml_str(text: &str) -> Result<Settings, ConfigError> {
-    let defaults = config::Config::try_from(&Settings::default())?;
+    let defaults = defaults()?;
     let settings: Settings = config::Config::builder()
         .add_source(defaults)
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -122,6 +122,18 @@ pub fn from_toml_str(text: &str) -> Result<Settings, ConfigError> {
         .try_deserialize()?;
     settings.validate()?;
     Ok(settings)
+}
+
+/// The built-in defaults as the first configuration source. Turning `Settings` into the
+/// `config` crate's tree takes milliseconds (almost all of a load), and the defaults are
+/// constant, so it is done once per process.
+fn defaults() -> Result<config::Config, ConfigError> {
+    static DEFAULTS: std::sync::OnceLock<config::Config> = std::sync::OnceLock::new();
+    if let Some(d) = DEFAULTS.get() {
+        return Ok(d.clone());
+    }
+    let d = config::Config::try_from(&Settings::default())?;
+    Ok(DEFAULTS.get_or_init(|| d).clone())
 }
 
 /// Keys whose values are lists; in the environment and overrides they are comma-separated.
