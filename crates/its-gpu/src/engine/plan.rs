@@ -410,8 +410,12 @@ fn unsupported(node: &NodeProto, what: impl std::fmt::Display) -> EngineBuildErr
 
 fn tensor_from_proto(t: &TensorProto) -> Result<HostTensor, EngineBuildError> {
     let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let n: usize = shape.iter().product();
     let bad = |why: &str| EngineBuildError::Model(format!("tensor `{}`: {why}", t.name));
+    // Hostile dims can overflow the element count: refused, not wrapped.
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad("its dims overflow the element count"))?;
     match t.data_type {
         1 => {
             let v = t.to_f32().map_err(|e| bad(&e.to_string()))?;
@@ -1495,7 +1499,7 @@ fn fuse(plan: &mut Plan) {
 
 #[cfg(test)]
 mod tests {
-    use super::reshape_dims;
+    use super::{reshape_dims, tensor_from_proto};
 
     #[test]
     fn reshape_dims_refuses_dimensions_whose_product_overflows() {
@@ -1506,5 +1510,17 @@ mod tests {
         // Ordinary shapes still resolve.
         assert_eq!(reshape_dims(&[2, 3, 4], &[6, -1], false), Some(vec![6, 4]));
         assert_eq!(reshape_dims(&[2, 3, 4], &[0, 12], false), Some(vec![2, 12]));
+    }
+
+    /// Found by the onnx_model fuzz target with overflow checks: an initializer whose dims
+    /// multiply past usize.
+    #[test]
+    fn an_initializer_whose_dims_overflow_is_refused() {
+        let mut t = its_model::onnx::TensorProto::from_f32("w", &[1], &[1.0]);
+        t.dims = vec![1 << 40, 1 << 40];
+        let err = tensor_from_proto(&t).unwrap_err().to_string();
+        assert!(err.contains("overflow"), "{err}");
+        let ok = its_model::onnx::TensorProto::from_f32("w", &[2, 1], &[1.0, 2.0]);
+        assert!(tensor_from_proto(&ok).is_ok());
     }
 }
