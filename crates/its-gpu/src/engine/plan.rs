@@ -670,7 +670,7 @@ impl Lowering {
                 let group = attr_i(node, "group", 1).max(1) as usize;
                 let m = w.shape[0];
                 if !xs[1].is_multiple_of(group)
-                    || w.shape[1] * group != xs[1]
+                    || w.shape[1].checked_mul(group) != Some(xs[1])
                     || !m.is_multiple_of(group)
                 {
                     return Err(unsupported(
@@ -689,10 +689,22 @@ impl Lowering {
                 let stride = two("strides")?;
                 let dilation = two("dilations")?;
                 let pad = pads4(node)?;
-                let oh = conv_out(xs[2], kernel[0], stride[0], pad[0] + pad[2], dilation[0])
-                    .ok_or_else(|| unsupported(node, "kernel larger than the padded input"))?;
-                let ow = conv_out(xs[3], kernel[1], stride[1], pad[1] + pad[3], dilation[1])
-                    .ok_or_else(|| unsupported(node, "kernel larger than the padded input"))?;
+                let oh = conv_out(
+                    xs[2],
+                    kernel[0],
+                    stride[0],
+                    pad[0].saturating_add(pad[2]),
+                    dilation[0],
+                )
+                .ok_or_else(|| unsupported(node, "kernel larger than the padded input"))?;
+                let ow = conv_out(
+                    xs[3],
+                    kernel[1],
+                    stride[1],
+                    pad[1].saturating_add(pad[3]),
+                    dilation[1],
+                )
+                .ok_or_else(|| unsupported(node, "kernel larger than the padded input"))?;
                 let xt = self.tensor_of(&x);
                 let y = self.new_tensor(vec![xs[0], m, oh, ow]);
                 let bias = b.map(|b| b.as_f32()).unwrap_or_else(|| vec![0.0; m]);
@@ -872,14 +884,32 @@ impl Lowering {
                 let [kh, kw] = k.as_slice() else {
                     return Err(unsupported(node, "only 2-D pooling"));
                 };
-                let s = attr_ints(node, "strides").unwrap_or_else(|| vec![1, 1]);
+                if *kh < 1 || *kw < 1 {
+                    return Err(unsupported(node, format!("kernel_shape={k:?}")));
+                }
+                let stride = match attr_ints(node, "strides").as_deref() {
+                    None | Some([]) => [1, 1],
+                    Some([a, b]) => [(*a).max(1) as usize, (*b).max(1) as usize],
+                    Some(v) => return Err(unsupported(node, format!("strides={v:?}"))),
+                };
                 let pad = pads4(node)?;
                 let kernel = [*kh as usize, *kw as usize];
-                let stride = [s[0].max(1) as usize, s[1].max(1) as usize];
-                let oh = conv_out(xs[2], kernel[0], stride[0], pad[0] + pad[2], 1)
-                    .ok_or_else(|| unsupported(node, "window larger than the padded input"))?;
-                let ow = conv_out(xs[3], kernel[1], stride[1], pad[1] + pad[3], 1)
-                    .ok_or_else(|| unsupported(node, "window larger than the padded input"))?;
+                let oh = conv_out(
+                    xs[2],
+                    kernel[0],
+                    stride[0],
+                    pad[0].saturating_add(pad[2]),
+                    1,
+                )
+                .ok_or_else(|| unsupported(node, "window larger than the padded input"))?;
+                let ow = conv_out(
+                    xs[3],
+                    kernel[1],
+                    stride[1],
+                    pad[1].saturating_add(pad[3]),
+                    1,
+                )
+                .ok_or_else(|| unsupported(node, "window larger than the padded input"))?;
                 let xt = self.tensor_of(&x);
                 let y = self.new_tensor(vec![xs[0], xs[1], oh, ow]);
                 self.ops.push(Op::MaxPool {
@@ -1020,9 +1050,14 @@ impl Lowering {
     }
 }
 
+/// Output length of a convolution or pooling window; `None` for a window that does not fit
+/// or hostile attributes (a zero kernel, stride or dilation, or sizes that overflow).
 fn conv_out(input: usize, k: usize, s: usize, pad: usize, d: usize) -> Option<usize> {
-    let span = d * (k - 1) + 1;
-    (input + pad).checked_sub(span).map(|v| v / s + 1)
+    if k == 0 || s == 0 || d == 0 {
+        return None;
+    }
+    let span = d.checked_mul(k - 1)?.checked_add(1)?;
+    input.checked_add(pad)?.checked_sub(span).map(|v| v / s + 1)
 }
 
 fn pads4(node: &NodeProto) -> Result<[usize; 4], EngineBuildError> {
@@ -1499,7 +1534,7 @@ fn fuse(plan: &mut Plan) {
 
 #[cfg(test)]
 mod tests {
-    use super::{reshape_dims, tensor_from_proto};
+    use super::{conv_out, reshape_dims, tensor_from_proto};
 
     #[test]
     fn reshape_dims_refuses_dimensions_whose_product_overflows() {
@@ -1510,6 +1545,19 @@ mod tests {
         // Ordinary shapes still resolve.
         assert_eq!(reshape_dims(&[2, 3, 4], &[6, -1], false), Some(vec![6, 4]));
         assert_eq!(reshape_dims(&[2, 3, 4], &[0, 12], false), Some(vec![2, 12]));
+    }
+
+    /// Found by the onnx_model fuzz target with overflow checks: a zero kernel size underflowed.
+    #[test]
+    fn conv_out_refuses_hostile_windows() {
+        assert_eq!(conv_out(32, 3, 1, 2, 1), Some(32));
+        assert_eq!(conv_out(32, 3, 2, 2, 1), Some(16));
+        assert_eq!(conv_out(32, 0, 1, 0, 1), None);
+        assert_eq!(conv_out(32, 3, 0, 0, 1), None);
+        assert_eq!(conv_out(32, 3, 1, 0, 0), None);
+        assert_eq!(conv_out(32, usize::MAX, 1, 0, 2), None);
+        assert_eq!(conv_out(usize::MAX, 1, 1, 1, 1), None);
+        assert_eq!(conv_out(2, 5, 1, 0, 1), None);
     }
 
     /// Found by the onnx_model fuzz target with overflow checks: an initializer whose dims
