@@ -393,7 +393,9 @@ impl Node {
             (intake, Some(agent))
         } else {
             let sub = intake_bus.subscribe(subjects::FRAMES_ALL).await?;
-            intake_bus.flush().await?;
+            // Not a flush (that only writes to the socket): the server has registered the
+            // subscription before start returns, so a frame published after it is delivered.
+            sync_with_server(&intake_bus, "the frame subscription").await;
             let intake = actix::spawn(its_scheduler::run_intake(
                 sub,
                 scheduler.clone(),
@@ -476,6 +478,13 @@ impl Node {
             agent.stop().await;
         }
         tracing::info!("draining the frame subscription");
+        // Every frame the cameras published must be read before the intake unsubscribes: a
+        // round trip on the cameras' connection (the server has routed their frames to the
+        // intake's connection: it keeps no order between two connections, and a flush does
+        // not wait for it), then one on the intake's (those frames are in its subscription's
+        // buffer, which the intake reads to the end after the stop).
+        sync_with_server(&self.bus, "the cameras' last frames").await;
+        sync_with_server(&self.intake_bus, "the frames routed to the intake").await;
         if let Some(stop) = self.intake_stop.take() {
             let _ = stop.send(());
         }
@@ -551,6 +560,17 @@ impl Node {
         drop(self.embedded.take());
         admin_drained?;
         Ok(ShutdownReport { cameras, status })
+    }
+}
+
+/// A round trip through the server on `bus` ([`its_scheduler::server_round_trip`]). When the
+/// server does not answer in time, it warns that `what` may be incomplete and goes on.
+async fn sync_with_server(bus: &Bus, what: &str) {
+    if let Err(e) = its_scheduler::server_round_trip(bus).await {
+        tracing::warn!(
+            error = %e,
+            "the server did not answer a round trip: {what} may not be complete"
+        );
     }
 }
 

@@ -4,11 +4,11 @@
 //! scheduler. Every message read is counted.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use futures::StreamExt;
-use its_bus::{Bus, Message, Subscriber};
+use its_bus::{Bus, BusError, Message, Subscriber};
 use its_proto::{DropReason, decode_frame, subjects};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -43,6 +43,38 @@ impl IntakeOptions {
     }
 }
 
+/// What [`server_round_trip`] asks: a subject every node identity may publish
+/// (config/nats/roles.conf) that the server answers at once without side effects: JetStream's
+/// account info, or, without JetStream, the server's own "no responders" status.
+const ROUND_TRIP_SUBJECT: &str = "$JS.API.INFO";
+/// How long [`server_round_trip`] waits for the server's answer.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A round trip through the server on `bus`'s connection: returns once the server has
+/// processed everything this connection sent before (a subscription is registered, an
+/// unsubscription done, a publish routed to every subscriber) and this connection has read
+/// everything the server sent it before the answer (each message routed to one of its
+/// subscriptions is in that subscription's buffer).
+///
+/// [`Bus::flush`] is not that: async-nats' `Client::flush` only writes the connection's buffer
+/// to the socket and never waits for the server, and the server keeps no order between two
+/// connections. Any answer counts (a reply, "no responders", a reply that is not MessagePack);
+/// no answer within 5 s (the identity may not publish the subject) is an error.
+pub async fn server_round_trip(bus: &Bus) -> Result<(), BusError> {
+    match bus
+        .request_msg::<(), ()>(ROUND_TRIP_SUBJECT.into(), &(), ROUND_TRIP_TIMEOUT)
+        .await
+    {
+        Ok(())
+        | Err(BusError::Proto(_))
+        | Err(BusError::Request {
+            no_responders: true,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The intake's checks and the state they keep: one per intake task.
 struct Checks {
     max_frame_bytes: usize,
@@ -58,8 +90,15 @@ impl Checks {
     }
 }
 
-/// Runs until `stop` fires (then drains the subscription: messages already on their way are
-/// still read and counted) or the subscription ends.
+/// Runs until `stop` fires (then drains the subscription: every message already in its buffer
+/// is still read and counted) or the subscription ends.
+///
+/// What is in the buffer when `stop` fires is what the caller made sure of: a
+/// [`server_round_trip`] on each publishing connection (the server has routed their frames to
+/// this subscription), then one on the subscription's own connection (they are in the buffer),
+/// before `stop`. `Subscriber::drain` alone does not wait for frames on their way: async-nats
+/// 0.51 forgets the subscription one poll after the UNSUB was written, not when the server
+/// answered it, and silently discards what arrives for it after that.
 pub async fn run_intake(
     mut sub: Subscriber,
     scheduler: Addr<SchedulerActor>,
@@ -146,10 +185,11 @@ async fn handle(
 }
 
 /// Cluster mode: subscribes to exactly `its.frames.<camera>` for each camera in `cameras` and
-/// unsubscribes when a camera leaves the set. A new camera is subscribed before the set change
-/// is considered handled, so a make-before-break handover never leaves a camera unread. Runs
-/// until `stop` fires (then every frame already read from the subscriptions is still counted
-/// and queued) or the camera set's sender is dropped.
+/// unsubscribes when a camera leaves the set. A new camera is subscribed (the server answered a
+/// [`server_round_trip`] after the SUB) before the set change is considered handled, so a
+/// make-before-break handover never leaves a camera unread. Runs until `stop` fires (then every
+/// frame already in a subscription's buffer is still counted and queued, as with
+/// [`run_intake`]) or the camera set's sender is dropped.
 pub async fn run_intake_assigned(
     bus: Bus,
     mut cameras: watch::Receiver<BTreeSet<String>>,
@@ -160,9 +200,11 @@ pub async fn run_intake_assigned(
 ) {
     let mut checks = Checks::new(opts);
     let (tx, mut rx) = mpsc::channel::<Message>(256);
+    // Tells the per-camera readers to unsubscribe and hand over what their buffers hold.
+    let (finish_tx, finish) = watch::channel(false);
     let mut subs: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let initial = cameras.borrow_and_update().clone();
-    follow(&bus, &initial, &mut subs, &tx).await;
+    follow(&bus, &initial, &mut subs, &tx, &finish).await;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -171,14 +213,14 @@ pub async fn run_intake_assigned(
                     break;
                 }
                 let set = cameras.borrow_and_update().clone();
-                follow(&bus, &set, &mut subs, &tx).await;
+                follow(&bus, &set, &mut subs, &tx, &finish).await;
             }
             Some(msg) = rx.recv() => handle(msg, &scheduler, &acct, &mut checks).await,
         }
     }
-    for (_, task) in subs.drain() {
-        task.abort();
-    }
+    // Each reader forwards the rest of its buffer, then ends and drops its sender: `rx` ends
+    // once all of them have.
+    let _ = finish_tx.send(true);
     drop(tx);
     while let Some(msg) = rx.recv().await {
         handle(msg, &scheduler, &acct, &mut checks).await;
@@ -192,6 +234,7 @@ async fn follow(
     set: &BTreeSet<String>,
     subs: &mut HashMap<String, tokio::task::JoinHandle<()>>,
     tx: &mpsc::Sender<Message>,
+    finish: &watch::Receiver<bool>,
 ) {
     subs.retain(|camera, task| {
         let keep = set.contains(camera) && !task.is_finished();
@@ -212,16 +255,35 @@ async fn follow(
             }
         };
         let tx = tx.clone();
+        let mut finish = finish.clone();
         let task = tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = sub.next() => m,
+                    _ = finish.wait_for(|f| *f) => break,
+                };
+                let Some(msg) = msg else { return };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            // Unsubscribing closes the buffer; what it holds is still read.
+            if let Err(e) = sub.unsubscribe().await {
+                tracing::warn!(error = %e, "cannot unsubscribe from a camera's frames");
+            }
             while let Some(msg) = sub.next().await {
                 if tx.send(msg).await.is_err() {
-                    break;
+                    return;
                 }
             }
         });
         subs.insert(camera.clone(), task);
     }
-    if let Err(e) = bus.flush().await {
-        tracing::warn!(error = %e, "cannot flush the frame subscriptions");
+    if let Err(e) = server_round_trip(bus).await {
+        tracing::warn!(
+            error = %e,
+            "the server did not confirm the frame subscriptions; frames published right now \
+             may not be delivered"
+        );
     }
 }
