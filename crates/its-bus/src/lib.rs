@@ -110,6 +110,10 @@ pub enum BusError {
 
 /// The longest [`Bus::drain`] waits for each of its steps.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// What [`Bus::round_trip`] asks.
+const ROUND_TRIP_SUBJECT: &str = "$JS.API.INFO";
+/// How long [`Bus::round_trip`] waits for the server's answer.
+const ROUND_TRIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A connected NATS client: a cheap handle, clone it freely.
 #[derive(Clone, Debug)]
@@ -223,9 +227,37 @@ impl Bus {
             .map_err(|e| BusError::Connection(e.to_string()))
     }
 
-    /// Drains the connection and returns once it is done: everything published so far has
-    /// reached the server (a flush, answered by the server), subscriptions stopped and their
-    /// pending messages were delivered, and the connection closed. Each step waits at most
+    /// A round trip through the server on this connection: returns once the server has
+    /// processed everything this connection sent before (a subscription is registered, an
+    /// unsubscription done, a publish routed to every subscriber) and this connection has read
+    /// everything the server sent it before the answer (each message routed to one of its
+    /// subscriptions is in that subscription's buffer).
+    ///
+    /// [`Bus::flush`] is not that: async-nats' `Client::flush` only writes the connection's
+    /// buffer to the socket and never waits for the server, and the server keeps no order
+    /// between two connections. The round trip is a request to `$JS.API.INFO`, a subject the
+    /// ingest and node roles may publish (config/nats/roles.conf) that the server answers at
+    /// once without side effects (JetStream's account info, or its own "no responders").
+    /// Any answer counts; none within 5 s (an identity that may not publish it) is an error.
+    pub async fn round_trip(&self) -> Result<(), BusError> {
+        match self
+            .request_msg::<(), ()>(ROUND_TRIP_SUBJECT.into(), &(), ROUND_TRIP_TIMEOUT)
+            .await
+        {
+            Ok(())
+            | Err(BusError::Proto(_))
+            | Err(BusError::Request {
+                no_responders: true,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drains the connection and returns once it is done: everything published so far was
+    /// written to the server's socket (a flush: the client's buffer written, not an answer
+    /// from the server; [`Bus::round_trip`] is that), subscriptions stopped and their pending
+    /// messages were delivered, and the connection closed. Each step waits at most
     /// [`DRAIN_TIMEOUT`]; a step that does not finish in time (the server is unreachable) is
     /// an error saying that messages may not have reached the server.
     pub async fn drain(&self) -> Result<(), BusError> {

@@ -563,10 +563,10 @@ impl Node {
     }
 }
 
-/// A round trip through the server on `bus` ([`its_scheduler::server_round_trip`]). When the
+/// A round trip through the server on `bus` ([`Bus::round_trip`]). When the
 /// server does not answer in time, it warns that `what` may be incomplete and goes on.
 async fn sync_with_server(bus: &Bus, what: &str) {
-    if let Err(e) = its_scheduler::server_round_trip(bus).await {
+    if let Err(e) = bus.round_trip().await {
         tracing::warn!(
             error = %e,
             "the server did not answer a round trip: {what} may not be complete"

@@ -1,4 +1,4 @@
-//! The frame intake's synchronisation with the server (`its_scheduler::server_round_trip`),
+//! The frame intake's synchronisation with the server (`its_bus::Bus::round_trip`),
 //! made deterministic with a proxy that delays one connection's bytes to the server: a flush
 //! returns as soon as the bytes are in the socket, so without a round trip the server sees a
 //! SUB or the last PUBs too late (it keeps no order between two connections). Real nats-server.
@@ -9,7 +9,6 @@ use actix_rt::net::{TcpListener, TcpStream};
 use futures::StreamExt;
 use its_bus::Bus;
 use its_config::NatsSettings;
-use its_scheduler::server_round_trip;
 use its_testkit::{TestNats, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -88,7 +87,7 @@ async fn a_frame_published_once_the_subscription_is_confirmed_is_delivered() {
     // What Node::start waits for before it returns (a flush would return before the SUB
     // reached the server).
     let started = Instant::now();
-    server_round_trip(&intake).await.unwrap();
+    intake.round_trip().await.unwrap();
     assert!(
         started.elapsed() >= DELAY,
         "the round trip went through the server"
@@ -117,7 +116,7 @@ async fn every_frame_published_before_the_stop_is_in_the_buffer_when_the_intake_
     let cameras = connect(&slow, "cameras").await;
     let intake = nats.bus().await;
     let mut sub = intake.subscribe("its.frames.*").await.unwrap();
-    server_round_trip(&intake).await.unwrap();
+    intake.round_trip().await.unwrap();
 
     const FRAMES: usize = 20;
     for i in 0..FRAMES {
@@ -129,8 +128,8 @@ async fn every_frame_published_before_the_stop_is_in_the_buffer_when_the_intake_
     cameras.flush().await.unwrap();
     // What Node::shutdown does before it stops the intake: the server has routed the cameras'
     // frames, then the intake's connection has read them.
-    server_round_trip(&cameras).await.unwrap();
-    server_round_trip(&intake).await.unwrap();
+    cameras.round_trip().await.unwrap();
+    intake.round_trip().await.unwrap();
 
     // What run_intake does on the stop: drain, then read to the end of the buffer.
     sub.drain().await.unwrap();

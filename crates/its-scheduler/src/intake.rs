@@ -4,11 +4,11 @@
 //! scheduler. Every message read is counted.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::Addr;
 use futures::StreamExt;
-use its_bus::{Bus, BusError, Message, Subscriber};
+use its_bus::{Bus, Message, Subscriber};
 use its_proto::{DropReason, decode_frame, subjects};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -43,38 +43,6 @@ impl IntakeOptions {
     }
 }
 
-/// What [`server_round_trip`] asks: a subject every node identity may publish
-/// (config/nats/roles.conf) that the server answers at once without side effects: JetStream's
-/// account info, or, without JetStream, the server's own "no responders" status.
-const ROUND_TRIP_SUBJECT: &str = "$JS.API.INFO";
-/// How long [`server_round_trip`] waits for the server's answer.
-const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A round trip through the server on `bus`'s connection: returns once the server has
-/// processed everything this connection sent before (a subscription is registered, an
-/// unsubscription done, a publish routed to every subscriber) and this connection has read
-/// everything the server sent it before the answer (each message routed to one of its
-/// subscriptions is in that subscription's buffer).
-///
-/// [`Bus::flush`] is not that: async-nats' `Client::flush` only writes the connection's buffer
-/// to the socket and never waits for the server, and the server keeps no order between two
-/// connections. Any answer counts (a reply, "no responders", a reply that is not MessagePack);
-/// no answer within 5 s (the identity may not publish the subject) is an error.
-pub async fn server_round_trip(bus: &Bus) -> Result<(), BusError> {
-    match bus
-        .request_msg::<(), ()>(ROUND_TRIP_SUBJECT.into(), &(), ROUND_TRIP_TIMEOUT)
-        .await
-    {
-        Ok(())
-        | Err(BusError::Proto(_))
-        | Err(BusError::Request {
-            no_responders: true,
-            ..
-        }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// The intake's checks and the state they keep: one per intake task.
 struct Checks {
     max_frame_bytes: usize,
@@ -94,7 +62,7 @@ impl Checks {
 /// is still read and counted) or the subscription ends.
 ///
 /// What is in the buffer when `stop` fires is what the caller made sure of: a
-/// [`server_round_trip`] on each publishing connection (the server has routed their frames to
+/// [`Bus::round_trip`] on each publishing connection (the server has routed their frames to
 /// this subscription), then one on the subscription's own connection (they are in the buffer),
 /// before `stop`. `Subscriber::drain` alone does not wait for frames on their way: async-nats
 /// 0.51 forgets the subscription one poll after the UNSUB was written, not when the server
@@ -186,7 +154,7 @@ async fn handle(
 
 /// Cluster mode: subscribes to exactly `its.frames.<camera>` for each camera in `cameras` and
 /// unsubscribes when a camera leaves the set. A new camera is subscribed (the server answered a
-/// [`server_round_trip`] after the SUB) before the set change is considered handled, so a
+/// [`Bus::round_trip`] after the SUB) before the set change is considered handled, so a
 /// make-before-break handover never leaves a camera unread. Runs until `stop` fires (then every
 /// frame already in a subscription's buffer is still counted and queued, as with
 /// [`run_intake`]) or the camera set's sender is dropped.
@@ -279,7 +247,7 @@ async fn follow(
         });
         subs.insert(camera.clone(), task);
     }
-    if let Err(e) = server_round_trip(bus).await {
+    if let Err(e) = bus.round_trip().await {
         tracing::warn!(
             error = %e,
             "the server did not confirm the frame subscriptions; frames published right now \

@@ -32,6 +32,6 @@ pub use control::{
     LatePolicy, ModelSwitches, ValidTuning, run_control, run_control_with_models,
     run_worker_status, validate_tuning,
 };
-pub use intake::{IntakeOptions, run_intake, run_intake_assigned, server_round_trip};
+pub use intake::{IntakeOptions, run_intake, run_intake_assigned};
 pub use rate::{CameraRate, CameraRateLimiter};
 pub use stats::{Accounting, now_ns};
