@@ -219,7 +219,9 @@ impl Bus {
             })
     }
 
-    /// Waits until everything published so far has reached the server.
+    /// Waits until everything published so far was written to the connection's socket (not an
+    /// answer from the server: for that, and for ordering across connections, use
+    /// [`Bus::round_trip`]).
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client
             .flush()
