@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::StreamExt;
 use its_bus::Bus;
-use its_engine::OrtOptions;
 use its_proto::{
     DetectionMsg, DropReason, Encoding, EventKind, EventMsg, FrameMsg, Priority, SCHEMA_VERSION,
     subjects,
@@ -106,19 +105,8 @@ async fn flood_beside_a_steady_camera(intake: Intake) {
     let nats = TestNats::start();
     let bus = nats.bus().await;
     let acct = Accounting::new("node-r", bus.clone());
-    let (addr, info) = Worker::start(&WorkerOptions {
-        id: "w".into(),
-        model_dir: its_testkit::demo_model_dir(),
-        ort: OrtOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-        threads: 1,
-        max_frame_dim: 8192,
-        engine: Default::default(),
-        faults: Default::default(),
-    })
-    .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
+    let (addr, info) = Worker::start(&WorkerOptions::cpu("w", its_testkit::demo_model_dir(), 1))
+        .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
     let scheduler = SchedulerActor::new(
         SchedulerOptions {
             // Debug builds on a shared 2-core machine are slow: deadlines are not tested here.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures::StreamExt;
-use its_engine::OrtOptions;
 use its_proto::{DetectionMsg, Encoding, FrameMsg, Priority, SCHEMA_VERSION, subjects};
 use its_scheduler::{
     Accounting, Enqueue, LatePolicy, SchedulerActor, SchedulerOptions, WorkerHandle, now_ns,
@@ -25,19 +24,8 @@ async fn held_back_results_settle_once_unpublished() {
     let nats = TestNats::start();
     let bus = nats.bus().await;
     let acct = Accounting::new("node-f", bus.clone());
-    let (addr, info) = Worker::start(&WorkerOptions {
-        id: "w".into(),
-        model_dir: its_testkit::demo_model_dir(),
-        ort: OrtOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-        threads: 1,
-        max_frame_dim: 8192,
-        engine: Default::default(),
-        faults: Default::default(),
-    })
-    .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
+    let (addr, info) = Worker::start(&WorkerOptions::cpu("w", its_testkit::demo_model_dir(), 1))
+        .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
     let opts = SchedulerOptions {
         deadlines: [Duration::from_secs(60); 4],
         late_policy: LatePolicy::Deliver,

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::StreamExt;
 use its_bus::Bus;
-use its_engine::OrtOptions;
 use its_proto::{
     ControlReply, DetectionMsg, DropReason, Encoding, EventKind, EventMsg, FrameMsg, Priority,
     SCHEMA_VERSION, SchedulerControl, SchedulerTuning, subjects,
@@ -55,16 +54,8 @@ impl Rig {
             let hook = FaultHook::default();
             hook.set_delay(Duration::from_millis(delay));
             let (addr, info) = Worker::start(&WorkerOptions {
-                id: id.into(),
-                model_dir: its_testkit::demo_model_dir(),
-                ort: OrtOptions {
-                    intra_threads: 1,
-                    ..Default::default()
-                },
-                threads: 1,
-                max_frame_dim: 8192,
-                engine: Default::default(),
                 faults: hook.clone(),
+                ..WorkerOptions::cpu(id, its_testkit::demo_model_dir(), 1)
             })
             .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
             workers.push(WorkerHandle {

@@ -74,6 +74,25 @@ pub struct WorkerOptions {
     pub faults: FaultHook,
 }
 
+impl WorkerOptions {
+    /// A worker of `threads` threads on ONNX Runtime (one intra-op thread each), frames up to
+    /// the protocol's largest side, no fault armed: what tests and tools start from.
+    pub fn cpu(id: impl Into<String>, model_dir: impl Into<PathBuf>, threads: u32) -> Self {
+        WorkerOptions {
+            id: id.into(),
+            model_dir: model_dir.into(),
+            ort: OrtOptions {
+                intra_threads: 1,
+                ..Default::default()
+            },
+            engine: EngineChoice::default(),
+            threads,
+            max_frame_dim: its_proto::limits::MAX_FRAME_DIM,
+            faults: FaultHook::default(),
+        }
+    }
+}
+
 /// Fault injection at the engine boundary of a [`Worker`]: the real batch path runs, and
 /// where it would call the detector it fails, panics or waits instead, as armed. Cheap to clone;
 /// all clones arm the same worker. Inert by default.

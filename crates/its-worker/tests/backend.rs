@@ -4,7 +4,6 @@
 //! `WorkerInfo`, and with one runs the native engine; either way every detector of the worker
 //! (start, engine restart, model swap) comes from the chosen engine.
 
-use its_engine::OrtOptions;
 use its_worker::{
     Backend, EngineChoice, FaultHook, JobResult, Worker, WorkerError, WorkerOptions,
     native_unavailable,
@@ -15,16 +14,9 @@ use common::{batch, jpeg};
 
 fn options(engine: EngineChoice, faults: FaultHook) -> WorkerOptions {
     WorkerOptions {
-        id: "cpu-0".into(),
-        model_dir: its_testkit::demo_model_dir(),
-        ort: OrtOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
         engine,
-        threads: 2,
-        max_frame_dim: 8192,
         faults,
+        ..WorkerOptions::cpu("cpu-0", its_testkit::demo_model_dir(), 2)
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use its_engine::OrtOptions;
 use its_worker::{FaultHook, JobResult, SwapError, Worker, WorkerOptions};
 
 mod common;
@@ -25,16 +24,8 @@ async fn swap_between_batches_keeps_every_frame() {
     let v2 = its_testkit::demo_model_version(tmp.path(), "2");
     let faults = FaultHook::default();
     let (worker, info, switch) = Worker::start_swappable(&WorkerOptions {
-        id: "cpu-0".into(),
-        model_dir: its_testkit::demo_model_dir(),
-        ort: OrtOptions {
-            intra_threads: 1,
-            ..Default::default()
-        },
-        threads: 2,
-        max_frame_dim: 8192,
-        engine: Default::default(),
         faults: faults.clone(),
+        ..WorkerOptions::cpu("cpu-0", its_testkit::demo_model_dir(), 2)
     })
     .expect("cpu worker (run scripts/setup.sh for ONNX Runtime and the demo model)");
     assert_eq!(info.model.version, "1");
