@@ -109,19 +109,16 @@ async fn a_foreign_creds_file_is_refused_as_an_authentication_error() {
     round_trip(&bus).await;
 }
 
-#[tokio::test]
-async fn a_missing_or_unreadable_creds_file_is_a_config_error_naming_the_setting() {
-    // No server is needed: the file is read before connecting. The URL is a closed port.
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing.creds");
+/// Connecting with `path` as the creds file fails before any connection is tried (the URL is
+/// a closed port) with a file error of `nats.creds_file`; its text.
+async fn creds_file_error(path: &std::path::Path) -> String {
     let err = within(
         10,
         "connect fails",
-        connect(&with_creds(&missing), "nats://127.0.0.1:1", "t"),
+        connect(&with_creds(path), "nats://127.0.0.1:1", "t"),
     )
     .await
-    .expect_err("a missing creds file fails");
-    let text = err.to_string();
+    .expect_err("a bad creds file fails");
     assert!(
         matches!(
             err,
@@ -132,30 +129,22 @@ async fn a_missing_or_unreadable_creds_file_is_a_config_error_naming_the_setting
         ),
         "a file error of nats.creds_file: {err}"
     );
+    let text = err.to_string();
     assert!(text.contains("nats.creds_file"), "{text}");
+    text
+}
+
+#[tokio::test]
+async fn a_missing_or_unreadable_creds_file_is_a_config_error_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.creds");
+    let text = creds_file_error(&missing).await;
     assert!(text.contains(&missing.display().to_string()), "{text}");
 
     // A file that is not a creds file: the same error, saying what is wrong with it.
     let garbage = dir.path().join("garbage.creds");
     std::fs::write(&garbage, "not a creds file\n").unwrap();
-    let err = within(
-        10,
-        "connect fails",
-        connect(&with_creds(&garbage), "nats://127.0.0.1:1", "t"),
-    )
-    .await
-    .expect_err("an unparsable creds file fails");
-    let text = err.to_string();
-    assert!(
-        matches!(
-            err,
-            BusError::File {
-                what: "nats.creds_file",
-                ..
-            }
-        ),
-        "a file error of nats.creds_file: {err}"
-    );
+    let text = creds_file_error(&garbage).await;
     assert!(
         text.contains("JWT"),
         "says the JWT cannot be parsed: {text}"
