@@ -52,22 +52,87 @@ __device__ __forceinline__ float act_apply(float x, int act, float alpha) {
     }
 }
 
+// Index arithmetic: every kernel below runs its loop in 32-bit unsigned arithmetic when the
+// element count fits (a 64-bit division costs several times a 32-bit one, and these kernels
+// are otherwise memory-bound), in 64-bit only for larger tensors.
+#define FITS32(n) ((n) <= 0xffffffffLL)
+
 // y[n, c, hw] = act(y[n, c, hw] + bias[c]), in place after cuDNN wrote the convolution.
-extern "C" __global__ void bias_act(elem_t* y, const float* __restrict__ bias, long long total,
-                                    int channels, int hw, int act, float alpha) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
+template <typename I>
+__device__ __forceinline__ void bias_act_body(elem_t* y, const float* __restrict__ bias, I total,
+                                              I channels, I hw, int act, float alpha) {
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
     for (; i < total; i += stride) {
-        int c = (int)((i / hw) % channels);
+        I c = (i / hw) % channels;
         y[i] = st(act_apply(ld(y[i]) + bias[c], act, alpha));
     }
 }
 
+extern "C" __global__ void bias_act(elem_t* y, const float* __restrict__ bias, long long total,
+                                    int channels, int hw, int act, float alpha) {
+    if (FITS32(total))
+        bias_act_body<unsigned>(y, bias, (unsigned)total, (unsigned)channels, (unsigned)hw, act,
+                                alpha);
+    else
+        bias_act_body<long long>(y, bias, total, channels, hw, act, alpha);
+}
+
+// 16 bytes of elements at a time (8 halves or 4 floats).
+#define VEC (16 / (int)sizeof(elem_t))
+union Vec16 {
+    uint4 u;
+    elem_t e[16 / sizeof(elem_t)];
+};
+
+// bias_act on 16-byte vectors: the caller guarantees that no vector crosses a channel
+// boundary (channels-last with channels % VEC == 0, hw = 1; or NCHW with hw % VEC == 0) and
+// that y is 16-byte aligned. nvec = total / VEC.
+extern "C" __global__ void bias_act_vec(elem_t* y, const float* __restrict__ bias,
+                                        unsigned nvec, unsigned channels, unsigned hw, int act,
+                                        float alpha) {
+    uint4* v = reinterpret_cast<uint4*>(y);
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += stride) {
+        Vec16 d;
+        d.u = v[i];
+        unsigned first = i * VEC;
+        if (hw == 1) {
+            unsigned c0 = first % channels;
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) d.e[k] = st(act_apply(ld(d.e[k]) + bias[c0 + k], act, alpha));
+        } else {
+            float b = bias[(first / hw) % channels];
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) d.e[k] = st(act_apply(ld(d.e[k]) + b, act, alpha));
+        }
+        v[i] = d.u;
+    }
+}
+
+template <typename I>
+__device__ __forceinline__ void act_body(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                         I n, int act, float alpha) {
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) y[i] = st(act_apply(ld(x[i]), act, alpha));
+}
+
 extern "C" __global__ void act(const elem_t* __restrict__ x, elem_t* __restrict__ y, long long n,
                                int act, float alpha) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (; i < n; i += stride) y[i] = st(act_apply(ld(x[i]), act, alpha));
+    if (FITS32(n))
+        act_body<unsigned>(x, y, (unsigned)n, act, alpha);
+    else
+        act_body<long long>(x, y, n, act, alpha);
+}
+
+__device__ __forceinline__ float bin_apply(float va, float vb, int op) {
+    switch (op) {
+    case BIN_ADD: return va + vb;
+    case BIN_SUB: return va - vb;
+    case BIN_MUL: return va * vb;
+    default: return va / vb;
+    }
 }
 
 struct Strides {
@@ -77,74 +142,135 @@ struct Strides {
     long long b[MAX_RANK];
 };
 
+template <typename I>
+__device__ __forceinline__ void binary_body(const elem_t* __restrict__ a,
+                                            const elem_t* __restrict__ b, elem_t* __restrict__ y,
+                                            I n, int op, const Strides& s) {
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) {
+        I rem = i, ia = 0, ib = 0;
+        for (int d = s.rank - 1; d >= 0; --d) {
+            I dim = (I)s.shape[d];
+            I c = rem % dim;
+            rem /= dim;
+            ia += c * (I)s.a[d];
+            ib += c * (I)s.b[d];
+        }
+        y[i] = st(bin_apply(ld(a[ia]), ld(b[ib]), op));
+    }
+}
+
 extern "C" __global__ void binary(const elem_t* __restrict__ a, const elem_t* __restrict__ b,
                                   elem_t* __restrict__ y, long long n, int op, Strides s) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (; i < n; i += stride) {
-        long long rem = i, ia = 0, ib = 0;
-        for (int d = s.rank - 1; d >= 0; --d) {
-            long long c = rem % s.shape[d];
-            rem /= s.shape[d];
-            ia += c * s.a[d];
-            ib += c * s.b[d];
-        }
-        float va = ld(a[ia]), vb = ld(b[ib]), r;
-        switch (op) {
-        case BIN_ADD: r = va + vb; break;
-        case BIN_SUB: r = va - vb; break;
-        case BIN_MUL: r = va * vb; break;
-        default: r = va / vb; break;
-        }
-        y[i] = st(r);
+    if (FITS32(n))
+        binary_body<unsigned>(a, b, y, (unsigned)n, op, s);
+    else
+        binary_body<long long>(a, b, y, n, op, s);
+}
+
+// binary for two inputs of the output's own shape (no broadcasting), 16 bytes at a time:
+// nvec = n / VEC, every pointer 16-byte aligned.
+extern "C" __global__ void binary_same_vec(const elem_t* __restrict__ a,
+                                           const elem_t* __restrict__ b, elem_t* __restrict__ y,
+                                           unsigned nvec, int op) {
+    const uint4* va = reinterpret_cast<const uint4*>(a);
+    const uint4* vb = reinterpret_cast<const uint4*>(b);
+    uint4* vy = reinterpret_cast<uint4*>(y);
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += stride) {
+        Vec16 x, z, r;
+        x.u = va[i];
+        z.u = vb[i];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) r.e[k] = st(bin_apply(ld(x.e[k]), ld(z.e[k]), op));
+        vy[i] = r.u;
     }
 }
 
 // Gather by strides: y[i] = x[sum(coord_d(i) * s.a[d])] over y's shape s.shape
 // (Transpose: the permuted input strides).
-extern "C" __global__ void permute(const elem_t* __restrict__ x, elem_t* __restrict__ y,
-                                   long long n, Strides s) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
+template <typename I>
+__device__ __forceinline__ void permute_body(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                             I n, const Strides& s) {
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
-        long long rem = i, ia = 0;
+        I rem = i, ia = 0;
         for (int d = s.rank - 1; d >= 0; --d) {
-            long long c = rem % s.shape[d];
-            rem /= s.shape[d];
-            ia += c * s.a[d];
+            I dim = (I)s.shape[d];
+            I c = rem % dim;
+            rem /= dim;
+            ia += c * (I)s.a[d];
         }
         y[i] = x[ia];
     }
 }
 
+extern "C" __global__ void permute(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                   long long n, Strides s) {
+    if (FITS32(n))
+        permute_body<unsigned>(x, y, (unsigned)n, s);
+    else
+        permute_body<long long>(x, y, n, s);
+}
+
 // Copies x viewed as [outer, rows, inner] rows start, start+step, ... into y viewed as
 // [outer, y_rows, inner] at row offset y_off: Concat (step 1, offset = earlier inputs) and
 // Narrow (offset 0).
-extern "C" __global__ void copy_rows(const elem_t* __restrict__ x, elem_t* __restrict__ y,
-                                     long long outer, long long rows, long long x_rows,
-                                     long long y_rows, long long inner, long long start,
-                                     long long step, long long y_off) {
-    long long n = outer * rows * inner;
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
+template <typename I>
+__device__ __forceinline__ void copy_rows_body(const elem_t* __restrict__ x,
+                                               elem_t* __restrict__ y, I outer, I rows, I x_rows,
+                                               I y_rows, I inner, I start, I step, I y_off) {
+    I n = outer * rows * inner;
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
-        long long k = i % inner;
-        long long r = (i / inner) % rows;
-        long long o = i / (inner * rows);
+        I k = i % inner;
+        I r = (i / inner) % rows;
+        I o = i / (inner * rows);
         y[(o * y_rows + y_off + r) * inner + k] = x[(o * x_rows + start + r * step) * inner + k];
     }
 }
 
-extern "C" __global__ void maxpool2d(const elem_t* __restrict__ x, elem_t* __restrict__ y,
-                                     long long planes, int h, int w, int oh, int ow, int kh,
-                                     int kw, int sh, int sw, int pt, int pl) {
-    long long n = planes * oh * ow;
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
+extern "C" __global__ void copy_rows(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                     long long outer, long long rows, long long x_rows,
+                                     long long y_rows, long long inner, long long start,
+                                     long long step, long long y_off) {
+    if (FITS32(outer * (x_rows > y_rows ? x_rows : y_rows) * inner))
+        copy_rows_body<unsigned>(x, y, (unsigned)outer, (unsigned)rows, (unsigned)x_rows,
+                                 (unsigned)y_rows, (unsigned)inner, (unsigned)start,
+                                 (unsigned)step, (unsigned)y_off);
+    else
+        copy_rows_body<long long>(x, y, outer, rows, x_rows, y_rows, inner, start, step, y_off);
+}
+
+// copy_rows with step 1 in 16-byte units: `outer` runs of `run` units each, read from
+// x + o * x_pitch + x_off and written to y + o * y_pitch + y_off (all in 16-byte units; the
+// caller checks that every byte offset is a multiple of 16).
+extern "C" __global__ void copy_runs_vec(const uint4* __restrict__ x, uint4* __restrict__ y,
+                                         unsigned outer, unsigned run, unsigned x_pitch,
+                                         unsigned x_off, unsigned y_pitch, unsigned y_off) {
+    unsigned n = outer * run;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned o = i / run, r = i - o * run;
+        y[o * y_pitch + y_off + r] = x[o * x_pitch + x_off + r];
+    }
+}
+
+template <typename I>
+__device__ __forceinline__ void maxpool2d_body(const elem_t* __restrict__ x,
+                                               elem_t* __restrict__ y, I planes, int h, int w,
+                                               int oh, int ow, int kh, int kw, int sh, int sw,
+                                               int pt, int pl) {
+    I n = planes * oh * ow;
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
         int j = (int)(i % ow);
         int r = (int)((i / ow) % oh);
-        long long p = i / ((long long)ow * oh);
+        I p = i / ((I)ow * oh);
         const elem_t* src = x + p * h * w;
         float m = NEG_INF;
         for (int ki = 0; ki < kh; ++ki) {
@@ -160,18 +286,38 @@ extern "C" __global__ void maxpool2d(const elem_t* __restrict__ x, elem_t* __res
     }
 }
 
-extern "C" __global__ void upsample_nearest(const elem_t* __restrict__ x, elem_t* __restrict__ y,
-                                            long long planes, int h, int w, int fh, int fw) {
+extern "C" __global__ void maxpool2d(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                     long long planes, int h, int w, int oh, int ow, int kh,
+                                     int kw, int sh, int sw, int pt, int pl) {
+    long long big = planes * (long long)(h * w > oh * ow ? h * w : oh * ow);
+    if (FITS32(big))
+        maxpool2d_body<unsigned>(x, y, (unsigned)planes, h, w, oh, ow, kh, kw, sh, sw, pt, pl);
+    else
+        maxpool2d_body<long long>(x, y, planes, h, w, oh, ow, kh, kw, sh, sw, pt, pl);
+}
+
+template <typename I>
+__device__ __forceinline__ void upsample_body(const elem_t* __restrict__ x,
+                                              elem_t* __restrict__ y, I planes, int h, int w,
+                                              int fh, int fw) {
     int oh = h * fh, ow = w * fw;
-    long long n = planes * oh * ow;
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
+    I n = planes * oh * ow;
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
         int j = (int)(i % ow);
         int r = (int)((i / ow) % oh);
-        long long p = i / ((long long)ow * oh);
+        I p = i / ((I)ow * oh);
         y[i] = x[(p * h + r / fh) * w + j / fw];
     }
+}
+
+extern "C" __global__ void upsample_nearest(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                            long long planes, int h, int w, int fh, int fw) {
+    if (FITS32(planes * (long long)h * fh * w * fw))
+        upsample_body<unsigned>(x, y, (unsigned)planes, h, w, fh, fw);
+    else
+        upsample_body<long long>(x, y, planes, h, w, fh, fw);
 }
 
 // y[b] = a[b] (m x k) * bm[b] (k x n), 16x16 tiles in shared memory.
@@ -219,17 +365,20 @@ extern "C" __global__ void softmax(const elem_t* __restrict__ x, elem_t* __restr
 }
 
 // Channels-last variants (layout.rs stores the tensors between convolutions [n, h, w, c]).
-extern "C" __global__ void maxpool2d_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
-                                          long long n_img, int h, int w, int c, int oh, int ow,
-                                          int kh, int kw, int sh, int sw, int pt, int pl) {
-    long long n = n_img * oh * ow * c;
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
+template <typename I>
+__device__ __forceinline__ void maxpool2d_nhwc_body(const elem_t* __restrict__ x,
+                                                    elem_t* __restrict__ y, I n_img, int h,
+                                                    int w, int c, int oh, int ow, int kh, int kw,
+                                                    int sh, int sw, int pt, int pl) {
+    I n = n_img * oh * ow * c;
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
     for (; i < n; i += stride) {
         int ch = (int)(i % c);
-        int j = (int)((i / c) % ow);
-        int r = (int)((i / ((long long)c * ow)) % oh);
-        long long b = i / ((long long)c * ow * oh);
+        I pix = i / c;
+        int j = (int)(pix % ow);
+        int r = (int)((pix / ow) % oh);
+        I b = pix / ((I)ow * oh);
         const elem_t* src = x + b * h * w * c;
         float m = NEG_INF;
         for (int ki = 0; ki < kh; ++ki) {
@@ -238,25 +387,47 @@ extern "C" __global__ void maxpool2d_nhwc(const elem_t* __restrict__ x, elem_t* 
             for (int kj = 0; kj < kw; ++kj) {
                 int cc = j * sw + kj - pl;
                 if (cc < 0 || cc >= w) continue;
-                m = fmaxf(m, ld(src[((long long)rr * w + cc) * c + ch]));
+                m = fmaxf(m, ld(src[((I)rr * w + cc) * c + ch]));
             }
         }
         y[i] = st(m);
     }
 }
 
+extern "C" __global__ void maxpool2d_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                          long long n_img, int h, int w, int c, int oh, int ow,
+                                          int kh, int kw, int sh, int sw, int pt, int pl) {
+    long long big = n_img * (long long)c * (h * w > oh * ow ? h * w : oh * ow);
+    if (FITS32(big))
+        maxpool2d_nhwc_body<unsigned>(x, y, (unsigned)n_img, h, w, c, oh, ow, kh, kw, sh, sw, pt,
+                                      pl);
+    else
+        maxpool2d_nhwc_body<long long>(x, y, n_img, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl);
+}
+
+template <typename I>
+__device__ __forceinline__ void upsample_nhwc_body(const elem_t* __restrict__ x,
+                                                   elem_t* __restrict__ y, I n_img, int h, int w,
+                                                   int c, int fh, int fw) {
+    int oh = h * fh, ow = w * fw;
+    I n = n_img * oh * ow * c;
+    I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    I stride = (I)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) {
+        int ch = (int)(i % c);
+        I pix = i / c;
+        int j = (int)(pix % ow);
+        int r = (int)((pix / ow) % oh);
+        I b = pix / ((I)ow * oh);
+        y[i] = x[((b * h + r / fh) * w + j / fw) * c + ch];
+    }
+}
+
 extern "C" __global__ void upsample_nearest_nhwc(const elem_t* __restrict__ x,
                                                  elem_t* __restrict__ y, long long n_img, int h,
                                                  int w, int c, int fh, int fw) {
-    int oh = h * fh, ow = w * fw;
-    long long n = n_img * oh * ow * c;
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (; i < n; i += stride) {
-        int ch = (int)(i % c);
-        int j = (int)((i / c) % ow);
-        int r = (int)((i / ((long long)c * ow)) % oh);
-        long long b = i / ((long long)c * ow * oh);
-        y[i] = x[((b * h + r / fh) * w + j / fw) * c + ch];
-    }
+    if (FITS32(n_img * (long long)h * fh * w * fw * c))
+        upsample_nhwc_body<unsigned>(x, y, (unsigned)n_img, h, w, c, fh, fw);
+    else
+        upsample_nhwc_body<long long>(x, y, n_img, h, w, c, fh, fw);
 }

@@ -146,6 +146,17 @@ fn gpu_vs_cpu_with(gpu: &GpuContext, dir: &Path, batch: usize, opts: EngineOptio
     let x = sample_input(batch * 3 * h * w, 3);
     let reference = cpu::run(&plan, &x).unwrap();
     let mut engine = CudaEngine::build(gpu, plan, opts).unwrap();
+    let r = engine.report();
+    eprintln!(
+        "{} b{batch} {:?}: {} of {} convolutions fused ({} tried, {:.0} ms), notes {:?}",
+        dir.display(),
+        opts.math,
+        r.fused_convs,
+        r.convs,
+        r.fused_tried,
+        r.fused_ms,
+        r.fused_notes
+    );
     let ours = engine.run(&x).unwrap();
     // A second run replays the graph on the same buffers: same answer.
     let again = engine.run(&x).unwrap();
@@ -193,6 +204,38 @@ fn gpu_fp16_engine_tracks_the_cpu_reference() {
     eprintln!("Yolo11n 320 batch 2 FP16: relative error {err:.2e}");
     // FP16 storage keeps ~3 significant digits per layer; 88 layers of random weights.
     assert!(err < 5e-2, "FP16 relative error {err}");
+}
+
+#[test]
+fn gpu_fused_fp16_convolutions_track_the_cpu_reference_as_the_unfused_pair_does() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let fused = EngineOptions {
+        math: ConvMath::Fp16,
+        fused: true,
+        ..EngineOptions::default()
+    };
+    let unfused = EngineOptions {
+        fused: false,
+        ..fused
+    };
+    let mut models = vec![
+        (synth(Arch::Yolo11n, 320, 80), 2),
+        (synth(Arch::Yolov8n, 128, 5), 3),
+    ];
+    if workspace().join(".cache/yolov3-tiny").is_dir() {
+        // LeakyRelu: cuDNN's RELU with a lower slope.
+        models.push((yolov3_tiny(), 2));
+    }
+    for (dir, batch) in &models {
+        let with = gpu_vs_cpu_with(&gpu, dir.path(), *batch, fused);
+        let without = gpu_vs_cpu_with(&gpu, dir.path(), *batch, unfused);
+        eprintln!(
+            "{}: fused {with:.2e}, unfused {without:.2e}",
+            dir.path().display()
+        );
+        assert!(with < 5e-2, "fused FP16 relative error {with}");
+        assert!(without < 5e-2, "unfused FP16 relative error {without}");
+    }
 }
 
 /// The COCO-trained YOLOv3-tiny that set-up fetches, imported by `its model import darknet`.

@@ -66,6 +66,7 @@ fn file_for(f: &Fixture) -> CacheFile {
             algo: (k % 3) as i32,
             workspace: k * 1024,
             ms: 0.01,
+            fused: (k % 2 == 0).then_some(k % 4),
         })
         .collect();
     CacheFile {

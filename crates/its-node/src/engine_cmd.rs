@@ -85,6 +85,9 @@ pub struct Common {
     /// Run the plan eagerly instead of replaying a CUDA graph.
     #[arg(long)]
     pub no_graph: bool,
+    /// Keep every convolution and its bias + activation as two steps (no fused cuDNN graphs).
+    #[arg(long)]
+    pub no_fused: bool,
     /// Keep every activation NCHW (default: channels-last between convolutions).
     #[arg(long)]
     pub nchw: bool,
@@ -111,6 +114,7 @@ impl Common {
             time_algorithms: true,
             cuda_graph: !self.no_graph,
             nhwc: !self.nchw,
+            fused: !self.no_fused,
         }
     }
 }
@@ -323,6 +327,20 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
             mib(r.activation_bytes),
             mib(r.unplanned_activation_bytes)
         );
+        if r.fused_tried > 0 {
+            table += &format!(
+                "       fused: {} of {} convolutions as one cuDNN graph ({} tried, {:.0} ms){}\n",
+                r.fused_convs,
+                r.convs,
+                r.fused_tried,
+                r.fused_ms,
+                if r.fused_notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; unfused because: {}", r.fused_notes.join(" | "))
+                }
+            );
+        }
         let mut multi = serde_json::Value::Null;
         if streams > 1 {
             // N contexts, each on its own stream, launched together; wall time per round.
@@ -361,6 +379,9 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
             "activation_bytes": engine.report().activation_bytes,
             "unplanned_activation_bytes": engine.report().unplanned_activation_bytes,
             "workspace_bytes": engine.report().workspace_bytes,
+            "fused_convs": engine.report().fused_convs,
+            "fused_tried": engine.report().fused_tried,
+            "fused_notes": engine.report().fused_notes,
             "multi_stream": multi,
         }));
         last = Some(engine);
@@ -368,20 +389,29 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
     let mut ops_json = Vec::new();
     if profile && let Some(engine) = &last {
         let p = engine.profile()?;
-        let total: f64 = p.iter().map(|(_, ms)| ms).sum();
+        let total: f64 = p.iter().map(|t| t.ms).sum();
         let mut by_kind = std::collections::BTreeMap::<&str, (usize, f64)>::new();
-        for (k, ms) in &p {
-            let e = by_kind.entry(k).or_default();
+        for t in &p {
+            let e = by_kind.entry(t.kind).or_default();
             e.0 += 1;
-            e.1 += ms;
+            e.1 += t.ms;
         }
         table += &format!("op profile (eager, one event pair per op): {total:.3} ms\n");
         for (k, (n, ms)) in &by_kind {
             table += &format!(
-                "  {k:<10} {n:>4} ops  {ms:>8.3} ms  {:>5.1}%\n",
+                "  {k:<14} {n:>4} ops  {ms:>8.3} ms  {:>5.1}%\n",
                 100.0 * ms / total
             );
             ops_json.push(json!({"kind": k, "count": n, "ms": ms}));
+        }
+        let mut slow: Vec<_> = p.iter().collect();
+        slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        table += "  slowest:\n";
+        for t in slow.iter().take(PROFILE_SLOWEST) {
+            table += &format!(
+                "  {:>8.3} ms  op {:>3} {:<14} {}\n",
+                t.ms, t.op, t.kind, t.detail
+            );
         }
     }
     out(
@@ -391,6 +421,9 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
         common.json,
     )
 }
+
+/// How many of the slowest ops `bench --profile` lists.
+const PROFILE_SLOWEST: usize = 25;
 
 /// A manifest for a bare .onnx, so ONNX Runtime's interface check can run.
 fn bare_manifest(l: &Loaded, classes: usize) -> anyhow::Result<ModelManifest> {

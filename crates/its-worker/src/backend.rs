@@ -214,6 +214,7 @@ impl Resolved {
                 time_algorithms: true,
                 cuda_graph: true,
                 nhwc: true,
+                fused: true,
             },
             precision: choice.native_precision,
             batches: choice.batch_sizes.clone(),

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::plan::{Conv, Op, Plan};
 
 /// Version of the file layout; a file of another version is a miss.
-pub const CACHE_FORMAT: u32 = 1;
+pub const CACHE_FORMAT: u32 = 2;
 
 /// Where a model's build decisions are cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +139,10 @@ pub struct CachedConv {
     pub workspace: usize,
     /// Its timed device time, ms (informational).
     pub ms: f32,
+    /// The fused graph's engine configuration (its position in cuDNN's heuristic order)
+    /// when the layer runs fused.
+    #[serde(default)]
+    pub fused: Option<usize>,
 }
 
 /// One cache file.

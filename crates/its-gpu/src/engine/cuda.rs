@@ -17,6 +17,7 @@ use cudarc::driver::{
 
 use super::EngineBuildError;
 use super::cache::{self, CacheFile, CacheKey, CacheMiss, CacheOutcome, CachedConv, EngineCache};
+use super::fused::{FusedGraph, FusedPlan, FusedShape};
 use super::memory::{MemoryPlan, plan_memory};
 use super::plan::{Conv, Op, Plan};
 use super::tensor::strides;
@@ -91,7 +92,14 @@ pub struct EngineOptions {
     /// mode (measured on an H200: 10.9 ms vs 12.1 ms per YOLO11n batch of 32; in FP32 and
     /// TF32 cuDNN's NHWC convolutions were slower, so those modes stay NCHW).
     pub nhwc: bool,
+    /// In channels-last FP16 mode, try each convolution with its bias and activation as one
+    /// cuDNN operation graph ([`super::fused`]) and keep it where it times faster than the
+    /// convolution followed by our `bias_act` kernel.
+    pub fused: bool,
 }
+
+/// How many of cuDNN's heuristic engine configurations a fused layer times.
+const FUSED_CANDIDATES: usize = 3;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -100,6 +108,7 @@ impl Default for EngineOptions {
             time_algorithms: true,
             cuda_graph: true,
             nhwc: true,
+            fused: true,
         }
     }
 }
@@ -128,10 +137,21 @@ pub struct BuildReport {
     pub cuda_graph: bool,
     /// Why graph capture was not used, when it was asked for and failed.
     pub graph_fallback: Option<String>,
+    /// Convolutions that run as one fused cuDNN graph (convolution, bias, activation).
+    pub fused_convs: usize,
+    /// Convolutions a fused graph was tried for.
+    pub fused_tried: usize,
+    /// Wall time spent building and timing the fused graphs, ms.
+    pub fused_ms: f64,
+    /// Why layers stayed unfused (the first few distinct reasons).
+    pub fused_notes: Vec<String>,
 }
 
 struct Kernels {
     bias_act: CudaFunction,
+    bias_act_vec: CudaFunction,
+    binary_same_vec: CudaFunction,
+    copy_runs_vec: CudaFunction,
     act: CudaFunction,
     binary: CudaFunction,
     permute: CudaFunction,
@@ -191,6 +211,18 @@ struct ConvLayer {
     ms: f32,
     weight: CudaSlice<u8>,
     bias: CudaSlice<f32>,
+    /// The bias as FP16 elements, for the fused graph.
+    bias_h: Option<CudaSlice<u8>>,
+    /// The layer as one fused cuDNN graph, when chosen.
+    fused: Option<FusedLayer>,
+}
+
+/// A convolution run as one fused cuDNN graph.
+struct FusedLayer {
+    plan: FusedPlan,
+    /// Timed device time of the fused plan, ms (0 when not timed).
+    ms: f32,
+    _graph: FusedGraph,
 }
 
 /// One execution context of a model on one GPU.
@@ -340,6 +372,9 @@ impl CudaEngine {
         };
         let kernels = Kernels {
             bias_act: f("bias_act")?,
+            bias_act_vec: f("bias_act_vec")?,
+            binary_same_vec: f("binary_same_vec")?,
+            copy_runs_vec: f("copy_runs_vec")?,
             act: f("act")?,
             binary: f("binary")?,
             permute: f("permute")?,
@@ -433,7 +468,8 @@ impl CudaEngine {
                 Op::Concat { xs, .. } => xs.len(),
                 _ => 1,
             })
-            .sum();
+            .sum::<usize>()
+            - engine.report.fused_convs;
         if opts.cuda_graph {
             match engine.capture() {
                 Ok(()) => engine.report.cuda_graph = true,
@@ -462,7 +498,8 @@ impl CudaEngine {
                     signature: cache::conv_signature(&self.plan, c),
                     algo: l.algo as i32,
                     workspace: l.workspace,
-                    ms: l.ms,
+                    ms: l.fused.as_ref().map_or(l.ms, |f| f.ms),
+                    fused: l.fused.as_ref().map(|f| f.plan.index),
                 }),
                 _ => None,
             })
@@ -546,7 +583,10 @@ impl CudaEngine {
                 .map(|l| l.as_ref().map(|l| (l.algo, l.workspace)))
                 .collect();
             match self.apply_cached(file) {
-                Ok(()) => return Ok(None),
+                Ok(()) => {
+                    self.finish_convs(opts, Some(file))?;
+                    return Ok(None);
+                }
                 Err(why) => {
                     tracing::warn!(reason = %why, "engine cache file refused; timing again");
                     rejected = Some(CacheMiss::PlanMismatch(why));
@@ -570,10 +610,233 @@ impl CudaEngine {
             self.time_algorithms()?;
             self.report.timing_ms = t.elapsed().as_secs_f64() * 1e3;
         }
-        // Keep only the workspace the chosen algorithms take.
-        let need = self.convs.iter().flatten().map(|l| l.workspace).max();
-        self.alloc_workspace(need.unwrap_or(0))?;
+        self.finish_convs(opts, None)?;
         Ok(rejected)
+    }
+
+    /// After the algorithms are chosen: the fused graphs where they are faster (their
+    /// choices from `cached` when given), then the workspace the chosen layers take, and the
+    /// fused layers bound to it.
+    fn finish_convs(
+        &mut self,
+        opts: EngineOptions,
+        cached: Option<&CacheFile>,
+    ) -> Result<(), EngineBuildError> {
+        if opts.fused && self.math == ConvMath::Fp16 {
+            let t = Instant::now();
+            self.try_fused(opts, cached)?;
+            self.report.fused_ms = t.elapsed().as_secs_f64() * 1e3;
+        }
+        // Keep only the workspace the chosen algorithms take.
+        let need = self
+            .convs
+            .iter()
+            .flatten()
+            .map(|l| l.fused.as_ref().map_or(l.workspace, |f| f.plan.workspace))
+            .max();
+        self.alloc_workspace(need.unwrap_or(0))?;
+        self.bind_fused()
+    }
+
+    /// Pointers of a fused layer: input, weights, FP16 bias, output.
+    fn fused_ptrs(&self, c: &Conv, l: &ConvLayer) -> Result<[u64; 4], EngineBuildError> {
+        let b = l
+            .bias_h
+            .as_ref()
+            .ok_or_else(|| EngineBuildError::Shape("fused layer without an FP16 bias".into()))?;
+        Ok([
+            self.ptr(c.x),
+            l.weight.device_ptr(&self.stream).0,
+            b.device_ptr(&self.stream).0,
+            self.ptr(c.y),
+        ])
+    }
+
+    /// Binds every chosen fused layer to the current workspace.
+    fn bind_fused(&mut self) -> Result<(), EngineBuildError> {
+        let ws = self.workspace_ptr;
+        for i in 0..self.plan.ops.len() {
+            let Op::Conv(c) = &self.plan.ops[i] else {
+                continue;
+            };
+            let Some(l) = self.convs[i].as_ref() else {
+                continue;
+            };
+            if l.fused.is_none() {
+                continue;
+            }
+            let ptrs = self.fused_ptrs(c, l)?;
+            if let Some(f) = self.convs[i].as_mut().and_then(|l| l.fused.as_mut()) {
+                f.plan.bind(ptrs, ws).map_err(|e| {
+                    EngineBuildError::Gpu(GpuError::InvalidInput(format!(
+                        "cudnn fused op {i}: {e}"
+                    )))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Device time of `f`, ms: the best of two runs after one warm-up.
+    fn time_call(
+        &self,
+        f: &dyn Fn() -> Result<(), EngineBuildError>,
+    ) -> Result<f32, EngineBuildError> {
+        let mut ms = f32::INFINITY;
+        for rep in 0..3 {
+            let start = self.stream.record_event(TIMED)?;
+            f()?;
+            let end = self.stream.record_event(TIMED)?;
+            end.synchronize()?;
+            if rep > 0 {
+                ms = ms.min(start.elapsed_ms(&end)?);
+            }
+        }
+        Ok(ms)
+    }
+
+    /// For each channels-last convolution: builds the fused graph, times up to
+    /// [`FUSED_CANDIDATES`] of cuDNN's engine configurations for it against the separate
+    /// convolution + `bias_act` pair, and keeps the fused plan when it is faster (with
+    /// `cached`, takes the cached choice without timing).
+    fn try_fused(
+        &mut self,
+        opts: EngineOptions,
+        cached: Option<&CacheFile>,
+    ) -> Result<(), EngineBuildError> {
+        // The ops and layers are taken out while the workspace may grow under them.
+        let ops = std::mem::take(&mut self.plan.ops);
+        let mut convs = std::mem::take(&mut self.convs);
+        let r = self.try_fused_in(&ops, &mut convs, opts, cached);
+        self.plan.ops = ops;
+        self.convs = convs;
+        r
+    }
+
+    fn try_fused_in(
+        &mut self,
+        ops: &[Op],
+        convs: &mut [Option<ConvLayer>],
+        opts: EngineOptions,
+        cached: Option<&CacheFile>,
+    ) -> Result<(), EngineBuildError> {
+        let by_op: std::collections::HashMap<usize, Option<usize>> = cached
+            .map(|f| f.convs.iter().map(|c| (c.op, c.fused)).collect())
+            .unwrap_or_default();
+        let note = |notes: &mut Vec<String>, why: String| {
+            if notes.len() < 8 && !notes.contains(&why) {
+                notes.push(why);
+            }
+        };
+        let mut notes = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let Op::Conv(c) = op else {
+                continue;
+            };
+            if !c.nhwc {
+                continue;
+            }
+            let only = match (cached, by_op.get(&i)) {
+                (Some(_), Some(None)) => continue,
+                (Some(_), Some(Some(idx))) => Some(*idx),
+                _ => None,
+            };
+            let Some(l) = convs[i].as_mut() else {
+                continue;
+            };
+            self.report.fused_tried += 1;
+            let shape = fused_shape(self.plan.shape(c.x), self.plan.shape(c.y), c);
+            let graph = match FusedGraph::new(self.handle, &shape) {
+                Ok(g) => g,
+                Err(e) => {
+                    note(&mut notes, format!("graph: {e}"));
+                    continue;
+                }
+            };
+            let (plans, offered, why) = match graph.plans(self.handle, FUSED_CANDIDATES, only) {
+                Ok(p) => p,
+                Err(e) => {
+                    note(&mut notes, format!("heuristic: {e}"));
+                    continue;
+                }
+            };
+            if plans.is_empty() {
+                note(
+                    &mut notes,
+                    format!(
+                        "{offered} engine configs offered, none finalized ({})",
+                        why.join("; ")
+                    ),
+                );
+                continue;
+            }
+            let need = plans.iter().map(|p| p.workspace).max().unwrap_or(0);
+            if need > self.report.workspace_bytes {
+                if need > 256 << 20 {
+                    note(&mut notes, format!("workspace {need} bytes"));
+                    continue;
+                }
+                self.alloc_workspace(need)?;
+            }
+            let ptrs = self.fused_ptrs(c, l)?;
+            let ws = self.workspace_ptr;
+            let timing = opts.time_algorithms && only.is_none();
+            let pair_ms = if timing {
+                self.time_call(&|| {
+                    self.conv_call(l, l.algo, ptrs[0], ptrs[3])?;
+                    self.conv_epilogue(c, l)
+                })?
+            } else {
+                f32::INFINITY
+            };
+            let mut best: Option<(f32, FusedPlan)> = None;
+            for mut p in plans {
+                if let Err(e) = p.bind(ptrs, ws) {
+                    note(&mut notes, format!("bind: {e}"));
+                    continue;
+                }
+                let ms = if timing {
+                    let r = self.time_call(&|| {
+                        p.execute(self.handle).map_err(|e| {
+                            EngineBuildError::Gpu(GpuError::InvalidInput(format!("cudnn {e}")))
+                        })
+                    });
+                    match r {
+                        Ok(ms) => ms,
+                        Err(e) => {
+                            note(&mut notes, format!("run: {e}"));
+                            continue;
+                        }
+                    }
+                } else {
+                    0.0
+                };
+                if best.as_ref().is_none_or(|(b, _)| ms < *b) {
+                    best = Some((ms, p));
+                }
+            }
+            self.stream.synchronize()?;
+            match best {
+                Some((ms, plan)) if ms < pair_ms => {
+                    l.fused = Some(FusedLayer {
+                        plan,
+                        ms,
+                        _graph: graph,
+                    });
+                    self.report.fused_convs += 1;
+                }
+                Some((ms, _)) => note(
+                    &mut notes,
+                    format!("slower fused ({ms:.4} ms vs {pair_ms:.4} ms) at op {i}"),
+                ),
+                None => {}
+            }
+        }
+        if !notes.is_empty() {
+            tracing::info!(notes = ?notes, fused = self.report.fused_convs, tried = self.report.fused_tried, "fused convolutions: layers left unfused");
+        }
+        self.report.fused_notes = notes;
+        Ok(())
     }
 
     /// (Re)allocates the cuDNN workspace to `bytes`.
@@ -777,6 +1040,12 @@ impl CudaEngine {
                 opts.math,
             ))?,
             bias: self.stream.clone_htod(&c.bias)?,
+            bias_h: if c.nhwc && opts.math == ConvMath::Fp16 {
+                Some(self.stream.clone_htod(&to_elems(&c.bias, ConvMath::Fp16))?)
+            } else {
+                None
+            },
+            fused: None,
         })
     }
 
@@ -887,28 +1156,16 @@ impl CudaEngine {
                     let l = self.convs[i].as_ref().ok_or_else(|| {
                         EngineBuildError::Shape("convolution without a cuDNN layer".into())
                     })?;
-                    let y = self.ptr(c.y);
-                    self.conv_call(l, l.algo, self.ptr(c.x), y)?;
-                    let ys = self.plan.shape(c.y);
-                    let total = ys.iter().product::<usize>() as i64;
-                    // Channel of element i: (i / hw) % ch; channels-last is hw = 1.
-                    let (ch, hw) = if c.nhwc {
-                        (ys[3] as i32, 1)
+                    if let Some(f) = &l.fused {
+                        f.plan.execute(self.handle).map_err(|e| {
+                            EngineBuildError::Gpu(GpuError::InvalidInput(format!(
+                                "cudnn fused op {i}: {e}"
+                            )))
+                        })?;
                     } else {
-                        (ys[1] as i32, (ys[2] * ys[3]) as i32)
-                    };
-                    let (code, alpha) = (c.act.code(), c.act.alpha());
-                    let (bp, _s) = l.bias.device_ptr(s);
-                    let mut b = s.launch_builder(&self.kernels.bias_act);
-                    b.arg(&y)
-                        .arg(&bp)
-                        .arg(&total)
-                        .arg(&ch)
-                        .arg(&hw)
-                        .arg(&code)
-                        .arg(&alpha);
-                    // SAFETY: y holds `total` floats, bias `ch`.
-                    unsafe { b.launch(grid(total as usize)) }?;
+                        self.conv_call(l, l.algo, self.ptr(c.x), self.ptr(c.y))?;
+                        self.conv_epilogue(c, l)?;
+                    }
                 }
                 Op::Act { x, y, act } => {
                     let n = self.plan.tensors[*y].numel() as i64;
@@ -928,14 +1185,33 @@ impl CudaEngine {
                     b_strides,
                 } => {
                     let ys = self.plan.shape(*y);
-                    let st = KStrides::new(ys, a_strides, b_strides)?;
-                    let n = ys.iter().product::<usize>() as i64;
+                    let n = ys.iter().product::<usize>();
                     let (ap, bp, yp) = (self.ptr(*a), self.ptr(*bb), self.ptr(*y));
                     let code = op.code();
-                    let mut b = s.launch_builder(&self.kernels.binary);
-                    b.arg(&ap).arg(&bp).arg(&yp).arg(&n).arg(&code).arg(&st);
-                    // SAFETY: the strides address inside a and b (built from their shapes).
-                    unsafe { b.launch(grid(n as usize)) }?;
+                    let dense = strides(ys);
+                    let same = |st: &[usize]| {
+                        st.len() == ys.len()
+                            && (0..ys.len()).all(|d| ys[d] == 1 || st[d] == dense[d])
+                    };
+                    let vec = 16 / self.math.elem_bytes();
+                    if same(a_strides)
+                        && same(b_strides)
+                        && n % vec == 0
+                        && n / vec <= u32::MAX as usize
+                    {
+                        let nvec = (n / vec) as u32;
+                        let mut b = s.launch_builder(&self.kernels.binary_same_vec);
+                        b.arg(&ap).arg(&bp).arg(&yp).arg(&nvec).arg(&code);
+                        // SAFETY: a, b and y hold n elements each, 256-byte aligned (arena).
+                        unsafe { b.launch(grid(nvec as usize)) }?;
+                    } else {
+                        let st = KStrides::new(ys, a_strides, b_strides)?;
+                        let n = n as i64;
+                        let mut b = s.launch_builder(&self.kernels.binary);
+                        b.arg(&ap).arg(&bp).arg(&yp).arg(&n).arg(&code).arg(&st);
+                        // SAFETY: the strides address inside a and b (built from their shapes).
+                        unsafe { b.launch(grid(n as usize)) }?;
+                    }
                 }
                 Op::Concat { xs, y, axis } => {
                     let yshape = self.plan.shape(*y);
@@ -946,6 +1222,17 @@ impl CudaEngine {
                     let mut off = 0i64;
                     for &x in xs {
                         let rows = self.plan.shape(x)[*axis] as i64;
+                        let e = self.math.elem_bytes() as i64;
+                        if self.copy_runs(
+                            self.ptr(x),
+                            yp,
+                            outer,
+                            [rows * inner * e, rows * inner * e, 0],
+                            [y_rows * inner * e, off * inner * e],
+                        )? {
+                            off += rows;
+                            continue;
+                        }
                         self.copy_rows(
                             self.ptr(x),
                             yp,
@@ -972,6 +1259,23 @@ impl CudaEngine {
                     let outer = xs[..*axis].iter().product::<usize>() as i64;
                     let inner = xs[*axis + 1..].iter().product::<usize>() as i64;
                     let rows = self.plan.shape(*y)[*axis] as i64;
+                    let e = self.math.elem_bytes() as i64;
+                    let x_rows = xs[*axis] as i64;
+                    if *step == 1
+                        && self.copy_runs(
+                            self.ptr(*x),
+                            self.ptr(*y),
+                            outer,
+                            [
+                                rows * inner * e,
+                                x_rows * inner * e,
+                                *start as i64 * inner * e,
+                            ],
+                            [rows * inner * e, 0],
+                        )?
+                    {
+                        return Ok(());
+                    }
                     self.copy_rows(
                         self.ptr(*x),
                         self.ptr(*y),
@@ -1093,6 +1397,92 @@ impl CudaEngine {
         Ok(())
     }
 
+    /// Bias and activation after the cuDNN call of `c`, in place on its output: 16 bytes a
+    /// thread where no vector crosses a channel, else one element a thread.
+    fn conv_epilogue(&self, c: &Conv, l: &ConvLayer) -> Result<(), EngineBuildError> {
+        let s = &self.stream;
+        let y = self.ptr(c.y);
+        let ys = self.plan.shape(c.y);
+        let total = ys.iter().product::<usize>();
+        // Channel of element i: (i / hw) % ch; channels-last is hw = 1.
+        let (ch, hw) = if c.nhwc {
+            (ys[3], 1)
+        } else {
+            (ys[1], ys[2] * ys[3])
+        };
+        let (code, alpha) = (c.act.code(), c.act.alpha());
+        let (bp, _s) = l.bias.device_ptr(s);
+        let vec = 16 / self.math.elem_bytes();
+        let aligned = if c.nhwc { ch % vec == 0 } else { hw % vec == 0 };
+        if aligned && total % vec == 0 && total / vec <= u32::MAX as usize {
+            let (nvec, ch, hw) = ((total / vec) as u32, ch as u32, hw as u32);
+            let mut b = s.launch_builder(&self.kernels.bias_act_vec);
+            b.arg(&y)
+                .arg(&bp)
+                .arg(&nvec)
+                .arg(&ch)
+                .arg(&hw)
+                .arg(&code)
+                .arg(&alpha);
+            // SAFETY: y holds `total` elements (256-byte aligned), no vector crosses a
+            // channel, bias holds `ch` floats.
+            unsafe { b.launch(grid(nvec as usize)) }?;
+            return Ok(());
+        }
+        let (total, ch, hw) = (total as i64, ch as i32, hw as i32);
+        let mut b = s.launch_builder(&self.kernels.bias_act);
+        b.arg(&y)
+            .arg(&bp)
+            .arg(&total)
+            .arg(&ch)
+            .arg(&hw)
+            .arg(&code)
+            .arg(&alpha);
+        // SAFETY: y holds `total` elements, bias `ch`.
+        unsafe { b.launch(grid(total as usize)) }?;
+        Ok(())
+    }
+
+    /// Copies `outer` runs of `run` bytes from `x + o * x_pitch + x_off` to
+    /// `y + o * y_pitch + y_off` (`[run, x_pitch, x_off]`, `[y_pitch, y_off]`) 16 bytes a
+    /// thread, when every size and offset is a multiple of 16 and the units fit 32 bits;
+    /// returns false (nothing launched) otherwise.
+    fn copy_runs(
+        &self,
+        x: u64,
+        y: u64,
+        outer: i64,
+        [run, x_pitch, x_off]: [i64; 3],
+        [y_pitch, y_off]: [i64; 2],
+    ) -> Result<bool, EngineBuildError> {
+        let all = [run, x_pitch, x_off, y_pitch, y_off];
+        let units = |b: i64| b / 16;
+        let fits = (outer * x_pitch.max(y_pitch) / 16) <= u32::MAX as i64;
+        if !fits
+            || all.iter().any(|&b| b % 16 != 0)
+            || !x.is_multiple_of(16)
+            || !y.is_multiple_of(16)
+        {
+            return Ok(false);
+        }
+        let v: [u32; 6] = [
+            outer as u32,
+            units(run) as u32,
+            units(x_pitch) as u32,
+            units(x_off) as u32,
+            units(y_pitch) as u32,
+            units(y_off) as u32,
+        ];
+        let mut b = self.stream.launch_builder(&self.kernels.copy_runs_vec);
+        b.arg(&x).arg(&y);
+        for a in &v {
+            b.arg(a);
+        }
+        // SAFETY: the runs lie inside x and y (sizes from the plan's shapes), 16-byte aligned.
+        unsafe { b.launch(grid((v[0] * v[1]) as usize)) }?;
+        Ok(true)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn copy_rows(
         &self,
@@ -1196,18 +1586,67 @@ impl CudaEngine {
         Ok(v[v.len() / 2])
     }
 
-    /// Per-op device time of one eager run, ms, in plan order (for finding the slow ops).
-    pub fn profile(&self) -> Result<Vec<(&'static str, f64)>, EngineBuildError> {
-        let mut out = Vec::with_capacity(self.plan.ops.len());
-        for (i, op) in self.plan.ops.iter().enumerate() {
+    /// Per-op device time of one eager run, ms, in plan order (for finding the slow ops);
+    /// a convolution is two entries, the cuDNN call (`conv`) and its bias and activation
+    /// (`conv_epilogue`).
+    pub fn profile(&self) -> Result<Vec<OpTime>, EngineBuildError> {
+        let mut out = Vec::with_capacity(self.plan.ops.len() * 2);
+        let mut timed = |kind: &'static str,
+                         op: usize,
+                         f: &dyn Fn() -> Result<(), EngineBuildError>|
+         -> Result<(), EngineBuildError> {
             let start = self.stream.record_event(TIMED)?;
-            self.enqueue_op(i, op)?;
+            f()?;
             let end = self.stream.record_event(TIMED)?;
             end.synchronize()?;
-            out.push((op.kind(), f64::from(start.elapsed_ms(&end)?)));
+            let op_ref = &self.plan.ops[op];
+            let shapes = |t: &[usize]| {
+                t.iter()
+                    .map(|&t| format!("{:?}", self.plan.shape(t)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            out.push(OpTime {
+                op,
+                kind,
+                detail: format!(
+                    "{} -> {}",
+                    shapes(&op_ref.inputs()),
+                    shapes(&[op_ref.output()])
+                ),
+                ms: f64::from(start.elapsed_ms(&end)?),
+            });
+            Ok(())
+        };
+        for (i, op) in self.plan.ops.iter().enumerate() {
+            match (op, self.convs[i].as_ref()) {
+                (Op::Conv(_), Some(l)) if l.fused.is_some() => {
+                    timed("conv_fused", i, &|| self.enqueue_op(i, op))?
+                }
+                (Op::Conv(c), Some(l)) => {
+                    timed("conv", i, &|| {
+                        self.conv_call(l, l.algo, self.ptr(c.x), self.ptr(c.y))
+                    })?;
+                    timed("conv_epilogue", i, &|| self.conv_epilogue(c, l))?;
+                }
+                _ => timed(op.kind(), i, &|| self.enqueue_op(i, op))?,
+            }
         }
         Ok(out)
     }
+}
+
+/// One entry of [`CudaEngine::profile`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    /// Index of the op in the plan.
+    pub op: usize,
+    /// What ran (the op's kind, or `conv` / `conv_epilogue`).
+    pub kind: &'static str,
+    /// Input and output shapes.
+    pub detail: String,
+    /// Device time, ms.
+    pub ms: f64,
 }
 
 impl Drop for CudaEngine {
@@ -1224,6 +1663,20 @@ impl Drop for CudaEngine {
             }
             let _ = dnn::destroy_handle(self.handle);
         }
+    }
+}
+
+/// The cuDNN logical shapes of channels-last convolution `c` (`x` and `y` stored NHWC).
+fn fused_shape(x: &[usize], y: &[usize], c: &Conv) -> FusedShape {
+    let i = |v: usize| v as i64;
+    FusedShape {
+        x: [i(x[0]), i(x[3]), i(x[1]), i(x[2])],
+        y: [i(y[0]), i(y[3]), i(y[1]), i(y[2])],
+        w: [i(c.m), i(x[3] / c.group), i(c.kernel[0]), i(c.kernel[1])],
+        pad: [i(c.pad[0]), i(c.pad[1])],
+        stride: [i(c.stride[0]), i(c.stride[1])],
+        dilation: [i(c.dilation[0]), i(c.dilation[1])],
+        act: c.act,
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod cpu;
 pub mod cuda;
+mod fused;
 pub mod layout;
 pub mod memory;
 pub mod native;
@@ -13,7 +14,7 @@ pub mod plan;
 pub mod tensor;
 
 pub use cache::{CacheOutcome, EngineCache};
-pub use cuda::{BuildReport, ConvMath, CudaEngine, EngineOptions};
+pub use cuda::{BuildReport, ConvMath, CudaEngine, EngineOptions, OpTime};
 pub use native::NativeEngine;
 pub use plan::{Act, BinOp, Op, Plan, Tid};
 

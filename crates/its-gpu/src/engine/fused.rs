@@ -1,0 +1,503 @@
+//! One convolution with its bias and activation as a single cuDNN operation graph (the
+//! backend API: convolution -> add bias -> activation, the intermediates virtual FP32), for
+//! the channels-last FP16 engine. cuDNN compiles or picks one kernel for the graph, so the
+//! convolution's output is written once, already biased and activated, instead of being
+//! written by cuDNN and then read and written again by `bias_act`.
+//!
+//! The executor ([`super::cuda`]) asks cuDNN's heuristic for engine configurations, times up
+//! to a few of them against the separate convolution + `bias_act` pair, and keeps whichever is
+//! faster, per layer. Any step cuDNN refuses (an unsupported shape, grouped convolutions on
+//! some versions) leaves that layer on the separate pair, with the reason in the build log.
+
+use std::ffi::c_void;
+
+use cudarc::cudnn::sys as dnn;
+use dnn::cudnnBackendAttributeName_t as A;
+use dnn::cudnnBackendAttributeType_t as T;
+use dnn::cudnnBackendDescriptorType_t as D;
+
+use super::plan::Act;
+
+/// Tensor ids in the variant pack.
+const UID_X: i64 = 1;
+const UID_W: i64 = 2;
+const UID_B: i64 = 3;
+const UID_Y: i64 = 4;
+const UID_CONV: i64 = 10;
+const UID_BIASED: i64 = 11;
+
+/// One backend descriptor, destroyed on drop.
+pub(super) struct Desc(dnn::cudnnBackendDescriptor_t);
+
+impl Desc {
+    fn new(kind: D) -> Result<Self, String> {
+        let mut d: dnn::cudnnBackendDescriptor_t = std::ptr::null_mut();
+        // SAFETY: writes one descriptor handle.
+        check(
+            unsafe { dnn::cudnnBackendCreateDescriptor(kind, &mut d) },
+            || format!("create {kind:?}"),
+        )?;
+        Ok(Self(d))
+    }
+
+    fn set<V>(&self, name: A, ty: T, values: &[V]) -> Result<&Self, String> {
+        // SAFETY: `values` holds `values.len()` elements of the type `ty` names (the callers
+        // pair them: i64 with INT64, f32 with FLOAT, descriptors with BACKEND_DESCRIPTOR...).
+        check(
+            unsafe {
+                dnn::cudnnBackendSetAttribute(
+                    self.0,
+                    name,
+                    ty,
+                    values.len() as i64,
+                    values.as_ptr().cast(),
+                )
+            },
+            || format!("set {name:?}"),
+        )?;
+        Ok(self)
+    }
+
+    fn finalize(self) -> Result<Self, String> {
+        // SAFETY: a descriptor with its attributes set.
+        check(unsafe { dnn::cudnnBackendFinalize(self.0) }, || {
+            "finalize".to_owned()
+        })?;
+        Ok(self)
+    }
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnBackendCreateDescriptor, dropped once.
+        unsafe {
+            let _ = dnn::cudnnBackendDestroyDescriptor(self.0);
+        }
+    }
+}
+
+fn check(status: dnn::cudnnStatus_t, what: impl FnOnce() -> String) -> Result<(), String> {
+    if status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{}: {status:?}", what()))
+    }
+}
+
+/// The shapes of one channels-last FP16 convolution layer (cuDNN's logical `[n, c, h, w]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct FusedShape {
+    /// Input `[n, c, h, w]`.
+    pub x: [i64; 4],
+    /// Output `[n, k, p, q]`.
+    pub y: [i64; 4],
+    /// Filter `[k, c / group, r, s]`.
+    pub w: [i64; 4],
+    pub pad: [i64; 2],
+    pub stride: [i64; 2],
+    pub dilation: [i64; 2],
+    pub act: Act,
+}
+
+/// Channels-last strides of logical `[n, c, h, w]` dims.
+fn nhwc_strides(d: [i64; 4]) -> [i64; 4] {
+    [d[1] * d[2] * d[3], 1, d[3] * d[1], d[1]]
+}
+
+fn tensor(uid: i64, dims: [i64; 4], ty: dnn::cudnnDataType_t, virt: bool) -> Result<Desc, String> {
+    let t = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
+    t.set(
+        A::CUDNN_ATTR_TENSOR_DATA_TYPE,
+        T::CUDNN_TYPE_DATA_TYPE,
+        &[ty],
+    )?
+    .set(A::CUDNN_ATTR_TENSOR_DIMENSIONS, T::CUDNN_TYPE_INT64, &dims)?
+    .set(
+        A::CUDNN_ATTR_TENSOR_STRIDES,
+        T::CUDNN_TYPE_INT64,
+        &nhwc_strides(dims),
+    )?
+    .set(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, T::CUDNN_TYPE_INT64, &[uid])?
+    .set(
+        A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT,
+        T::CUDNN_TYPE_INT64,
+        &[16i64],
+    )?
+    .set(
+        A::CUDNN_ATTR_TENSOR_IS_VIRTUAL,
+        T::CUDNN_TYPE_BOOLEAN,
+        &[virt],
+    )?;
+    t.finalize()
+}
+
+fn pointwise_op(
+    mode: dnn::cudnnPointwiseMode_t,
+    act: Option<Act>,
+    x: &Desc,
+    b: Option<&Desc>,
+    y: &Desc,
+) -> Result<(Desc, Desc), String> {
+    let pw = Desc::new(D::CUDNN_BACKEND_POINTWISE_DESCRIPTOR)?;
+    pw.set(
+        A::CUDNN_ATTR_POINTWISE_MODE,
+        T::CUDNN_TYPE_POINTWISE_MODE,
+        &[mode],
+    )?
+    .set(
+        A::CUDNN_ATTR_POINTWISE_MATH_PREC,
+        T::CUDNN_TYPE_DATA_TYPE,
+        &[dnn::cudnnDataType_t::CUDNN_DATA_FLOAT],
+    )?;
+    if let Some(Act::LeakyRelu(alpha)) = act {
+        pw.set(
+            A::CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP_SLOPE,
+            T::CUDNN_TYPE_DOUBLE,
+            &[f64::from(alpha)],
+        )?;
+    }
+    let pw = pw.finalize()?;
+    let op = Desc::new(D::CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR)?;
+    op.set(
+        A::CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &[pw.0],
+    )?
+    .set(
+        A::CUDNN_ATTR_OPERATION_POINTWISE_XDESC,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &[x.0],
+    )?;
+    if let Some(b) = b {
+        op.set(
+            A::CUDNN_ATTR_OPERATION_POINTWISE_BDESC,
+            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            &[b.0],
+        )?;
+    }
+    op.set(
+        A::CUDNN_ATTR_OPERATION_POINTWISE_YDESC,
+        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        &[y.0],
+    )?;
+    Ok((pw, op.finalize()?))
+}
+
+/// The pointwise mode of an activation, `None` for the identity; `Err` for one cuDNN's
+/// pointwise graph has no mode for here.
+fn act_mode(act: Act) -> Result<Option<dnn::cudnnPointwiseMode_t>, String> {
+    use dnn::cudnnPointwiseMode_t as P;
+    Ok(match act {
+        Act::None => None,
+        Act::Silu => Some(P::CUDNN_POINTWISE_SWISH_FWD),
+        Act::Sigmoid => Some(P::CUDNN_POINTWISE_SIGMOID_FWD),
+        Act::Relu | Act::LeakyRelu(_) => Some(P::CUDNN_POINTWISE_RELU_FWD),
+        Act::Exp => return Err("exp activation is not fused".into()),
+    })
+}
+
+/// The finalized operation graph of one layer (its descriptors kept alive with it).
+pub(super) struct FusedGraph {
+    graph: Desc,
+    _parts: Vec<Desc>,
+}
+
+impl FusedGraph {
+    /// Builds and finalizes the graph conv -> add bias -> activation for `shape`.
+    pub(super) fn new(handle: dnn::cudnnHandle_t, shape: &FusedShape) -> Result<Self, String> {
+        let half = dnn::cudnnDataType_t::CUDNN_DATA_HALF;
+        let float = dnn::cudnnDataType_t::CUDNN_DATA_FLOAT;
+        let act = act_mode(shape.act)?;
+        let x = tensor(UID_X, shape.x, half, false)?;
+        let w = tensor(UID_W, shape.w, half, false)?;
+        let b = tensor(UID_B, [1, shape.y[1], 1, 1], half, false)?;
+        let conv_out = tensor(UID_CONV, shape.y, float, true)?;
+        let y = tensor(UID_Y, shape.y, half, false)?;
+        let conv = Desc::new(D::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR)?;
+        conv.set(
+            A::CUDNN_ATTR_CONVOLUTION_COMP_TYPE,
+            T::CUDNN_TYPE_DATA_TYPE,
+            &[float],
+        )?
+        .set(
+            A::CUDNN_ATTR_CONVOLUTION_CONV_MODE,
+            T::CUDNN_TYPE_CONVOLUTION_MODE,
+            &[dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION],
+        )?
+        .set(
+            A::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS,
+            T::CUDNN_TYPE_INT64,
+            &[2i64],
+        )?
+        .set(
+            A::CUDNN_ATTR_CONVOLUTION_DILATIONS,
+            T::CUDNN_TYPE_INT64,
+            &shape.dilation,
+        )?
+        .set(
+            A::CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES,
+            T::CUDNN_TYPE_INT64,
+            &shape.stride,
+        )?
+        .set(
+            A::CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS,
+            T::CUDNN_TYPE_INT64,
+            &shape.pad,
+        )?
+        .set(
+            A::CUDNN_ATTR_CONVOLUTION_POST_PADDINGS,
+            T::CUDNN_TYPE_INT64,
+            &shape.pad,
+        )?;
+        let conv = conv.finalize()?;
+        let conv_op = Desc::new(D::CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR)?;
+        conv_op
+            .set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                &[x.0],
+            )?
+            .set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                &[w.0],
+            )?
+            .set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                &[conv_out.0],
+            )?
+            .set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                &[conv.0],
+            )?
+            .set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                T::CUDNN_TYPE_FLOAT,
+                &[1.0f32],
+            )?
+            .set(
+                A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA,
+                T::CUDNN_TYPE_FLOAT,
+                &[0.0f32],
+            )?;
+        let conv_op = conv_op.finalize()?;
+        let mut parts = vec![x, w, b, y, conv];
+        let mut ops = vec![];
+        match act {
+            None => {
+                let (pw, add) = pointwise_op(
+                    dnn::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD,
+                    None,
+                    &conv_out,
+                    Some(&parts[2]),
+                    &parts[3],
+                )?;
+                ops.push(conv_op);
+                ops.push(add);
+                parts.push(pw);
+            }
+            Some(mode) => {
+                let biased = tensor(UID_BIASED, shape.y, float, true)?;
+                let (pw_add, add) = pointwise_op(
+                    dnn::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD,
+                    None,
+                    &conv_out,
+                    Some(&parts[2]),
+                    &biased,
+                )?;
+                let (pw_act, act_op) =
+                    pointwise_op(mode, Some(shape.act), &biased, None, &parts[3])?;
+                ops.push(conv_op);
+                ops.push(add);
+                ops.push(act_op);
+                parts.extend([biased, pw_add, pw_act]);
+            }
+        }
+        parts.push(conv_out);
+        let graph = Desc::new(D::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
+        let op_ptrs: Vec<dnn::cudnnBackendDescriptor_t> = ops.iter().map(|o| o.0).collect();
+        graph
+            .set(
+                A::CUDNN_ATTR_OPERATIONGRAPH_OPS,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                &op_ptrs,
+            )?
+            .set(
+                A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE,
+                T::CUDNN_TYPE_HANDLE,
+                &[handle],
+            )?;
+        let graph = graph.finalize()?;
+        parts.extend(ops);
+        Ok(Self {
+            graph,
+            _parts: parts,
+        })
+    }
+
+    /// Up to `max` execution plans, in the order of cuDNN's heuristic (mode A), each with its
+    /// position in that order; engine configurations that fail to finalize are skipped.
+    /// Also returns how many configurations the heuristic offered and why the skipped ones
+    /// failed (the first few reasons).
+    pub(super) fn plans(
+        &self,
+        handle: dnn::cudnnHandle_t,
+        max: usize,
+        only: Option<usize>,
+    ) -> Result<(Vec<FusedPlan>, usize, Vec<String>), String> {
+        let heur = Desc::new(D::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+        heur.set(
+            A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
+            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            &[self.graph.0],
+        )?
+        .set(
+            A::CUDNN_ATTR_ENGINEHEUR_MODE,
+            T::CUDNN_TYPE_HEUR_MODE,
+            &[dnn::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A],
+        )?;
+        let heur = heur.finalize()?;
+        let mut count = 0i64;
+        // SAFETY: a count query (no array).
+        check(
+            unsafe {
+                dnn::cudnnBackendGetAttribute(
+                    heur.0,
+                    A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                    T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                    0,
+                    &mut count,
+                    std::ptr::null_mut(),
+                )
+            },
+            || "heuristic result count".to_owned(),
+        )?;
+        let cfgs: Vec<Desc> = (0..count.max(0))
+            .map(|_| Desc::new(D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
+            .collect::<Result<_, _>>()?;
+        let mut raw: Vec<dnn::cudnnBackendDescriptor_t> = cfgs.iter().map(|c| c.0).collect();
+        let mut got = 0i64;
+        if !raw.is_empty() {
+            // SAFETY: `raw` holds `count` created ENGINECFG descriptors for cuDNN to fill.
+            check(
+                unsafe {
+                    dnn::cudnnBackendGetAttribute(
+                        heur.0,
+                        A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                        count,
+                        &mut got,
+                        raw.as_mut_ptr().cast(),
+                    )
+                },
+                || "heuristic results".to_owned(),
+            )?;
+        }
+        let mut plans = Vec::new();
+        let mut why = Vec::new();
+        for (i, cfg) in cfgs.iter().enumerate().take(got.max(0) as usize) {
+            if plans.len() >= max {
+                break;
+            }
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            match FusedPlan::new(handle, cfg, i) {
+                Ok(p) => plans.push(p),
+                Err(e) if why.len() < 3 => why.push(format!("config {i}: {e}")),
+                Err(_) => {}
+            }
+        }
+        Ok((plans, got.max(0) as usize, why))
+    }
+}
+
+/// A finalized execution plan of a [`FusedGraph`], with its variant pack once bound.
+pub(super) struct FusedPlan {
+    plan: Desc,
+    pack: Option<Desc>,
+    /// Position in the heuristic's order (what the engine cache keeps).
+    pub index: usize,
+    /// Workspace bytes the plan takes.
+    pub workspace: usize,
+}
+
+impl FusedPlan {
+    fn new(handle: dnn::cudnnHandle_t, cfg: &Desc, index: usize) -> Result<Self, String> {
+        let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+        plan.set(
+            A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+            T::CUDNN_TYPE_HANDLE,
+            &[handle],
+        )?
+        .set(
+            A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            &[cfg.0],
+        )?;
+        let plan = plan.finalize()?;
+        let mut ws = 0i64;
+        let mut n = 0i64;
+        // SAFETY: reads one int64.
+        check(
+            unsafe {
+                dnn::cudnnBackendGetAttribute(
+                    plan.0,
+                    A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                    T::CUDNN_TYPE_INT64,
+                    1,
+                    &mut n,
+                    (&mut ws as *mut i64).cast(),
+                )
+            },
+            || "workspace size".to_owned(),
+        )?;
+        Ok(Self {
+            plan,
+            pack: None,
+            index,
+            workspace: ws.max(0) as usize,
+        })
+    }
+
+    /// Binds the device pointers (input, weights, FP16 bias, output, workspace).
+    pub(super) fn bind(&mut self, [x, w, b, y]: [u64; 4], workspace: u64) -> Result<(), String> {
+        let pack = Desc::new(D::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
+        let uids = [UID_X, UID_W, UID_B, UID_Y];
+        let ptrs: [*mut c_void; 4] = [x, w, b, y].map(|p| p as *mut c_void);
+        pack.set(
+            A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
+            T::CUDNN_TYPE_INT64,
+            &uids,
+        )?
+        .set(
+            A::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+            T::CUDNN_TYPE_VOID_PTR,
+            &ptrs,
+        )?
+        .set(
+            A::CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+            T::CUDNN_TYPE_VOID_PTR,
+            &[workspace as *mut c_void],
+        )?;
+        self.pack = Some(pack.finalize()?);
+        Ok(())
+    }
+
+    /// Enqueues the layer on the handle's stream (after [`Self::bind`]).
+    pub(super) fn execute(&self, handle: dnn::cudnnHandle_t) -> Result<(), String> {
+        let pack = self.pack.as_ref().ok_or("fused plan not bound")?;
+        // SAFETY: the plan and pack were finalized with pointers that stay valid while the
+        // engine that owns them lives.
+        check(
+            unsafe { dnn::cudnnBackendExecute(handle, self.plan.0, pack.0) },
+            || "execute".to_owned(),
+        )
+    }
+}
+
+// SAFETY: the descriptors are plain cuDNN objects used from one thread at a time (the engine
+// that owns them is Send, not Sync, like the handle).
+unsafe impl Send for Desc {}
