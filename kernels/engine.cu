@@ -431,3 +431,97 @@ extern "C" __global__ void upsample_nearest_nhwc(const elem_t* __restrict__ x,
     else
         upsample_nhwc_body<long long>(x, y, n_img, h, w, c, fh, fw);
 }
+
+// y[b, s, r] = x[b, r, s] for x viewed as [batch, R, S] (NCHW <-> NHWC: R = c, S = h * w or
+// R = h * w, S = c), through 32x32 tiles in shared memory so that both the reads and the
+// writes are coalesced. Grid (ceil(S / 32), ceil(R / 32), batch), block (32, 8).
+extern "C" __global__ void transpose_tiles(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                           unsigned R, unsigned S) {
+    __shared__ elem_t tile[32][33];
+    unsigned b = blockIdx.z;
+    unsigned s0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+    const elem_t* src = x + (size_t)b * R * S;
+    elem_t* dst = y + (size_t)b * R * S;
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned r = r0 + k, s = s0 + threadIdx.x;
+        if (r < R && s < S) tile[k][threadIdx.x] = src[(size_t)r * S + s];
+    }
+    __syncthreads();
+    for (unsigned k = threadIdx.y; k < 32; k += 8) {
+        unsigned s = s0 + k, r = r0 + threadIdx.x;
+        if (r < R && s < S) dst[(size_t)s * R + r] = tile[threadIdx.x][k];
+    }
+}
+
+// y[b, s, r, :] = x[b, r, s, :] for rows of `ku` 16-byte units (a transpose of two middle
+// dimensions over a contiguous inner block).
+extern "C" __global__ void transpose_rows_vec(const uint4* __restrict__ x, uint4* __restrict__ y,
+                                              unsigned batch, unsigned R, unsigned S,
+                                              unsigned ku) {
+    unsigned n = batch * R * S * ku;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned k = i % ku, row = i / ku;
+        unsigned s = row % S, rest = row / S;
+        unsigned r = rest % R, b = rest / R;
+        y[((b * S + s) * R + r) * ku + k] = x[((b * R + r) * S + s) * ku + k];
+    }
+}
+
+// Softmax over the last axis of x viewed as [rows, len]: one warp per row.
+extern "C" __global__ void softmax_rows(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                        unsigned rows, unsigned len) {
+    unsigned warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    unsigned lane = threadIdx.x % 32;
+    unsigned warps = gridDim.x * blockDim.x / 32;
+    for (unsigned row = warp; row < rows; row += warps) {
+        const elem_t* src = x + (size_t)row * len;
+        elem_t* dst = y + (size_t)row * len;
+        float mx = NEG_INF;
+        for (unsigned j = lane; j < len; j += 32) mx = fmaxf(mx, ld(src[j]));
+        for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float sum = 0.0f;
+        for (unsigned j = lane; j < len; j += 32) sum += __expf(ld(src[j]) - mx);
+        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        float inv = 1.0f / sum;
+        for (unsigned j = lane; j < len; j += 32) dst[j] = st(__expf(ld(src[j]) - mx) * inv);
+    }
+}
+
+// Channels-last nearest upsampling, 16 bytes a thread (c % VEC == 0): cu = c / VEC units
+// per pixel.
+extern "C" __global__ void upsample_nearest_nhwc_vec(const uint4* __restrict__ x,
+                                                     uint4* __restrict__ y, unsigned n_img,
+                                                     unsigned h, unsigned w, unsigned cu,
+                                                     unsigned fh, unsigned fw) {
+    unsigned oh = h * fh, ow = w * fw;
+    unsigned n = n_img * oh * ow * cu;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned ch = i % cu, pix = i / cu;
+        unsigned j = pix % ow, rest = pix / ow;
+        unsigned r = rest % oh, b = rest / oh;
+        y[i] = x[((b * h + r / fh) * w + j / fw) * cu + ch];
+    }
+}
+
+// Concatenation in one launch: y viewed as `outer` rows of `total` 16-byte units, input k
+// supplying units [off[k], off[k] + run[k]) of each row (at most 8 inputs).
+struct ConcatIn {
+    const uint4* x[8];
+    unsigned run[8];
+    unsigned off[8];
+    int n;
+    unsigned total;
+};
+
+extern "C" __global__ void concat_vec(uint4* __restrict__ y, unsigned outer, ConcatIn c) {
+    unsigned n = outer * c.total;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned o = i / c.total, r = i - o * c.total;
+        int k = 0;
+        while (k + 1 < c.n && r >= c.off[k + 1]) ++k;
+        y[i] = c.x[k][o * c.run[k] + (r - c.off[k])];
+    }
+}

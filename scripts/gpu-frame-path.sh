@@ -92,12 +92,39 @@ if [[ -n "${SOAK_AFTER_RAMP:-}" && -f "$out/ramp.json" ]]; then
         echo "ramp found $best cameras; soaking at $SOAK_CAMERAS" | tee -a "$out/loadtest.txt"
     fi
 fi
-if [[ "${MODE:-ramp}" == soak ]]; then
+soak_args=(--mode soak --cameras "${SOAK_CAMERAS:-0}" --duration "${SOAK_SECS:-540}"
+    --soak-warmup-secs 30 --rss-interval-secs 10)
+if [[ "${MODE:-ramp}" == soak && -n "${SOAK_BACKGROUND:-}" ]]; then
+    # A soak longer than one device call: started in its own session (it outlives this
+    # call while the machine stays warm) from copies of the binaries and the model, and
+    # collected by a second call with MODE=collect.
+    bg=/tmp/its-soak
+    rm -rf "$bg" && mkdir -p "$bg/bin"
+    cp .device/its-loadtest .device/nats-server "$bg/bin/"
+    cp -r .device/yolo11n "$bg/yolo11n"
+    bg_args=("${node_args[@]}")
+    bg_args[2]="$bg/yolo11n"
+    (cd "$bg" && PATH="$bg/bin:$PATH" setsid nohup bash -c \
+        "timeout $(( ${SOAK_SECS:-540} + 90 )) $bg/bin/its-loadtest ${bg_args[*]} ${soak_args[*]} --out $bg/soak --json $bg/soak.json >$bg/log 2>&1; echo \$? >$bg/rc" \
+        >/dev/null 2>&1 &)
+    echo "soak of $SOAK_CAMERAS cameras for ${SOAK_SECS:-540} s started in the background ($bg)" \
+        | tee -a "$out/loadtest.txt"
+elif [[ "${MODE:-ramp}" == soak ]]; then
     echo "== load-test soak" | tee "$out/loadtest.txt"
-    timeout $(( ${SOAK_SECS:-540} + 60 )) .device/its-loadtest "${node_args[@]}" --mode soak \
-        --cameras "${SOAK_CAMERAS:?set SOAK_CAMERAS}" --duration "${SOAK_SECS:-540}" \
-        --soak-warmup-secs 30 --rss-interval-secs 10 --out "$out/soak" --json "$out/soak.json" \
+    timeout $(( ${SOAK_SECS:-540} + 60 )) .device/its-loadtest "${node_args[@]}" "${soak_args[@]}" \
+        --out "$out/soak" --json "$out/soak.json" \
         2>&1 | grep -v " INFO \| DEBUG " | tail -60 | tee -a "$out/loadtest.txt" || status=1
+fi
+if [[ "${MODE:-ramp}" == collect ]]; then
+    bg=/tmp/its-soak
+    echo "== load-test soak (collected)" | tee "$out/loadtest.txt"
+    [[ -d $bg ]] || { echo "no background soak on this machine" | tee -a "$out/loadtest.txt"; exit 1; }
+    until [[ -f $bg/rc ]]; do sleep 5; done
+    echo "soak exit $(cat $bg/rc)" | tee -a "$out/loadtest.txt"
+    grep -v " INFO \| DEBUG " "$bg/log" | tail -60 | tee -a "$out/loadtest.txt"
+    cp -r "$bg/soak" "$out/soak" 2>/dev/null
+    cp "$bg/soak.json" "$out/" 2>/dev/null
+    [[ "$(cat $bg/rc)" == 0 ]] || status=1
 fi
 
 # Only a few files come back from the device: keep the reports, leave the plots there.

@@ -9,6 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
+use cudarc::cublas::sys as blas;
 use cudarc::cudnn::{result as dnn, sys as dnn_sys};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr,
@@ -19,7 +20,7 @@ use super::EngineBuildError;
 use super::cache::{self, CacheFile, CacheKey, CacheMiss, CacheOutcome, CachedConv, EngineCache};
 use super::fused::{FusedGraph, FusedPlan, FusedShape};
 use super::memory::{MemoryPlan, plan_memory};
-use super::plan::{Conv, Op, Plan};
+use super::plan::{Conv, Op, Plan, Tid};
 use super::tensor::strides;
 use crate::context::{ENGINE_F16_SRC, ENGINE_SRC};
 use crate::{GpuContext, GpuError};
@@ -152,6 +153,11 @@ struct Kernels {
     bias_act_vec: CudaFunction,
     binary_same_vec: CudaFunction,
     copy_runs_vec: CudaFunction,
+    transpose_tiles: CudaFunction,
+    concat_vec: CudaFunction,
+    transpose_rows_vec: CudaFunction,
+    softmax_rows: CudaFunction,
+    upsample_nhwc_vec: CudaFunction,
     act: CudaFunction,
     binary: CudaFunction,
     permute: CudaFunction,
@@ -197,6 +203,23 @@ impl KStrides {
     }
 }
 
+/// Matches `struct ConcatIn` in `kernels/engine.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct KConcat {
+    x: [u64; CONCAT_MAX],
+    run: [u32; CONCAT_MAX],
+    off: [u32; CONCAT_MAX],
+    n: i32,
+    total: u32,
+}
+
+/// Inputs `concat_vec` takes in one launch.
+const CONCAT_MAX: usize = 8;
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for KConcat {}
+
 struct ConvLayer {
     x_desc: dnn_sys::cudnnTensorDescriptor_t,
     y_desc: dnn_sys::cudnnTensorDescriptor_t,
@@ -231,6 +254,9 @@ pub struct CudaEngine {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     handle: dnn_sys::cudnnHandle_t,
+    /// cuBLAS for the matrix products (our tiled kernel when cuBLAS cannot be loaded), with
+    /// its own workspace so that nothing is allocated during graph capture.
+    blas: Option<(blas::cublasHandle_t, CudaSlice<u8>)>,
     convs: Vec<Option<ConvLayer>>,
     /// Every storage of the plan at its [`MemoryPlan`] offset.
     arena: CudaSlice<u8>,
@@ -375,6 +401,11 @@ impl CudaEngine {
             bias_act_vec: f("bias_act_vec")?,
             binary_same_vec: f("binary_same_vec")?,
             copy_runs_vec: f("copy_runs_vec")?,
+            transpose_tiles: f("transpose_tiles")?,
+            concat_vec: f("concat_vec")?,
+            transpose_rows_vec: f("transpose_rows_vec")?,
+            softmax_rows: f("softmax_rows")?,
+            upsample_nhwc_vec: f("upsample_nearest_nhwc_vec")?,
             act: f("act")?,
             binary: f("binary")?,
             permute: f("permute")?,
@@ -416,10 +447,16 @@ impl CudaEngine {
             key = Some(k);
         }
 
+        let blas = if plan.ops.iter().any(|o| matches!(o, Op::MatMul { .. })) {
+            cublas_on(&stream)
+        } else {
+            None
+        };
         let mut engine = Self {
             stream,
             kernels,
             handle,
+            blas,
             convs: Vec::new(),
             arena,
             report: BuildReport {
@@ -465,7 +502,7 @@ impl CudaEngine {
             .iter()
             .map(|o| match o {
                 Op::Conv(_) => 2,
-                Op::Concat { xs, .. } => xs.len(),
+                Op::Concat { xs, .. } if xs.len() > CONCAT_MAX => xs.len(),
                 _ => 1,
             })
             .sum::<usize>()
@@ -1219,6 +1256,9 @@ impl CudaEngine {
                     let inner = yshape[*axis + 1..].iter().product::<usize>() as i64;
                     let y_rows = yshape[*axis] as i64;
                     let yp = self.ptr(*y);
+                    if self.concat_one_launch(xs, yp, outer, inner, *axis)? {
+                        return Ok(());
+                    }
                     let mut off = 0i64;
                     for &x in xs {
                         let rows = self.plan.shape(x)[*axis] as i64;
@@ -1321,6 +1361,26 @@ impl CudaEngine {
                 Op::Upsample { x, y, factor, nhwc } => {
                     let xs = self.plan.shape(*x);
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    let vec = 16 / self.math.elem_bytes();
+                    let n = self.plan.tensors[*y].numel();
+                    if *nhwc && xs[3].is_multiple_of(vec) && n / vec <= u32::MAX as usize {
+                        let v = [
+                            xs[0] as u32,
+                            xs[1] as u32,
+                            xs[2] as u32,
+                            (xs[3] / vec) as u32,
+                            factor[0] as u32,
+                            factor[1] as u32,
+                        ];
+                        let mut b = s.launch_builder(&self.kernels.upsample_nhwc_vec);
+                        b.arg(&xp).arg(&yp);
+                        for a in &v {
+                            b.arg(a);
+                        }
+                        // SAFETY: sizes from the plan's shapes; whole 16-byte pixels' channels.
+                        unsafe { b.launch(grid(n / vec)) }?;
+                        return Ok(());
+                    }
                     let (func, count, dims) = if *nhwc {
                         (
                             &self.kernels.upsample_nhwc,
@@ -1350,6 +1410,9 @@ impl CudaEngine {
                 }
                 Op::Transpose { x, y, perm } => {
                     let xs = self.plan.shape(*x);
+                    if self.transpose_fast(self.ptr(*x), self.ptr(*y), xs, perm)? {
+                        return Ok(());
+                    }
                     let in_s = strides(xs);
                     let st: Vec<usize> = perm.iter().map(|&p| in_s[p]).collect();
                     let ks = KStrides::new(self.plan.shape(*y), &st, &[])?;
@@ -1367,6 +1430,9 @@ impl CudaEngine {
                     let n = self.plan.shape(*bm)[r - 1] as i32;
                     let batch = self.plan.shape(*y)[..r - 2].iter().product::<usize>() as u32;
                     let (ap, bp, yp) = (self.ptr(*a), self.ptr(*bm), self.ptr(*y));
+                    if let Some((h, _)) = &self.blas {
+                        return self.gemm(*h, [ap, bp, yp], [m, n, k], batch as i32);
+                    }
                     let cfg = LaunchConfig {
                         grid_dim: (
                             (n as u32).div_ceil(16),
@@ -1387,6 +1453,15 @@ impl CudaEngine {
                     let inner = xs[*axis + 1..].iter().product::<usize>() as i64;
                     let len = xs[*axis] as i32;
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
+                    if inner == 1 && outer <= u32::MAX as i64 {
+                        // One warp per row of the last axis.
+                        let (rows, len) = (outer as u32, len as u32);
+                        let mut b = s.launch_builder(&self.kernels.softmax_rows);
+                        b.arg(&xp).arg(&yp).arg(&rows).arg(&len);
+                        // SAFETY: x and y hold rows * len elements.
+                        unsafe { b.launch(grid(rows as usize * 32)) }?;
+                        return Ok(());
+                    }
                     let mut b = s.launch_builder(&self.kernels.softmax);
                     b.arg(&xp).arg(&yp).arg(&outer).arg(&len).arg(&inner);
                     // SAFETY: sizes from the plan's shapes.
@@ -1441,6 +1516,147 @@ impl CudaEngine {
         // SAFETY: y holds `total` elements, bias `ch`.
         unsafe { b.launch(grid(total as usize)) }?;
         Ok(())
+    }
+
+    /// Row-major `y[b] = a[b] (m x k) * bm[b] (k x n)` on cuBLAS: column-major
+    /// `y^T = bm^T a^T`, FP32 accumulation.
+    fn gemm(
+        &self,
+        h: blas::cublasHandle_t,
+        [a, b, y]: [u64; 3],
+        [m, n, k]: [i32; 3],
+        batch: i32,
+    ) -> Result<(), EngineBuildError> {
+        let ty = if self.math == ConvMath::Fp16 {
+            blas::cudaDataType::CUDA_R_16F
+        } else {
+            blas::cudaDataType::CUDA_R_32F
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (m64, n64, k64) = (i64::from(m), i64::from(n), i64::from(k));
+        let op = blas::cublasOperation_t::CUBLAS_OP_N;
+        // SAFETY: the pointers hold `batch` row-major matrices of the plan's shapes, the
+        // handle runs on this engine's stream with its own workspace.
+        let status = unsafe {
+            blas::cublasGemmStridedBatchedEx(
+                h,
+                op,
+                op,
+                n,
+                m,
+                k,
+                (&alpha as *const f32).cast(),
+                b as *const std::ffi::c_void,
+                ty,
+                n,
+                k64 * n64,
+                a as *const std::ffi::c_void,
+                ty,
+                k,
+                m64 * k64,
+                (&beta as *const f32).cast(),
+                y as *mut std::ffi::c_void,
+                ty,
+                n,
+                m64 * n64,
+                batch.max(1),
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if status == blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            Ok(())
+        } else {
+            Err(EngineBuildError::Gpu(GpuError::InvalidInput(format!(
+                "cublas gemm {m}x{n}x{k} batch {batch}: {status:?}"
+            ))))
+        }
+    }
+
+    /// A concatenation in one launch of `concat_vec` when every input's slice of a row is
+    /// whole 16-byte units and there are at most [`CONCAT_MAX`] inputs; returns false
+    /// (nothing launched) otherwise.
+    fn concat_one_launch(
+        &self,
+        xs: &[Tid],
+        y: u64,
+        outer: i64,
+        inner: i64,
+        axis: usize,
+    ) -> Result<bool, EngineBuildError> {
+        let e = self.math.elem_bytes() as i64;
+        if xs.len() > CONCAT_MAX || !y.is_multiple_of(16) {
+            return Ok(false);
+        }
+        let mut k = KConcat {
+            n: xs.len() as i32,
+            ..KConcat::default()
+        };
+        let mut total = 0i64;
+        for (i, &x) in xs.iter().enumerate() {
+            let bytes = self.plan.shape(x)[axis] as i64 * inner * e;
+            let p = self.ptr(x);
+            if bytes % 16 != 0 || !p.is_multiple_of(16) {
+                return Ok(false);
+            }
+            k.x[i] = p;
+            k.run[i] = (bytes / 16) as u32;
+            k.off[i] = total as u32;
+            total += bytes / 16;
+        }
+        if outer * total > u32::MAX as i64 {
+            return Ok(false);
+        }
+        k.total = total as u32;
+        let outer = outer as u32;
+        let mut b = self.stream.launch_builder(&self.kernels.concat_vec);
+        b.arg(&y).arg(&outer).arg(&k);
+        // SAFETY: every input holds outer rows of its run; y holds outer rows of total.
+        unsafe { b.launch(grid(outer as usize * total as usize)) }?;
+        Ok(true)
+    }
+
+    /// A permutation that swaps two adjacent groups of dimensions (NCHW <-> NHWC, or two
+    /// middle dimensions over a contiguous inner block) by the tiled or row kernels; returns
+    /// false (nothing launched) for any other permutation or sizes that do not fit.
+    fn transpose_fast(
+        &self,
+        x: u64,
+        y: u64,
+        shape: &[usize],
+        perm: &[usize],
+    ) -> Result<bool, EngineBuildError> {
+        let Some((batch, r, s, inner)) = swap_form(shape, perm) else {
+            return Ok(false);
+        };
+        let fits = |v: usize| v <= u32::MAX as usize;
+        if !fits(batch * r * s * inner) {
+            return Ok(false);
+        }
+        let e = self.math.elem_bytes();
+        if inner == 1 && batch <= 65_535 && r.div_ceil(32) <= 65_535 {
+            let cfg = LaunchConfig {
+                grid_dim: (s.div_ceil(32) as u32, r.div_ceil(32) as u32, batch as u32),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            };
+            let (r, s) = (r as u32, s as u32);
+            let mut b = self.stream.launch_builder(&self.kernels.transpose_tiles);
+            b.arg(&x).arg(&y).arg(&r).arg(&s);
+            // SAFETY: x and y hold batch * r * s elements; the kernel bounds-checks the tiles.
+            unsafe { b.launch(cfg) }?;
+            return Ok(true);
+        }
+        if (inner * e).is_multiple_of(16) {
+            let ku = (inner * e / 16) as u32;
+            let (bt, r, s) = (batch as u32, r as u32, s as u32);
+            let mut b = self.stream.launch_builder(&self.kernels.transpose_rows_vec);
+            b.arg(&x).arg(&y).arg(&bt).arg(&r).arg(&s).arg(&ku);
+            // SAFETY: x and y hold batch * r * s rows of ku 16-byte units, 256-byte aligned.
+            unsafe { b.launch(grid((bt * r * s * ku) as usize)) }?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Copies `outer` runs of `run` bytes from `x + o * x_pitch + x_off` to
@@ -1662,8 +1878,59 @@ impl Drop for CudaEngine {
                 let _ = dnn::destroy_convolution_descriptor(l.conv_desc);
             }
             let _ = dnn::destroy_handle(self.handle);
+            if let Some((h, _)) = self.blas.take() {
+                let _ = cudarc::cublas::result::destroy_handle(h);
+            }
         }
     }
+}
+
+/// Bytes of the workspace each engine gives cuBLAS.
+const CUBLAS_WORKSPACE: usize = 8 << 20;
+
+/// A cuBLAS handle on `stream` with its own workspace, or `None` (logged) when cuBLAS cannot
+/// be loaded or set up: the matrix products then run on our kernel.
+fn cublas_on(stream: &Arc<CudaStream>) -> Option<(blas::cublasHandle_t, CudaSlice<u8>)> {
+    // SAFETY: only tries to dlopen the library by name.
+    let present = catch_unwind(|| unsafe { blas::is_culib_present() }).unwrap_or(false);
+    if !present {
+        tracing::info!("cuBLAS not loadable: matrix products on the engine's own kernel");
+        return None;
+    }
+    let h = catch_unwind(cudarc::cublas::result::create_handle)
+        .ok()?
+        .ok()?;
+    let ws = stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE).ok()?;
+    let wp = ws.device_ptr(stream).0;
+    // SAFETY: a new handle, the engine's stream and a workspace the engine keeps with it.
+    let ok = unsafe {
+        blas::cublasSetStream_v2(h, stream.cu_stream() as blas::cudaStream_t)
+            == blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+            && blas::cublasSetWorkspace_v2(h, wp as *mut std::ffi::c_void, CUBLAS_WORKSPACE)
+                == blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+    };
+    if !ok {
+        // SAFETY: created above, not used after.
+        let _ = unsafe { cudarc::cublas::result::destroy_handle(h) };
+        tracing::warn!("cuBLAS handle setup failed: matrix products on the engine's own kernel");
+        return None;
+    }
+    Some((h, ws))
+}
+
+/// `perm` as `[batch.., R.., S.., inner..] -> [batch.., S.., R.., inner..]`: the products
+/// (batch, R, S, inner) of `shape` over those groups, or `None` for another permutation.
+fn swap_form(shape: &[usize], perm: &[usize]) -> Option<(usize, usize, usize, usize)> {
+    let a = (0..perm.len()).find(|&i| perm[i] != i)?;
+    let e = (0..perm.len()).rev().find(|&i| perm[i] != i)?;
+    let m = perm[a];
+    // perm[a..=e] = m, m+1, .., e, a, a+1, .., m-1
+    let want: Vec<usize> = (m..=e).chain(a..m).collect();
+    if m <= a || perm[a..=e] != want[..] {
+        return None;
+    }
+    let p = |r: std::ops::Range<usize>| shape[r].iter().product::<usize>();
+    Some((p(0..a), p(a..m), p(m..e + 1), p(e + 1..shape.len())))
 }
 
 /// The cuDNN logical shapes of channels-last convolution `c` (`x` and `y` stored NHWC).
@@ -1736,6 +2003,21 @@ fn module_version(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn layout_permutations_are_recognised_as_a_swap_of_two_groups() {
+        let s = [2, 3, 5, 7];
+        // NCHW -> NHWC: [n, c, hw] -> [n, hw, c].
+        assert_eq!(super::swap_form(&s, &[0, 2, 3, 1]), Some((2, 3, 35, 1)));
+        // NHWC -> NCHW.
+        assert_eq!(super::swap_form(&s, &[0, 3, 1, 2]), Some((2, 15, 7, 1)));
+        // Two middle dimensions over an inner block.
+        assert_eq!(super::swap_form(&s, &[0, 2, 1, 3]), Some((2, 3, 5, 7)));
+        assert_eq!(super::swap_form(&s, &[1, 0, 2, 3]), Some((1, 2, 3, 35)));
+        // Not a swap of two groups, or no permutation at all.
+        assert_eq!(super::swap_form(&s, &[0, 3, 2, 1]), None);
+        assert_eq!(super::swap_form(&s, &[0, 1, 2, 3]), None);
+    }
+
     #[test]
     fn the_kernel_module_version_is_read_from_the_nvrm_line() {
         let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22-I3-AF03-09-1)  Sun May 18 2025\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n";

@@ -127,6 +127,24 @@ pub fn to_nhwc(plan: &Plan) -> Plan {
     for op in &plan.ops {
         let mut op = op.clone();
         match &mut op {
+            Op::Conv(c) if nhwc(c.x) && !nhwc(c.y) && out.tensors[c.y].shape.len() == 4 => {
+                // A channels-last input feeding an NCHW output (the last convolution of a
+                // branch that a reshape reads): convolve channels-last and convert the
+                // output, which moves as many bytes as converting the input would and keeps
+                // the convolution on cuDNN's channels-last kernels.
+                let y = c.y;
+                let shape = permuted(&out.tensors[y].shape, &TO_NHWC);
+                let t = new_tensor(&mut out, shape);
+                c.nhwc = true;
+                c.y = t;
+                out.ops.push(op);
+                out.ops.push(Op::Transpose {
+                    x: t,
+                    y,
+                    perm: TO_NCHW.to_vec(),
+                });
+                continue;
+            }
             Op::Conv(c) => {
                 c.nhwc = nhwc(c.y);
                 c.x = in_layout(&mut out, c.x, c.nhwc);
