@@ -525,3 +525,24 @@ extern "C" __global__ void concat_vec(uint4* __restrict__ y, unsigned outer, Con
         y[i] = c.x[k][o * c.run[k] + (r - c.off[k])];
     }
 }
+
+// transpose_tiles for a small dimension (R or S at most 16), where 32x32 tiles would leave
+// most threads idle: y[b, s, r] = x[b, r, s], one thread per (b, s) walking r when R is the
+// small one (small_r != 0), else one thread per (b, r) walking s. Either way the threads of a
+// warp touch consecutive addresses on the long dimension.
+extern "C" __global__ void transpose_small(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                           unsigned batch, unsigned R, unsigned S, int small_r) {
+    unsigned long_dim = small_r ? S : R;
+    unsigned n = batch * long_dim;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned b = i / long_dim, l = i - b * long_dim;
+        const elem_t* src = x + (size_t)b * R * S;
+        elem_t* dst = y + (size_t)b * R * S;
+        if (small_r) {
+            for (unsigned r = 0; r < R; ++r) dst[(size_t)l * R + r] = src[(size_t)r * S + l];
+        } else {
+            for (unsigned s = 0; s < S; ++s) dst[(size_t)s * R + l] = src[(size_t)l * S + s];
+        }
+    }
+}

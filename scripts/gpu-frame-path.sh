@@ -105,7 +105,7 @@ if [[ "${MODE:-ramp}" == soak && -n "${SOAK_BACKGROUND:-}" ]]; then
     bg_args=("${node_args[@]}")
     bg_args[2]="$bg/yolo11n"
     (cd "$bg" && PATH="$bg/bin:$PATH" setsid nohup bash -c \
-        "timeout $(( ${SOAK_SECS:-540} + 90 )) $bg/bin/its-loadtest ${bg_args[*]} ${soak_args[*]} --out $bg/soak --json $bg/soak.json >$bg/log 2>&1; echo \$? >$bg/rc" \
+        "timeout $(( ${SOAK_SECS:-540} + 400 )) $bg/bin/its-loadtest ${bg_args[*]} ${soak_args[*]} --out $bg/soak --json $bg/soak.json >$bg/log 2>&1; echo \$? >$bg/rc" \
         >/dev/null 2>&1 &)
     echo "soak of $SOAK_CAMERAS cameras for ${SOAK_SECS:-540} s started in the background ($bg)" \
         | tee -a "$out/loadtest.txt"

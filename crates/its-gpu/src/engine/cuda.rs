@@ -154,6 +154,7 @@ struct Kernels {
     binary_same_vec: CudaFunction,
     copy_runs_vec: CudaFunction,
     transpose_tiles: CudaFunction,
+    transpose_small: CudaFunction,
     concat_vec: CudaFunction,
     transpose_rows_vec: CudaFunction,
     softmax_rows: CudaFunction,
@@ -402,6 +403,7 @@ impl CudaEngine {
             binary_same_vec: f("binary_same_vec")?,
             copy_runs_vec: f("copy_runs_vec")?,
             transpose_tiles: f("transpose_tiles")?,
+            transpose_small: f("transpose_small")?,
             concat_vec: f("concat_vec")?,
             transpose_rows_vec: f("transpose_rows_vec")?,
             softmax_rows: f("softmax_rows")?,
@@ -1634,6 +1636,18 @@ impl CudaEngine {
             return Ok(false);
         }
         let e = self.math.elem_bytes();
+        if inner == 1 && r.min(s) <= SMALL_TRANSPOSE_DIM {
+            // One thread per element of the long dimension (a 3-channel image: 32x32 tiles
+            // would leave 29 of every 32 threads idle).
+            let small_r = i32::from(r <= s);
+            let long = if r <= s { s } else { r };
+            let (bt, r, s) = (batch as u32, r as u32, s as u32);
+            let mut b = self.stream.launch_builder(&self.kernels.transpose_small);
+            b.arg(&x).arg(&y).arg(&bt).arg(&r).arg(&s).arg(&small_r);
+            // SAFETY: x and y hold batch * r * s elements.
+            unsafe { b.launch(grid(batch * long)) }?;
+            return Ok(true);
+        }
         if inner == 1 && batch <= 65_535 && r.div_ceil(32) <= 65_535 {
             let cfg = LaunchConfig {
                 grid_dim: (s.div_ceil(32) as u32, r.div_ceil(32) as u32, batch as u32),
@@ -1884,6 +1898,9 @@ impl Drop for CudaEngine {
         }
     }
 }
+
+/// Transposes with a dimension at most this long take `transpose_small`.
+const SMALL_TRANSPOSE_DIM: usize = 16;
 
 /// Bytes of the workspace each engine gives cuBLAS.
 const CUBLAS_WORKSPACE: usize = 8 << 20;
