@@ -230,6 +230,12 @@ mod tests {
         );
         assert_eq!(redact_url("http://cam/x@y"), "http://cam/x@y");
         assert_eq!(redact_url("file:///a/b"), "file:///a/b");
+        // Found by the wire_msgs fuzz target: a path that repeats the credentials is path,
+        // not authority, and is kept; the authority's credentials are still replaced.
+        assert_eq!(
+            redact_url("rtsp://usGr:pw@10//usGr:pw@10"),
+            "rtsp://***@10//usGr:pw@10"
+        );
     }
 
     #[test]
