@@ -1116,21 +1116,10 @@ impl CudaEngine {
                 if ws > ws_cap {
                     continue;
                 }
-                let mut ms = f32::INFINITY;
-                let mut ok = true;
-                for rep in 0..3 {
-                    let start = self.stream.record_event(TIMED)?;
-                    if self.conv_call(layer, a, x, y).is_err() {
-                        ok = false;
-                        break;
-                    }
-                    let end = self.stream.record_event(TIMED)?;
-                    end.synchronize()?;
-                    if rep > 0 {
-                        ms = ms.min(start.elapsed_ms(&end)?);
-                    }
-                }
-                if ok && ms < best.0 {
+                // An algorithm cuDNN takes but cannot run is skipped.
+                if let Ok(ms) = self.time_call(&|| self.conv_call(layer, a, x, y))
+                    && ms < best.0
+                {
                     best = (ms, a, ws);
                 }
             }

@@ -58,6 +58,23 @@ impl Desc {
         Ok(self)
     }
 
+    /// Reads attribute `name` into `out` (room for `capacity` elements of the type `ty`
+    /// names); returns how many cuDNN wrote.
+    ///
+    /// # Safety
+    /// `out` must hold `capacity` elements of that type (or be null with capacity 0).
+    unsafe fn get<V>(&self, name: A, ty: T, capacity: i64, out: *mut V) -> Result<i64, String> {
+        let mut n = 0i64;
+        // SAFETY: the caller's promise about `out`.
+        check(
+            unsafe {
+                dnn::cudnnBackendGetAttribute(self.0, name, ty, capacity, &mut n, out.cast())
+            },
+            || format!("get {name:?}"),
+        )?;
+        Ok(n)
+    }
+
     fn finalize(self) -> Result<Self, String> {
         // SAFETY: a descriptor with its attributes set.
         check(unsafe { dnn::cudnnBackendFinalize(self.0) }, || {
@@ -359,42 +376,28 @@ impl FusedGraph {
             &[dnn::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A],
         )?;
         let heur = heur.finalize()?;
-        let mut count = 0i64;
-        // SAFETY: a count query (no array).
-        check(
+        let results = |capacity: i64, out: *mut dnn::cudnnBackendDescriptor_t| {
+            // SAFETY: `out` is null with capacity 0 (a count query), or holds `capacity`
+            // created ENGINECFG descriptors for cuDNN to fill.
             unsafe {
-                dnn::cudnnBackendGetAttribute(
-                    heur.0,
+                heur.get(
                     A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
                     T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    0,
-                    &mut count,
-                    std::ptr::null_mut(),
+                    capacity,
+                    out,
                 )
-            },
-            || "heuristic result count".to_owned(),
-        )?;
+            }
+        };
+        let count = results(0, std::ptr::null_mut())?;
         let cfgs: Vec<Desc> = (0..count.max(0))
             .map(|_| Desc::new(D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
             .collect::<Result<_, _>>()?;
         let mut raw: Vec<dnn::cudnnBackendDescriptor_t> = cfgs.iter().map(|c| c.0).collect();
-        let mut got = 0i64;
-        if !raw.is_empty() {
-            // SAFETY: `raw` holds `count` created ENGINECFG descriptors for cuDNN to fill.
-            check(
-                unsafe {
-                    dnn::cudnnBackendGetAttribute(
-                        heur.0,
-                        A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                        T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                        count,
-                        &mut got,
-                        raw.as_mut_ptr().cast(),
-                    )
-                },
-                || "heuristic results".to_owned(),
-            )?;
-        }
+        let got = if raw.is_empty() {
+            0
+        } else {
+            results(count, raw.as_mut_ptr())?
+        };
         let mut plans = Vec::new();
         let mut why = Vec::new();
         for (i, cfg) in cfgs.iter().enumerate().take(got.max(0) as usize) {
@@ -439,21 +442,15 @@ impl FusedPlan {
         )?;
         let plan = plan.finalize()?;
         let mut ws = 0i64;
-        let mut n = 0i64;
-        // SAFETY: reads one int64.
-        check(
-            unsafe {
-                dnn::cudnnBackendGetAttribute(
-                    plan.0,
-                    A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                    T::CUDNN_TYPE_INT64,
-                    1,
-                    &mut n,
-                    (&mut ws as *mut i64).cast(),
-                )
-            },
-            || "workspace size".to_owned(),
-        )?;
+        // SAFETY: room for the one int64 asked for.
+        unsafe {
+            plan.get(
+                A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                T::CUDNN_TYPE_INT64,
+                1,
+                &mut ws,
+            )
+        }?;
         Ok(Self {
             plan,
             pack: None,
