@@ -546,3 +546,61 @@ extern "C" __global__ void transpose_small(const elem_t* __restrict__ x, elem_t*
         }
     }
 }
+
+// The network's first convolution, direct: 3 input channels read from the NCHW graph input,
+// a 3x3 window, channels-last output with bias and activation applied. One thread per output
+// pixel reads its 27 input values once into registers, then writes each group of VEC output
+// channels as one 16-byte store. This replaces the input transpose and cuDNN's convolution
+// for the stem, where cuDNN's channels-last kernels pad the 3 channels to 8.
+// w: [m][3][3][3] floats (ONNX order), bias: [m] floats; m % VEC == 0, m * 27 <= STEM_MAXW.
+#define STEM_WIN 27
+#define STEM_MAXW 2048
+extern "C" __global__ void conv_stem_3x3(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                         const float* __restrict__ w,
+                                         const float* __restrict__ bias, unsigned n, unsigned h,
+                                         unsigned wd, unsigned m, unsigned p, unsigned q,
+                                         unsigned sh, unsigned sw, unsigned ph, unsigned pw,
+                                         int act, float alpha) {
+    __shared__ float ws[STEM_MAXW];
+    __shared__ float bs[STEM_MAXW / STEM_WIN];
+    for (unsigned i = threadIdx.x; i < m * STEM_WIN; i += blockDim.x) ws[i] = w[i];
+    for (unsigned i = threadIdx.x; i < m; i += blockDim.x) bs[i] = bias[i];
+    __syncthreads();
+    unsigned total = n * p * q;
+    unsigned plane = h * wd;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        unsigned b = i / (p * q), r = i - b * (p * q);
+        unsigned oy = r / q, ox = r - oy * q;
+        int iy0 = (int)(oy * sh) - (int)ph, ix0 = (int)(ox * sw) - (int)pw;
+        const elem_t* img = x + (size_t)b * 3 * plane;
+        float v[STEM_WIN];
+#pragma unroll
+        for (int c = 0; c < 3; ++c) {
+#pragma unroll
+            for (int dy = 0; dy < 3; ++dy) {
+                int iy = iy0 + dy;
+#pragma unroll
+                for (int dx = 0; dx < 3; ++dx) {
+                    int ix = ix0 + dx;
+                    bool in = iy >= 0 && iy < (int)h && ix >= 0 && ix < (int)wd;
+                    v[c * 9 + dy * 3 + dx] =
+                        in ? ld(img[(size_t)c * plane + (unsigned)iy * wd + (unsigned)ix]) : 0.0f;
+                }
+            }
+        }
+        elem_t* out = y + (size_t)i * m;
+        for (unsigned g = 0; g < m; g += VEC) {
+            Vec16 d;
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) {
+                const float* wr = ws + (g + j) * STEM_WIN;
+                float acc = 0.0f;
+#pragma unroll
+                for (int t = 0; t < STEM_WIN; ++t) acc = fmaf(wr[t], v[t], acc);
+                d.e[j] = st(act_apply(acc + bs[g + j], act, alpha));
+            }
+            *reinterpret_cast<uint4*>(out + g) = d.u;
+        }
+    }
+}

@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
 use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
 
 use crate::GpuError;
@@ -144,6 +144,18 @@ struct Inner {
     name: String,
     compute_capability: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Read-only device buffers by the sha256 of their bytes (engine weights), held weakly:
+    /// a buffer lives while some execution context uses it.
+    shared: Mutex<HashMap<[u8; 32], Weak<CudaSlice<u8>>>>,
+}
+
+/// What [`GpuContext::shared_buffer`] did for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedBuffer {
+    /// The bytes were uploaded (first holder).
+    Uploaded,
+    /// A buffer with the same bytes already lived on this GPU and is shared.
+    Reused,
 }
 
 /// One CUDA device: its context and the kernel modules loaded on it (compiled once, cached).
@@ -187,6 +199,7 @@ impl GpuContext {
                 name,
                 compute_capability,
                 modules: Mutex::new(HashMap::new()),
+                shared: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -229,6 +242,34 @@ impl GpuContext {
         tracing::debug!(kernel = src.name, "kernel module loaded");
         modules.insert(src.name, module.clone());
         Ok(module)
+    }
+
+    /// A read-only device buffer holding `bytes`: the one already on this GPU when another
+    /// holder asked for the same bytes (by sha256) and still holds it, else a new upload on
+    /// `stream`, complete when this returns. So the weights of a model are on the GPU once,
+    /// however many batch profiles and streams build execution contexts of it. The caller
+    /// must not write to the buffer.
+    pub fn shared_buffer(
+        &self,
+        stream: &Arc<CudaStream>,
+        bytes: &[u8],
+    ) -> Result<(Arc<CudaSlice<u8>>, SharedBuffer), GpuError> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let mut shared = self
+            .inner
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = shared.get(&key).and_then(Weak::upgrade) {
+            return Ok((b, SharedBuffer::Reused));
+        }
+        shared.retain(|_, w| w.strong_count() > 0);
+        let b = Arc::new(stream.clone_htod(bytes)?);
+        // Other streams read it without an event: the upload is finished first.
+        stream.synchronize()?;
+        shared.insert(key, Arc::downgrade(&b));
+        Ok((b, SharedBuffer::Uploaded))
     }
 
     /// Function `name` of the kernel file `src`.

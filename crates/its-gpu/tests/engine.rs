@@ -414,6 +414,21 @@ fn gpu_second_build_loads_the_engine_cache_and_skips_timing() {
         r1.build_ms
     );
     assert_eq!(r2.workspace_bytes, r1.workspace_bytes);
+    // The fused layers come back as they were chosen, from cuDNN's serialized plans where
+    // the file holds them (cuDNN serializes only its runtime-compiled engines).
+    assert_eq!(r2.fused_convs, r1.fused_convs, "{:?}", r2.fused_notes);
+    let stored: its_gpu::engine::cache::CacheFile =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let serialized = stored
+        .convs
+        .iter()
+        .filter(|c| c.fused_plan.is_some())
+        .count();
+    eprintln!(
+        "fused {} of {}, {serialized} plans serialized, {} restored",
+        r2.fused_convs, r2.fused_tried, r2.fused_restored
+    );
+    assert_eq!(r2.fused_restored, serialized, "{:?}", r2.fused_notes);
     let b = second.run(&x).unwrap();
     assert!(
         relative_error(&b[0], &a[0]) < 1e-6,
@@ -434,4 +449,83 @@ fn gpu_second_build_loads_the_engine_cache_and_skips_timing() {
     drop(third);
     let fourth = CudaEngine::build_cached(&gpu, plan(), opts, &cache).unwrap();
     assert!(fourth.report().cache.is_hit());
+}
+
+#[test]
+fn gpu_contexts_of_one_model_share_its_weights_while_one_lives() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dir = synth(Arch::Yolo11n, 320, 80);
+    let (model, _) = load(dir.path());
+    let opts = EngineOptions {
+        math: ConvMath::Fp16,
+        fused: false,
+        ..EngineOptions::default()
+    };
+    let build = |batch: usize| {
+        let plan = Plan::build(&model, [batch, 3, 320, 320]).unwrap();
+        CudaEngine::build(&gpu, plan, opts).unwrap()
+    };
+    let mut one = build(1);
+    let mut four = build(4);
+    let (r1, r4) = (one.report().clone(), four.report().clone());
+    assert!(r1.weight_bytes > 0);
+    assert_eq!(r1.weight_bytes_shared, 0, "the first context uploads");
+    assert_eq!(r4.weight_bytes, r1.weight_bytes);
+    assert_eq!(
+        r4.weight_bytes_shared, r4.weight_bytes,
+        "the second profile uploads none of the weights again"
+    );
+    // Sharing changes nothing in what either computes: frame 0 of batch 4 equals batch 1.
+    let x1 = sample_input(3 * 320 * 320, 9);
+    let mut x4 = x1.clone();
+    x4.extend(sample_input(3 * 3 * 320 * 320, 10));
+    let a = one.run(&x1).unwrap();
+    let b = four.run(&x4).unwrap();
+    let per_frame = a[0].len();
+    assert!(relative_error(&b[0][..per_frame], &a[0]) < 1e-2);
+    drop(one);
+    drop(four);
+    // Once no context holds them, the weights are freed, and the next build uploads again.
+    let again = build(1);
+    assert_eq!(again.report().weight_bytes_shared, 0);
+}
+
+#[test]
+fn gpu_direct_stem_kernel_tracks_the_cpu_reference_as_cudnn_does() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let direct = EngineOptions {
+        math: ConvMath::Fp16,
+        fused: false,
+        direct_stem: true,
+        ..EngineOptions::default()
+    };
+    let cudnn = EngineOptions {
+        direct_stem: false,
+        ..direct
+    };
+    // Two models, sizes and batches; the 3x3 windows of the border rows read the padding.
+    for (arch, size, classes, batch) in [(Arch::Yolo11n, 320, 80, 2), (Arch::Yolov8n, 96, 5, 3)] {
+        let dir = synth(arch, size, classes);
+        let (model, manifest) = load(dir.path());
+        let (h, w) = (
+            manifest.input.height as usize,
+            manifest.input.width as usize,
+        );
+        let plan = || Plan::build(&model, [batch, 3, h, w]).unwrap();
+        let x = sample_input(batch * 3 * h * w, 5);
+        let reference = cpu::run(&plan(), &x).unwrap();
+        let mut a = CudaEngine::build(&gpu, plan(), direct).unwrap();
+        let mut b = CudaEngine::build(&gpu, plan(), cudnn).unwrap();
+        assert!(a.report().direct_stem, "{arch:?}: the stem kernel is used");
+        assert!(!b.report().direct_stem);
+        let (ya, yb) = (a.run(&x).unwrap(), b.run(&x).unwrap());
+        let (ea, eb) = (
+            relative_error(&ya[0], &reference[0]),
+            relative_error(&yb[0], &reference[0]),
+        );
+        let between = relative_error(&ya[0], &yb[0]);
+        eprintln!("{arch:?} {size} b{batch}: stem {ea:.2e}, cuDNN {eb:.2e}, between {between:.2e}");
+        assert!(ea < 5e-2 && eb < 5e-2, "stem {ea}, cuDNN {eb}");
+        assert!(between < 2e-2, "stem kernel vs cuDNN: {between}");
+    }
 }

@@ -67,6 +67,7 @@ fn file_for(f: &Fixture) -> CacheFile {
             workspace: k * 1024,
             ms: 0.01,
             fused: (k % 2 == 0).then_some(k % 4),
+            fused_plan: (k % 4 == 0).then(|| format!("{{\"plan\": {k}}}")),
         })
         .collect();
     CacheFile {

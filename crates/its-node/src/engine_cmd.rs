@@ -88,6 +88,10 @@ pub struct Common {
     /// Keep every convolution and its bias + activation as two steps (no fused cuDNN graphs).
     #[arg(long)]
     pub no_fused: bool,
+    /// Run the first convolution on cuDNN after an input transpose (default: our direct
+    /// stem kernel reads the NCHW input, in channels-last FP16 mode).
+    #[arg(long)]
+    pub no_direct_stem: bool,
     /// Keep every activation NCHW (default: channels-last between convolutions).
     #[arg(long)]
     pub nchw: bool,
@@ -115,6 +119,7 @@ impl Common {
             cuda_graph: !self.no_graph,
             nhwc: !self.nchw,
             fused: !self.no_fused,
+            direct_stem: !self.no_direct_stem,
         }
     }
 }
@@ -236,6 +241,7 @@ fn plan_for(l: &Loaded, batch: usize) -> anyhow::Result<(Plan, f64)> {
 }
 
 fn build(common: &Common) -> anyhow::Result<()> {
+    let started = Instant::now();
     let l = load(common)?;
     let gpu = gpu()?;
     let mut rows = Vec::new();
@@ -271,7 +277,22 @@ fn build(common: &Common) -> anyhow::Result<()> {
         if let its_gpu::engine::CacheOutcome::Miss { .. } = &r.cache {
             notes += &format!("batch {b}: {}\n", r.cache);
         }
+        let phases: Vec<String> = r
+            .phases
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.0}"))
+            .collect();
+        notes += &format!("batch {b} phases, ms: {}\n", phases.join(", "));
+        if r.fused_tried > 0 {
+            notes += &format!(
+                "batch {b} fused: {} of {} convolutions, {} plans restored from the cache, {:.0} ms\n",
+                r.fused_convs, r.fused_tried, r.fused_restored, r.fused_ms
+            );
+        }
         rows.push(json!({
+            "fused_convs": r.fused_convs, "fused_tried": r.fused_tried,
+            "fused_restored": r.fused_restored, "fused_ms": r.fused_ms,
+            "phases_ms": r.phases.iter().map(|(n, ms)| json!({"phase": n, "ms": ms})).collect::<Vec<_>>(),
             "batch": b, "ops": ops, "convs": r.convs, "lower_ms": lower_ms,
             "build_ms": r.build_ms, "timing_ms": r.timing_ms,
             "activation_bytes": r.activation_bytes,
@@ -282,8 +303,13 @@ fn build(common: &Common) -> anyhow::Result<()> {
         }));
     }
     table += &notes;
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    table += &format!(
+        "all {} profiles: {total_ms:.0} ms from start (model load, lowering and builds)\n",
+        common.batch.len()
+    );
     out(
-        &json!({"model": l.path, "device": gpu.device_name(), "profiles": rows}),
+        &json!({"model": l.path, "device": gpu.device_name(), "profiles": rows, "total_ms": total_ms}),
         &table,
         common.json,
     )

@@ -215,6 +215,7 @@ impl Resolved {
                 cuda_graph: true,
                 nhwc: true,
                 fused: true,
+                direct_stem: true,
             },
             precision: choice.native_precision,
             batches: choice.batch_sizes.clone(),

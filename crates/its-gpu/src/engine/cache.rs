@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::plan::{Conv, Op, Plan};
 
 /// Version of the file layout; a file of another version is a miss.
-pub const CACHE_FORMAT: u32 = 2;
+pub const CACHE_FORMAT: u32 = 3;
 
 /// Where a model's build decisions are cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +143,12 @@ pub struct CachedConv {
     /// when the layer runs fused.
     #[serde(default)]
     pub fused: Option<usize>,
+    /// That fused layer's finalized cuDNN execution plan, serialized by cuDNN (its JSON
+    /// representation, which carries the runtime-compiled kernel), so that a cached start
+    /// restores the plan instead of compiling it again. `None` where cuDNN cannot serialize
+    /// the engine; the build then finalizes configuration `fused` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fused_plan: Option<String>,
 }
 
 /// One cache file.

@@ -18,10 +18,11 @@ use cudarc::driver::{
 
 use super::EngineBuildError;
 use super::cache::{self, CacheFile, CacheKey, CacheMiss, CacheOutcome, CachedConv, EngineCache};
-use super::fused::{FusedGraph, FusedPlan, FusedShape};
+use super::fused::{self, FusedGraph, FusedJob, FusedPlan, FusedShape};
 use super::memory::{MemoryPlan, plan_memory};
 use super::plan::{Conv, Op, Plan, Tid};
 use super::tensor::strides;
+use crate::context::SharedBuffer;
 use crate::context::{ENGINE_F16_SRC, ENGINE_SRC};
 use crate::{GpuContext, GpuError};
 
@@ -97,6 +98,10 @@ pub struct EngineOptions {
     /// cuDNN operation graph ([`super::fused`]) and keep it where it times faster than the
     /// convolution followed by our `bias_act` kernel.
     pub fused: bool,
+    /// In channels-last FP16 mode, run the network's first convolution (3 channels, 3x3,
+    /// read from the NCHW input) as our direct kernel, which also removes the input
+    /// transpose, instead of the transpose followed by cuDNN.
+    pub direct_stem: bool,
 }
 
 /// How many of cuDNN's heuristic engine configurations a fused layer times.
@@ -110,6 +115,7 @@ impl Default for EngineOptions {
             cuda_graph: true,
             nhwc: true,
             fused: true,
+            direct_stem: true,
         }
     }
 }
@@ -146,9 +152,69 @@ pub struct BuildReport {
     pub fused_ms: f64,
     /// Why layers stayed unfused (the first few distinct reasons).
     pub fused_notes: Vec<String>,
+    /// Fused layers whose plan was restored from the engine cache's serialization rather
+    /// than finalized (compiled) again.
+    pub fused_restored: usize,
+    /// Bytes of convolution weights this context runs with.
+    pub weight_bytes: usize,
+    /// Of those, bytes already on the GPU for another context of the same model, shared
+    /// rather than uploaded again.
+    pub weight_bytes_shared: usize,
+    /// Wall time of each build phase, ms, in order.
+    pub phases: Vec<(&'static str, f64)>,
+    /// The first convolution runs as the direct stem kernel (input transpose removed).
+    pub direct_stem: bool,
+}
+
+/// The first convolution run by `conv_stem_3x3` straight from the NCHW input.
+struct Stem {
+    /// The input transpose it replaces (skipped).
+    transpose: usize,
+    /// The convolution op.
+    conv: usize,
+    /// FP32 weights `[m][3][3][3]`, as bytes.
+    weight: Arc<CudaSlice<u8>>,
+}
+
+/// Largest `m * 27` the stem kernel keeps in shared memory (`STEM_MAXW` in engine.cu).
+const STEM_MAX_WEIGHTS: usize = 2048;
+
+/// The input transpose and first convolution the stem kernel can replace: the plan's NCHW
+/// input transposed to channels-last and read only by a 3-channel, 3x3, ungrouped, undilated
+/// convolution with symmetric padding and a multiple of 8 output channels.
+fn find_stem(plan: &Plan) -> Option<(usize, usize)> {
+    let readers = |t: Tid| plan.ops.iter().filter(|o| o.inputs().contains(&t)).count();
+    let (ti, tt) = plan.ops.iter().enumerate().find_map(|(i, o)| match o {
+        Op::Transpose { x, y, perm } if *x == plan.input && perm[..] == [0, 2, 3, 1] => {
+            Some((i, *y))
+        }
+        _ => None,
+    })?;
+    if readers(tt) != 1 || plan.outputs.iter().any(|(_, o)| *o == tt) {
+        return None;
+    }
+    let (ci, c) = plan.ops.iter().enumerate().find_map(|(i, o)| match o {
+        Op::Conv(c) if c.x == tt => Some((i, c)),
+        _ => None,
+    })?;
+    let xs = plan.shape(plan.input);
+    let ok = c.nhwc
+        && xs.len() == 4
+        && xs[1] == 3
+        && c.group == 1
+        && c.kernel == [3, 3]
+        && c.dilation == [1, 1]
+        && c.pad[0] == c.pad[2]
+        && c.pad[1] == c.pad[3]
+        && c.m % 8 == 0
+        && c.m * 27 <= STEM_MAX_WEIGHTS
+        && plan.shape(c.y).len() == 4
+        && ci > ti;
+    ok.then_some((ti, ci))
 }
 
 struct Kernels {
+    conv_stem: CudaFunction,
     bias_act: CudaFunction,
     bias_act_vec: CudaFunction,
     binary_same_vec: CudaFunction,
@@ -233,7 +299,8 @@ struct ConvLayer {
     candidate_workspace: usize,
     /// Timed device time of `algo`, ms (0 when not timed).
     ms: f32,
-    weight: CudaSlice<u8>,
+    /// Shared with every other context of the same model on this GPU.
+    weight: Arc<CudaSlice<u8>>,
     bias: CudaSlice<f32>,
     /// The bias as FP16 elements, for the fused graph.
     bias_h: Option<CudaSlice<u8>>,
@@ -246,11 +313,14 @@ struct FusedLayer {
     plan: FusedPlan,
     /// Timed device time of the fused plan, ms (0 when not timed).
     ms: f32,
-    _graph: FusedGraph,
+    /// The operation graph the plan was made from (absent for a plan restored from the
+    /// engine cache's serialization).
+    _graph: Option<FusedGraph>,
 }
 
 /// One execution context of a model on one GPU.
 pub struct CudaEngine {
+    gpu: GpuContext,
     plan: Plan,
     stream: Arc<CudaStream>,
     kernels: Kernels,
@@ -268,6 +338,7 @@ pub struct CudaEngine {
     workspace_ptr: u64,
     graph: Option<cudarc::driver::CudaGraph>,
     report: BuildReport,
+    stem: Option<Stem>,
 }
 
 impl std::fmt::Debug for CudaEngine {
@@ -398,6 +469,7 @@ impl CudaEngine {
                 .map_err(|e| EngineBuildError::Gpu(e.into()))
         };
         let kernels = Kernels {
+            conv_stem: f("conv_stem_3x3")?,
             bias_act: f("bias_act")?,
             bias_act_vec: f("bias_act_vec")?,
             binary_same_vec: f("binary_same_vec")?,
@@ -426,6 +498,12 @@ impl CudaEngine {
         unsafe { dnn::set_stream(handle, stream.cu_stream() as dnn_sys::cudaStream_t) }
             .map_err(dnn_err("set stream"))?;
 
+        let mut phases = vec![("kernels and handles", started.elapsed().as_secs_f64() * 1e3)];
+        let mut mark = Instant::now();
+        let mut phase = |name: &'static str, phases: &mut Vec<(&'static str, f64)>| {
+            phases.push((name, mark.elapsed().as_secs_f64() * 1e3));
+            mark = Instant::now();
+        };
         // One arena for every storage, each at its liveness-planned offset.
         let memory = plan_memory(&plan, elem);
         let mut arena = stream.alloc_zeros::<u8>(memory.arena_bytes.max(super::memory::ALIGN))?;
@@ -454,7 +532,9 @@ impl CudaEngine {
         } else {
             None
         };
+        phase("arena, constants, cache file, cuBLAS", &mut phases);
         let mut engine = Self {
+            gpu: gpu.clone(),
             stream,
             kernels,
             handle,
@@ -472,11 +552,17 @@ impl CudaEngine {
             workspace: None,
             workspace_ptr: 0,
             graph: None,
+            stem: None,
             plan,
         };
+        if opts.direct_stem && nhwc {
+            engine.stem = engine.stem_for()?;
+            engine.report.direct_stem = engine.stem.is_some();
+        }
         if let Some(rejected) = engine.build_convs(opts, cached.as_ref())? {
             miss = Some(rejected);
         }
+        phase("convolutions (fused included)", &mut phases);
         if let (Some(c), Some(k)) = (cache, key) {
             engine.report.cache = match miss {
                 None => {
@@ -508,7 +594,9 @@ impl CudaEngine {
                 _ => 1,
             })
             .sum::<usize>()
-            - engine.report.fused_convs;
+            - engine.report.fused_convs
+            - if engine.report.direct_stem { 2 } else { 0 };
+        phase("cache write", &mut phases);
         if opts.cuda_graph {
             match engine.capture() {
                 Ok(()) => engine.report.cuda_graph = true,
@@ -519,6 +607,8 @@ impl CudaEngine {
             }
         }
         engine.stream.synchronize()?;
+        phase("graph capture", &mut phases);
+        engine.report.phases = phases;
         engine.report.build_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(engine)
     }
@@ -539,6 +629,7 @@ impl CudaEngine {
                     workspace: l.workspace,
                     ms: l.fused.as_ref().map_or(l.ms, |f| f.ms),
                     fused: l.fused.as_ref().map(|f| f.plan.index),
+                    fused_plan: l.fused.as_ref().and_then(|f| f.plan.json().ok()),
                 }),
                 _ => None,
             })
@@ -604,14 +695,25 @@ impl CudaEngine {
         opts: EngineOptions,
         cached: Option<&CacheFile>,
     ) -> Result<Option<CacheMiss>, EngineBuildError> {
-        let mut layers = Vec::with_capacity(self.plan.ops.len());
-        for op in &self.plan.ops {
+        // The ops are taken out while the layers (and the report) are built from them.
+        let ops = std::mem::take(&mut self.plan.ops);
+        let mut layers = Vec::with_capacity(ops.len());
+        let mut built = Ok(());
+        for op in &ops {
             let Op::Conv(c) = op else {
                 layers.push(None);
                 continue;
             };
-            layers.push(Some(self.conv_layer(c, opts)?));
+            match self.conv_layer(c, opts) {
+                Ok(l) => layers.push(Some(l)),
+                Err(e) => {
+                    built = Err(e);
+                    break;
+                }
+            }
         }
+        self.plan.ops = ops;
+        built?;
         self.report.convs = layers.iter().flatten().count();
         self.convs = layers;
         let mut rejected = None;
@@ -759,8 +861,8 @@ impl CudaEngine {
         opts: EngineOptions,
         cached: Option<&CacheFile>,
     ) -> Result<(), EngineBuildError> {
-        let by_op: std::collections::HashMap<usize, Option<usize>> = cached
-            .map(|f| f.convs.iter().map(|c| (c.op, c.fused)).collect())
+        let by_op: std::collections::HashMap<usize, &CachedConv> = cached
+            .map(|f| f.convs.iter().map(|c| (c.op, c)).collect())
             .unwrap_or_default();
         let note = |notes: &mut Vec<String>, why: String| {
             if notes.len() < 8 && !notes.contains(&why) {
@@ -768,48 +870,50 @@ impl CudaEngine {
             }
         };
         let mut notes = Vec::new();
+        // 1. Graphs and plans for every layer, on several threads: cuDNN compiles the fused
+        //    kernels while finalizing, on the host.
+        let mut jobs = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let Op::Conv(c) = op else {
                 continue;
             };
-            if !c.nhwc {
+            if !c.nhwc || convs[i].is_none() || self.stem.as_ref().is_some_and(|s| s.conv == i) {
                 continue;
             }
-            let only = match (cached, by_op.get(&i)) {
-                (Some(_), Some(None)) => continue,
-                (Some(_), Some(Some(idx))) => Some(*idx),
-                _ => None,
+            let (only, json) = match (cached, by_op.get(&i)) {
+                (Some(_), Some(cc)) if cc.fused.is_none() => continue,
+                (Some(_), Some(cc)) => (cc.fused, cc.fused_plan.clone()),
+                _ => (None, None),
             };
-            let Some(l) = convs[i].as_mut() else {
+            jobs.push(FusedJob {
+                op: i,
+                shape: fused_shape(self.plan.shape(c.x), self.plan.shape(c.y), c),
+                only,
+                json,
+                max: FUSED_CANDIDATES,
+            });
+        }
+        self.report.fused_tried = jobs.len();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
+        let ctx = self.stream.context().clone();
+        let prepared = fused::prepare_all(self.handle, &ctx, jobs, threads);
+        ctx.bind_to_thread()?;
+        // 2. Timing, one layer at a time on the stream.
+        for p in prepared {
+            for n in p.notes {
+                note(&mut notes, n);
+            }
+            let i = p.op;
+            let (Op::Conv(c), Some(l)) = (&ops[i], convs[i].as_mut()) else {
                 continue;
             };
-            self.report.fused_tried += 1;
-            let shape = fused_shape(self.plan.shape(c.x), self.plan.shape(c.y), c);
-            let graph = match FusedGraph::new(self.handle, &shape) {
-                Ok(g) => g,
-                Err(e) => {
-                    note(&mut notes, format!("graph: {e}"));
-                    continue;
-                }
-            };
-            let (plans, offered, why) = match graph.plans(self.handle, FUSED_CANDIDATES, only) {
-                Ok(p) => p,
-                Err(e) => {
-                    note(&mut notes, format!("heuristic: {e}"));
-                    continue;
-                }
-            };
-            if plans.is_empty() {
-                note(
-                    &mut notes,
-                    format!(
-                        "{offered} engine configs offered, none finalized ({})",
-                        why.join("; ")
-                    ),
-                );
+            if p.plans.is_empty() {
                 continue;
             }
-            let need = plans.iter().map(|p| p.workspace).max().unwrap_or(0);
+            if p.restored {
+                self.report.fused_restored += 1;
+            }
+            let need = p.plans.iter().map(|p| p.workspace).max().unwrap_or(0);
             if need > self.report.workspace_bytes {
                 if need > 256 << 20 {
                     note(&mut notes, format!("workspace {need} bytes"));
@@ -819,7 +923,7 @@ impl CudaEngine {
             }
             let ptrs = self.fused_ptrs(c, l)?;
             let ws = self.workspace_ptr;
-            let timing = opts.time_algorithms && only.is_none();
+            let timing = opts.time_algorithms && !by_op.contains_key(&i);
             let pair_ms = if timing {
                 self.time_call(&|| {
                     self.conv_call(l, l.algo, ptrs[0], ptrs[3])?;
@@ -829,14 +933,14 @@ impl CudaEngine {
                 f32::INFINITY
             };
             let mut best: Option<(f32, FusedPlan)> = None;
-            for mut p in plans {
-                if let Err(e) = p.bind(ptrs, ws) {
+            for mut plan in p.plans {
+                if let Err(e) = plan.bind(ptrs, ws) {
                     note(&mut notes, format!("bind: {e}"));
                     continue;
                 }
                 let ms = if timing {
                     let r = self.time_call(&|| {
-                        p.execute(self.handle).map_err(|e| {
+                        plan.execute(self.handle).map_err(|e| {
                             EngineBuildError::Gpu(GpuError::InvalidInput(format!("cudnn {e}")))
                         })
                     });
@@ -848,10 +952,16 @@ impl CudaEngine {
                         }
                     }
                 } else {
-                    0.0
+                    // A cached choice runs once, so that one cuDNN accepts but cannot run
+                    // fails here and the layer stays on the pair.
+                    if let Err(e) = plan.execute(self.handle) {
+                        note(&mut notes, format!("cached plan does not run: {e}"));
+                        continue;
+                    }
+                    by_op.get(&i).map_or(0.0, |cc| cc.ms)
                 };
                 if best.as_ref().is_none_or(|(b, _)| ms < *b) {
-                    best = Some((ms, p));
+                    best = Some((ms, plan));
                 }
             }
             self.stream.synchronize()?;
@@ -860,7 +970,7 @@ impl CudaEngine {
                     l.fused = Some(FusedLayer {
                         plan,
                         ms,
-                        _graph: graph,
+                        _graph: p.graph,
                     });
                     self.report.fused_convs += 1;
                 }
@@ -944,7 +1054,7 @@ impl CudaEngine {
         Ok(())
     }
 
-    fn conv_layer(&self, c: &Conv, opts: EngineOptions) -> Result<ConvLayer, EngineBuildError> {
+    fn conv_layer(&mut self, c: &Conv, opts: EngineOptions) -> Result<ConvLayer, EngineBuildError> {
         // cuDNN takes [n, c, h, w] dims whatever the format.
         let logical = |s: &[usize]| -> Vec<usize> {
             if c.nhwc {
@@ -1056,6 +1166,24 @@ impl CudaEngine {
                 candidate_workspace = candidate_workspace.max(ws);
             }
         }
+        let host = to_elems(
+            &if c.nhwc {
+                // [m, c/g, kh, kw] -> [m, kh, kw, c/g] (cuDNN's NHWC filter order).
+                let (_, idx) = super::tensor::transpose_index(
+                    &[c.m, xs[1] / c.group, c.kernel[0], c.kernel[1]],
+                    &[0, 2, 3, 1],
+                );
+                idx.iter().map(|&i| c.weight[i]).collect()
+            } else {
+                c.weight.clone()
+            },
+            opts.math,
+        );
+        let (weight, how) = self.gpu.shared_buffer(&self.stream, &host)?;
+        self.report.weight_bytes += host.len();
+        if how == SharedBuffer::Reused {
+            self.report.weight_bytes_shared += host.len();
+        }
         Ok(ConvLayer {
             x_desc,
             y_desc,
@@ -1065,19 +1193,7 @@ impl CudaEngine {
             workspace,
             candidate_workspace,
             ms: 0.0,
-            weight: self.stream.clone_htod(&to_elems(
-                &if c.nhwc {
-                    // [m, c/g, kh, kw] -> [m, kh, kw, c/g] (cuDNN's NHWC filter order).
-                    let (_, idx) = super::tensor::transpose_index(
-                        &[c.m, xs[1] / c.group, c.kernel[0], c.kernel[1]],
-                        &[0, 2, 3, 1],
-                    );
-                    idx.iter().map(|&i| c.weight[i]).collect()
-                } else {
-                    c.weight.clone()
-                },
-                opts.math,
-            ))?,
+            weight,
             bias: self.stream.clone_htod(&c.bias)?,
             bias_h: if c.nhwc && opts.math == ConvMath::Fp16 {
                 Some(self.stream.clone_htod(&to_elems(&c.bias, ConvMath::Fp16))?)
@@ -1178,6 +1294,14 @@ impl CudaEngine {
     /// Enqueues op `i` of the plan.
     fn enqueue_op(&self, i: usize, op: &Op) -> Result<(), EngineBuildError> {
         let s = &self.stream;
+        if let (Some(stem), Op::Conv(c)) = (&self.stem, op)
+            && stem.conv == i
+        {
+            return self.stem_call(stem, c);
+        }
+        if self.stem.as_ref().is_some_and(|st| st.transpose == i) {
+            return Ok(());
+        }
         {
             match op {
                 Op::Conv(c) => {
@@ -1465,6 +1589,64 @@ impl CudaEngine {
 
     /// Bias and activation after the cuDNN call of `c`, in place on its output: 16 bytes a
     /// thread where no vector crosses a channel, else one element a thread.
+    /// The stem of this plan, its weights uploaded (shared per GPU), when [`find_stem`]
+    /// finds one.
+    fn stem_for(&self) -> Result<Option<Stem>, EngineBuildError> {
+        let Some((transpose, conv)) = find_stem(&self.plan) else {
+            return Ok(None);
+        };
+        let Op::Conv(c) = &self.plan.ops[conv] else {
+            return Ok(None);
+        };
+        let bytes: Vec<u8> = c.weight.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let (weight, _) = self.gpu.shared_buffer(&self.stream, &bytes)?;
+        Ok(Some(Stem {
+            transpose,
+            conv,
+            weight,
+        }))
+    }
+
+    /// Launches the stem kernel for convolution `c` (input: the plan's NCHW input).
+    fn stem_call(&self, stem: &Stem, c: &Conv) -> Result<(), EngineBuildError> {
+        let l = self.convs[stem.conv]
+            .as_ref()
+            .ok_or_else(|| EngineBuildError::Shape("stem without its layer".into()))?;
+        let xs = self.plan.shape(self.plan.input);
+        let ys = self.plan.shape(c.y);
+        let u = |v: usize| v as u32;
+        let (n, h, w) = (u(xs[0]), u(xs[2]), u(xs[3]));
+        let (p, q, m) = (u(ys[1]), u(ys[2]), u(ys[3]));
+        let (sh, sw, ph, pw) = (u(c.stride[0]), u(c.stride[1]), u(c.pad[0]), u(c.pad[1]));
+        let (x, y) = (self.ptr(self.plan.input), self.ptr(c.y));
+        let (wp, _w) = stem.weight.device_ptr(&self.stream);
+        let (bp, _b) = l.bias.device_ptr(&self.stream);
+        let (code, alpha) = (c.act.code(), c.act.alpha());
+        let mut b = self.stream.launch_builder(&self.kernels.conv_stem);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&wp)
+            .arg(&bp)
+            .arg(&n)
+            .arg(&h)
+            .arg(&w)
+            .arg(&m)
+            .arg(&p)
+            .arg(&q)
+            .arg(&sh)
+            .arg(&sw)
+            .arg(&ph)
+            .arg(&pw)
+            .arg(&code)
+            .arg(&alpha);
+        let cfg = grid(n as usize * p as usize * q as usize);
+        // SAFETY: x is the [n, 3, h, w] input, y the [n, p, q, m] output (16-byte aligned
+        // arena slots, m a multiple of 8), w holds m * 27 floats and the bias m floats
+        // (m * 27 <= STEM_MAXW, checked by find_stem).
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
     fn conv_epilogue(&self, c: &Conv, l: &ConvLayer) -> Result<(), EngineBuildError> {
         let s = &self.stream;
         let y = self.ptr(c.y);
@@ -1838,6 +2020,15 @@ impl CudaEngine {
             Ok(())
         };
         for (i, op) in self.plan.ops.iter().enumerate() {
+            if let Some(st) = &self.stem {
+                if st.transpose == i {
+                    continue;
+                }
+                if st.conv == i {
+                    timed("conv_stem", i, &|| self.enqueue_op(i, op))?;
+                    continue;
+                }
+            }
             match (op, self.convs[i].as_ref()) {
                 (Op::Conv(_), Some(l)) if l.fused.is_some() => {
                     timed("conv_fused", i, &|| self.enqueue_op(i, op))?
@@ -2009,6 +2200,48 @@ fn module_version(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan::{Op, Plan};
+    use its_model::synth::{Arch, SynthSpec, build};
+
+    fn plan(arch: Arch) -> Plan {
+        let spec = SynthSpec {
+            arch,
+            seed: 1,
+            imgsz: 64,
+            classes: 3,
+        };
+        Plan::build(&build(&spec).unwrap(), [2, 3, 64, 64]).unwrap()
+    }
+
+    #[test]
+    fn the_stem_kernel_takes_the_first_convolution_of_a_channels_last_yolo_plan() {
+        for arch in [Arch::Yolo11n, Arch::Yolov8n] {
+            let nchw = plan(arch);
+            assert_eq!(
+                super::find_stem(&nchw),
+                None,
+                "{arch:?}: no transpose to remove"
+            );
+            let nhwc = super::super::layout::to_nhwc(&nchw);
+            let (t, c) = super::find_stem(&nhwc).expect("a stem");
+            assert!(
+                matches!(&nhwc.ops[t], Op::Transpose { x, .. } if *x == nhwc.input),
+                "{arch:?}: op {t} is the input transpose"
+            );
+            let Op::Conv(conv) = &nhwc.ops[c] else {
+                panic!("{arch:?}: op {c} is not a convolution")
+            };
+            assert_eq!((conv.kernel, conv.group, conv.nhwc), ([3, 3], 1, true));
+            assert_eq!(nhwc.shape(nhwc.input)[1], 3);
+            // The transposed input has no other reader.
+            let Op::Transpose { y, .. } = &nhwc.ops[t] else {
+                unreachable!()
+            };
+            let readers = nhwc.ops.iter().filter(|o| o.inputs().contains(y)).count();
+            assert_eq!(readers, 1);
+        }
+    }
+
     #[test]
     fn layout_permutations_are_recognised_as_a_swap_of_two_groups() {
         let s = [2, 3, 5, 7];

@@ -440,6 +440,11 @@ impl FusedPlan {
             T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
             &[cfg.0],
         )?;
+        Self::finalized(plan, index)
+    }
+
+    /// Finalizes `plan` (cuDNN compiles a runtime-fusion kernel here) and reads its workspace.
+    fn finalized(plan: Desc, index: usize) -> Result<Self, String> {
         let plan = plan.finalize()?;
         let mut ws = 0i64;
         // SAFETY: room for the one int64 asked for.
@@ -457,6 +462,60 @@ impl FusedPlan {
             index,
             workspace: ws.max(0) as usize,
         })
+    }
+
+    /// Restores a plan from what [`Self::json`] wrote (for a plan of the same graph, made on
+    /// the same GPU, driver and cuDNN: the engine cache key checks those). cuDNN takes the
+    /// compiled kernel from the text instead of compiling it again.
+    pub(super) fn from_json(
+        handle: dnn::cudnnHandle_t,
+        json: &str,
+        index: usize,
+    ) -> Result<Self, String> {
+        let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+        plan.set(
+            A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+            T::CUDNN_TYPE_HANDLE,
+            &[handle],
+        )?
+        .set(
+            A::CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+            T::CUDNN_TYPE_CHAR,
+            json.as_bytes(),
+        )?;
+        Self::finalized(plan, index)
+    }
+
+    /// The plan serialized by cuDNN (`CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION`); `Err`
+    /// for engines cuDNN cannot serialize (only its runtime-compiled ones can be).
+    pub(super) fn json(&self) -> Result<String, String> {
+        // SAFETY: a count query (null output, capacity 0).
+        let n = unsafe {
+            self.plan.get::<u8>(
+                A::CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                T::CUDNN_TYPE_CHAR,
+                0,
+                std::ptr::null_mut(),
+            )
+        }?;
+        if n <= 0 {
+            return Err("cuDNN returned an empty plan serialization".into());
+        }
+        let mut buf = vec![0u8; n as usize];
+        // SAFETY: `buf` holds `n` bytes.
+        let got = unsafe {
+            self.plan.get(
+                A::CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                T::CUDNN_TYPE_CHAR,
+                n,
+                buf.as_mut_ptr(),
+            )
+        }?;
+        buf.truncate(got.clamp(0, n) as usize);
+        while buf.last() == Some(&0) {
+            buf.pop();
+        }
+        String::from_utf8(buf).map_err(|_| "plan serialization is not UTF-8".to_owned())
     }
 
     /// Binds the device pointers (input, weights, FP16 bias, output, workspace).
@@ -498,3 +557,127 @@ impl FusedPlan {
 // SAFETY: the descriptors are plain cuDNN objects used from one thread at a time (the engine
 // that owns them is Send, not Sync, like the handle).
 unsafe impl Send for Desc {}
+
+/// A cuDNN handle lent to the build threads of [`prepare_all`].
+struct LentHandle(dnn::cudnnHandle_t);
+
+impl LentHandle {
+    /// The handle (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(&self) -> dnn::cudnnHandle_t {
+        self.0
+    }
+}
+
+// SAFETY: the threads only finalize descriptors against the handle (what cuDNN's own frontend
+// does from several threads to build plans in parallel); nothing is enqueued on its stream.
+unsafe impl Send for LentHandle {}
+// SAFETY: as above.
+unsafe impl Sync for LentHandle {}
+
+/// One layer to prepare: its shape, the engine configuration the cache names (if any) and
+/// that configuration's serialized plan (if the cache holds one).
+pub(super) struct FusedJob {
+    pub op: usize,
+    pub shape: FusedShape,
+    pub only: Option<usize>,
+    pub json: Option<String>,
+    pub max: usize,
+}
+
+/// What preparing one layer gave: the graph (absent when the plan came from its
+/// serialization), its finalized plans, how many configurations cuDNN offered, and notes on
+/// what failed.
+pub(super) struct Prepared {
+    pub op: usize,
+    pub graph: Option<FusedGraph>,
+    pub plans: Vec<FusedPlan>,
+    pub offered: usize,
+    pub notes: Vec<String>,
+    /// Whether the plan was restored from its serialization.
+    pub restored: bool,
+}
+
+fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob) -> Prepared {
+    let mut out = Prepared {
+        op: job.op,
+        graph: None,
+        plans: Vec::new(),
+        offered: 0,
+        notes: Vec::new(),
+        restored: false,
+    };
+    if let (Some(json), Some(index)) = (job.json.as_deref(), job.only) {
+        match FusedPlan::from_json(handle, json, index) {
+            Ok(p) => {
+                out.plans.push(p);
+                out.offered = 1;
+                out.restored = true;
+                return out;
+            }
+            Err(e) => out
+                .notes
+                .push(format!("cached plan not restored, finalizing again: {e}")),
+        }
+    }
+    let graph = match FusedGraph::new(handle, &job.shape) {
+        Ok(g) => g,
+        Err(e) => {
+            out.notes.push(format!("graph: {e}"));
+            return out;
+        }
+    };
+    match graph.plans(handle, job.max, job.only) {
+        Ok((plans, offered, why)) => {
+            if plans.is_empty() {
+                out.notes.push(format!(
+                    "{offered} engine configs offered, none finalized ({})",
+                    why.join("; ")
+                ));
+            }
+            out.plans = plans;
+            out.offered = offered;
+        }
+        Err(e) => out.notes.push(format!("heuristic: {e}")),
+    }
+    out.graph = Some(graph);
+    out
+}
+
+/// Prepares every job on up to `threads` threads (cuDNN's kernel compilation in
+/// `finalize` is host work and dominates a cold build), each thread bound to `ctx` first;
+/// results in job order.
+pub(super) fn prepare_all(
+    handle: dnn::cudnnHandle_t,
+    ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
+    jobs: Vec<FusedJob>,
+    threads: usize,
+) -> Vec<Prepared> {
+    let n = jobs.len();
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return jobs.into_iter().map(|j| prepare(handle, j)).collect();
+    }
+    let lent = LentHandle(handle);
+    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
+    let done = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                if let Err(e) = ctx.bind_to_thread() {
+                    tracing::warn!(error = %e, "fused build thread could not bind the CUDA context");
+                }
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                    let Some((k, job)) = next else { break };
+                    let p = prepare(lent.get(), job);
+                    if let Ok(mut d) = done.lock() {
+                        d.push((k, p));
+                    }
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_default();
+    done.sort_by_key(|(k, _)| *k);
+    done.into_iter().map(|(_, p)| p).collect()
+}
