@@ -53,18 +53,49 @@ if [[ -z "${SKIP_TESTS:-}" ]]; then
     timeout 300 "$dir/its-gpu-engine-tests" --test-threads=1 gpu_ 2>&1 | tee -a "$out/tests.txt" \
         || status=1
 fi
+if [[ -z "${SKIP_BUILD_TIMES:-}" ]]; then
+    # The issue's profiles, FP16 channels-last with fused graphs: a cold build into an empty
+    # cache directory, then the same command again (cache hit: serialized plans restored).
+    ec=$(mktemp -d)
+    {
+        for run in cold cached; do
+            echo "== its engine build, profiles 1,4,8,16,32, fp16, $run"
+            s0=$(date +%s.%N)
+            timeout 240 "$dir/its" engine build "$m" --batch 1,4,8,16,32 --math fp16 \
+                --cache-dir "$ec" --json >"$out/build-$run.json" || status=1
+            s1=$(date +%s.%N)
+            python3 -c "import sys; print(f'process wall {float(sys.argv[2]) - float(sys.argv[1]):.2f} s')" "$s0" "$s1" \
+                | tee "$out/build-$run-wall.txt"
+            python3 - "$out/build-$run.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d["profiles"]:
+    ph = ", ".join(f'{p["phase"]} {p["ms"]:.0f}' for p in r.get("phases_ms", []))
+    print(f'batch {r["batch"]:>3}: build {r["build_ms"]:7.0f} ms, fused {r.get("fused_convs")}/{r.get("fused_tried")} restored {r.get("fused_restored")}, cache {r["cache"]}; {ph}')
+print(f'total {d.get("total_ms", 0):.0f} ms')
+PY
+        done
+        du -sh "$ec"
+    } 2>&1 | tee "$out/build.txt"
+    rm -rf "$ec"
+fi
 {
     echo "== its engine check FP32 vs ONNX Runtime"
     timeout 240 "$dir/its" engine check "$m" --batch 1,32 || status=1
     echo "== its engine check FP16 (fused) vs ONNX Runtime, tolerance 5e-2"
     timeout 120 "$dir/its" engine check "$m" --batch 2 --math fp16 --tolerance 5e-2 || status=1
-    for variant in "" "--no-fused"; do
-        echo "== its engine bench fp16 ${variant:-fused}"
+    # Each variant in its own cache directory, so that none takes another's choices.
+    ecb=$(mktemp -d)
+    for variant in "" "--no-direct-stem" "--no-fused"; do
+        echo "== its engine bench fp16 ${variant:-default}"
         timeout 240 "$dir/its" engine bench "$m" --batch 1,8,32 --math fp16 --iters "$iters" \
-            $variant --json >"$out/bench${variant:+-unfused}.json" || status=1
-        timeout 240 "$dir/its" engine bench "$m" --batch 32 --math fp16 --no-graph --profile \
-            --iters 10 $variant || status=1
+            $variant --cache-dir "$ecb/v${variant}" --json \
+            >"$out/bench${variant:+-${variant#--}}.json" || status=1
     done
+    echo "== its engine bench fp16 --profile, batch 32, eager"
+    timeout 240 "$dir/its" engine bench "$m" --batch 32 --math fp16 --no-graph --profile \
+        --iters 10 --cache-dir "$ecb/v" || status=1
+    rm -rf "$ecb"
 } 2>&1 | tee "$out/engine.txt"
 if [[ -z "${SKIP_LANE:-}" ]]; then
     {
@@ -78,7 +109,7 @@ echo "== summary (ms per batch, CUDA events, median of $iters)"
 python3 - "$out" <<'EOF'
 import json, sys, os
 out = sys.argv[1]
-for name in ("bench.json", "bench-unfused.json"):
+for name in ("bench.json", "bench-no-direct-stem.json", "bench-no-fused.json"):
     p = os.path.join(out, name)
     try:
         d = json.load(open(p))
@@ -88,5 +119,7 @@ for name in ("bench.json", "bench-unfused.json"):
     for r in d["profiles"]:
         print(f'{name:<20} batch {r["batch"]:>3}  {r["ms"]:8.3f} ms  {r["img_per_s"]:8.0f} img/s  fused {r.get("fused_convs")}/{r.get("fused_tried")}')
 EOF
+cat "$out"/build-*-wall.txt 2>/dev/null
+grep -h '^total' "$out/build.txt" 2>/dev/null
 echo "status $status"
 exit $status

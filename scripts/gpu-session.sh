@@ -7,7 +7,7 @@
 #
 # Prepare here:  bash scripts/gpu-session.sh --prepare
 # Run there:     bash scripts/gpu-session.sh                 (carry: [".device-bundle"])
-#                SKIP_ENGINE=1 skips the engine script; the frame-path script's variables
+#                SKIP_ENGINE=1 skips the engine script, SKIP_PATH=1 the frame-path script; the frame-path script's variables
 #                (STREAMS, BATCHES, RAMP_*, STEP_SECS, SOAK_AFTER_RAMP, SOAK_BACKGROUND, MODE)
 #                pass through.
 set -uo pipefail
@@ -37,12 +37,15 @@ if [[ -z "${SKIP_ENGINE:-}" ]]; then
 fi
 # A failing engine stops the run before the load test (unless FORCE=1): the device time is
 # better spent on the fix.
-if [[ $status -eq 0 || -n "${FORCE:-}" ]]; then
+if [[ -n "${SKIP_PATH:-}" ]]; then
+    echo "frame path skipped (SKIP_PATH=1)"
+elif [[ $status -eq 0 || -n "${FORCE:-}" ]]; then
     OUT="$work/path" bash scripts/gpu-frame-path.sh || status=1
 else
     echo "engine failed: frame path and load test not run"
 fi
 tar -C "$work" -czf "$final/logs.tar.gz" .
 cp "$work"/path/loadtest.txt "$final/" 2>/dev/null
+cp "$work"/engine/build.txt "$final/" 2>/dev/null
 echo "session status $status"
 exit $status

@@ -894,7 +894,11 @@ impl CudaEngine {
             });
         }
         self.report.fused_tried = jobs.len();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
+        // ITS_ENGINE_BUILD_THREADS=1 builds them one at a time (to rule the threads out).
+        let threads = std::env::var("ITS_ENGINE_BUILD_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)));
         let ctx = self.stream.context().clone();
         let prepared = fused::prepare_all(self.handle, &ctx, jobs, threads);
         ctx.bind_to_thread()?;
