@@ -1,8 +1,9 @@
-//! The engine cache file: what a build decided that is costly to decide again (the cuDNN
-//! algorithm and its workspace per convolution), one JSON file per batch profile, keyed by
-//! everything the decision depends on: GPU name and compute capability, driver, cuDNN, the
-//! model's bytes (sha256), precision and layout, and the input shape of the profile. The plan
-//! itself is not stored: lowering the ONNX again is cheap and exact.
+//! The engine cache file: what a build decided or compiled that is costly to redo (the cuDNN
+//! algorithm and its workspace per convolution; for a fused layer its engine configuration and
+//! cuDNN's serialization of the finalized plan, compiled kernel included), one JSON file per
+//! batch profile, keyed by everything the decision depends on: GPU name and compute
+//! capability, driver, cuDNN, the model's bytes (sha256), precision and layout, and the input
+//! shape of the profile. Our own plan is not stored: lowering the ONNX again is cheap and exact.
 //!
 //! A later build whose key matches loads the choices and skips the timing. A missing file, a
 //! key that differs (the field is named), a file that does not parse or that does not fit the

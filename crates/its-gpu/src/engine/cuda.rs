@@ -514,7 +514,7 @@ impl CudaEngine {
             stream.memcpy_htod(to_elems(v, opts.math).as_slice(), &mut arena.slice_mut(r))?;
         }
 
-        // The engine cache: only algorithm timing is worth caching.
+        // The engine cache: the algorithm choices and the fused layers' compiled plans.
         let mut key = None;
         let mut cached = None;
         let mut miss = None;
