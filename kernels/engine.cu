@@ -604,3 +604,30 @@ extern "C" __global__ void conv_stem_3x3(const elem_t* __restrict__ x, elem_t* _
         }
     }
 }
+
+// A 1x1 convolution with at most 4 output channels on NCHW tensors (YOLO's DFL: 16 -> 1
+// channel over [n, 16, 4, anchors]), where cuDNN's kernels are slow for so little work. One
+// thread per (image, position) reads its cin values (consecutive positions across the warp)
+// and writes its m outputs with bias and activation. w: [m][cin] floats, bias: [m] floats.
+extern "C" __global__ void conv1x1_few(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                       const float* __restrict__ w,
+                                       const float* __restrict__ bias, unsigned n, unsigned cin,
+                                       unsigned hw, unsigned m, int act, float alpha) {
+    unsigned total = n * hw;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        unsigned b = i / hw, s = i - b * hw;
+        const elem_t* src = x + (size_t)b * cin * hw + s;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (unsigned c = 0; c < cin; ++c) {
+            float v = ld(src[(size_t)c * hw]);
+#pragma unroll
+            for (int o = 0; o < 4; ++o)
+                if (o < (int)m) acc[o] = fmaf(__ldg(w + o * cin + c), v, acc[o]);
+        }
+        elem_t* dst = y + (size_t)b * m * hw + s;
+#pragma unroll
+        for (int o = 0; o < 4; ++o)
+            if (o < (int)m) dst[(size_t)o * hw] = st(act_apply(acc[o] + bias[o], act, alpha));
+    }
+}

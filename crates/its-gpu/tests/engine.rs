@@ -171,6 +171,8 @@ fn gpu_engine_matches_the_cpu_reference() {
         (Arch::Yolo11n, 160, 80, 1),
         (Arch::Yolo11n, 320, 80, 3),
         (Arch::Yolov8n, 128, 5, 2),
+        // 3 classes: the class heads' last convolutions run on conv1x1_few too.
+        (Arch::Yolov8n, 96, 3, 2),
     ] {
         let dir = synth(arch, size, classes);
         let err = gpu_vs_cpu(&gpu, dir.path(), batch);

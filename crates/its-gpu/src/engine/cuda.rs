@@ -215,6 +215,7 @@ fn find_stem(plan: &Plan) -> Option<(usize, usize)> {
 
 struct Kernels {
     conv_stem: CudaFunction,
+    conv1x1_few: CudaFunction,
     bias_act: CudaFunction,
     bias_act_vec: CudaFunction,
     binary_same_vec: CudaFunction,
@@ -306,6 +307,25 @@ struct ConvLayer {
     bias_h: Option<CudaSlice<u8>>,
     /// The layer as one fused cuDNN graph, when chosen.
     fused: Option<FusedLayer>,
+    /// FP32 weights `[m][cin]` when the layer runs on `conv1x1_few` instead of cuDNN (see
+    /// [`few_outputs_1x1`]).
+    few: Option<Arc<CudaSlice<u8>>>,
+}
+
+/// Most output channels `conv1x1_few` computes per thread (its `acc[4]`).
+const FEW_MAX_OUT: usize = 4;
+
+/// Whether convolution `c` (input channels `cin`) runs on our `conv1x1_few` kernel: NCHW,
+/// 1x1, stride 1, no padding, ungrouped, at most [`FEW_MAX_OUT`] outputs and 64 inputs
+/// (YOLO's DFL head), where cuDNN's kernels are slow for so little work.
+fn few_outputs_1x1(c: &Conv, cin: usize) -> bool {
+    !c.nhwc
+        && c.kernel == [1, 1]
+        && c.stride == [1, 1]
+        && c.pad == [0, 0, 0, 0]
+        && c.group == 1
+        && c.m <= FEW_MAX_OUT
+        && cin <= 64
 }
 
 /// A convolution run as one fused cuDNN graph.
@@ -470,6 +490,7 @@ impl CudaEngine {
         };
         let kernels = Kernels {
             conv_stem: f("conv_stem_3x3")?,
+            conv1x1_few: f("conv1x1_few")?,
             bias_act: f("bias_act")?,
             bias_act_vec: f("bias_act_vec")?,
             binary_same_vec: f("binary_same_vec")?,
@@ -1184,6 +1205,12 @@ impl CudaEngine {
             opts.math,
         );
         let (weight, how) = self.gpu.shared_buffer(&self.stream, &host)?;
+        let few = if few_outputs_1x1(c, xs[1]) {
+            let bytes: Vec<u8> = c.weight.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            Some(self.gpu.shared_buffer(&self.stream, &bytes)?.0)
+        } else {
+            None
+        };
         self.report.weight_bytes += host.len();
         if how == SharedBuffer::Reused {
             self.report.weight_bytes_shared += host.len();
@@ -1205,6 +1232,7 @@ impl CudaEngine {
                 None
             },
             fused: None,
+            few,
         })
     }
 
@@ -1312,7 +1340,9 @@ impl CudaEngine {
                     let l = self.convs[i].as_ref().ok_or_else(|| {
                         EngineBuildError::Shape("convolution without a cuDNN layer".into())
                     })?;
-                    if let Some(f) = &l.fused {
+                    if let Some(w) = &l.few {
+                        self.few_call(c, l, w)?;
+                    } else if let Some(f) = &l.fused {
                         f.plan.execute(self.handle).map_err(|e| {
                             EngineBuildError::Gpu(GpuError::InvalidInput(format!(
                                 "cudnn fused op {i}: {e}"
@@ -1609,6 +1639,41 @@ impl CudaEngine {
             conv,
             weight,
         }))
+    }
+
+    /// Launches `conv1x1_few` for convolution `c` (layer `l`, FP32 weights `w`).
+    fn few_call(
+        &self,
+        c: &Conv,
+        l: &ConvLayer,
+        w: &Arc<CudaSlice<u8>>,
+    ) -> Result<(), EngineBuildError> {
+        let xs = self.plan.shape(c.x);
+        let (n, cin, hw, m) = (
+            xs[0] as u32,
+            xs[1] as u32,
+            xs[2..].iter().product::<usize>() as u32,
+            c.m as u32,
+        );
+        let (x, y) = (self.ptr(c.x), self.ptr(c.y));
+        let (wp, _w) = w.device_ptr(&self.stream);
+        let (bp, _b) = l.bias.device_ptr(&self.stream);
+        let (code, alpha) = (c.act.code(), c.act.alpha());
+        let mut b = self.stream.launch_builder(&self.kernels.conv1x1_few);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&wp)
+            .arg(&bp)
+            .arg(&n)
+            .arg(&cin)
+            .arg(&hw)
+            .arg(&m)
+            .arg(&code)
+            .arg(&alpha);
+        // SAFETY: x is [n, cin, hw], y [n, m, hw] (1x1, stride 1, no padding), w holds m * cin
+        // floats and the bias m floats, m <= 4 (few_outputs_1x1).
+        unsafe { b.launch(grid(n as usize * hw as usize)) }?;
+        Ok(())
     }
 
     /// Launches the stem kernel for convolution `c` (input: the plan's NCHW input).
@@ -2034,6 +2099,9 @@ impl CudaEngine {
                 }
             }
             match (op, self.convs[i].as_ref()) {
+                (Op::Conv(_), Some(l)) if l.few.is_some() => {
+                    timed("conv_1x1_few", i, &|| self.enqueue_op(i, op))?
+                }
                 (Op::Conv(_), Some(l)) if l.fused.is_some() => {
                     timed("conv_fused", i, &|| self.enqueue_op(i, op))?
                 }
@@ -2208,11 +2276,15 @@ mod tests {
     use its_model::synth::{Arch, SynthSpec, build};
 
     fn plan(arch: Arch) -> Plan {
+        plan_with(arch, 3)
+    }
+
+    fn plan_with(arch: Arch, classes: usize) -> Plan {
         let spec = SynthSpec {
             arch,
             seed: 1,
             imgsz: 64,
-            classes: 3,
+            classes,
         };
         Plan::build(&build(&spec).unwrap(), [2, 3, 64, 64]).unwrap()
     }
@@ -2243,6 +2315,27 @@ mod tests {
             };
             let readers = nhwc.ops.iter().filter(|o| o.inputs().contains(y)).count();
             assert_eq!(readers, 1);
+        }
+    }
+
+    #[test]
+    fn only_the_dfl_convolution_runs_on_the_few_outputs_kernel() {
+        // 80 classes: the class heads' last convolutions have 80 outputs, the box heads' 64.
+        for arch in [Arch::Yolo11n, Arch::Yolov8n] {
+            let nchw = plan_with(arch, 80);
+            let nhwc = super::super::layout::to_nhwc(&nchw);
+            for p in [&nchw, &nhwc] {
+                let few: Vec<_> = p
+                    .ops
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::Conv(c) if super::few_outputs_1x1(c, p.shape(c.x)[1]) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(few.len(), 1, "{arch:?}: one DFL convolution");
+                assert_eq!((few[0].m, p.shape(few[0].x)[1]), (1, 16), "{arch:?}");
+            }
         }
     }
 
