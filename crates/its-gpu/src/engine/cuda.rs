@@ -911,7 +911,6 @@ impl CudaEngine {
                 shape: fused_shape(self.plan.shape(c.x), self.plan.shape(c.y), c),
                 only,
                 json,
-                max: FUSED_CANDIDATES,
             });
         }
         self.report.fused_tried = jobs.len();
@@ -921,8 +920,7 @@ impl CudaEngine {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)));
         let ctx = self.stream.context().clone();
-        let prepared = fused::prepare_all(self.handle, &ctx, jobs, threads);
-        ctx.bind_to_thread()?;
+        let prepared = fused::prepare_all(self.handle, &ctx, jobs, FUSED_CANDIDATES, threads);
         // 2. Timing, one layer at a time on the stream.
         for p in prepared {
             for n in p.notes {

@@ -429,18 +429,33 @@ pub(super) struct FusedPlan {
 
 impl FusedPlan {
     fn new(handle: dnn::cudnnHandle_t, cfg: &Desc, index: usize) -> Result<Self, String> {
+        Self::finalized(
+            Self::described(
+                handle,
+                A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                &[cfg.0],
+            )?,
+            index,
+        )
+    }
+
+    /// A plan descriptor on `handle` with its one defining attribute set: the engine
+    /// configuration, or the serialized plan.
+    fn described<V>(
+        handle: dnn::cudnnHandle_t,
+        name: A,
+        ty: T,
+        values: &[V],
+    ) -> Result<Desc, String> {
         let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
         plan.set(
             A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
             T::CUDNN_TYPE_HANDLE,
             &[handle],
         )?
-        .set(
-            A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-            T::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-            &[cfg.0],
-        )?;
-        Self::finalized(plan, index)
+        .set(name, ty, values)?;
+        Ok(plan)
     }
 
     /// Finalizes `plan` (cuDNN compiles a runtime-fusion kernel here) and reads its workspace.
@@ -472,18 +487,15 @@ impl FusedPlan {
         json: &str,
         index: usize,
     ) -> Result<Self, String> {
-        let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-        plan.set(
-            A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
-            T::CUDNN_TYPE_HANDLE,
-            &[handle],
-        )?
-        .set(
-            A::CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
-            T::CUDNN_TYPE_CHAR,
-            json.as_bytes(),
-        )?;
-        Self::finalized(plan, index)
+        Self::finalized(
+            Self::described(
+                handle,
+                A::CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                T::CUDNN_TYPE_CHAR,
+                json.as_bytes(),
+            )?,
+            index,
+        )
     }
 
     /// The plan serialized by cuDNN (`CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION`); `Err`
@@ -581,28 +593,25 @@ pub(super) struct FusedJob {
     pub shape: FusedShape,
     pub only: Option<usize>,
     pub json: Option<String>,
-    pub max: usize,
 }
 
 /// What preparing one layer gave: the graph (absent when the plan came from its
-/// serialization), its finalized plans, how many configurations cuDNN offered, and notes on
-/// what failed.
+/// serialization), its finalized plans, and notes on what failed.
 pub(super) struct Prepared {
     pub op: usize,
     pub graph: Option<FusedGraph>,
     pub plans: Vec<FusedPlan>,
-    pub offered: usize,
     pub notes: Vec<String>,
     /// Whether the plan was restored from its serialization.
     pub restored: bool,
 }
 
-fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob) -> Prepared {
+/// Prepares one layer with up to `max` candidate plans.
+fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob, max: usize) -> Prepared {
     let mut out = Prepared {
         op: job.op,
         graph: None,
         plans: Vec::new(),
-        offered: 0,
         notes: Vec::new(),
         restored: false,
     };
@@ -610,7 +619,6 @@ fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob) -> Prepared {
         match FusedPlan::from_json(handle, json, index) {
             Ok(p) => {
                 out.plans.push(p);
-                out.offered = 1;
                 out.restored = true;
                 return out;
             }
@@ -626,7 +634,7 @@ fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob) -> Prepared {
             return out;
         }
     };
-    match graph.plans(handle, job.max, job.only) {
+    match graph.plans(handle, max, job.only) {
         Ok((plans, offered, why)) => {
             if plans.is_empty() {
                 out.notes.push(format!(
@@ -635,7 +643,6 @@ fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob) -> Prepared {
                 ));
             }
             out.plans = plans;
-            out.offered = offered;
         }
         Err(e) => out.notes.push(format!("heuristic: {e}")),
     }
@@ -643,19 +650,20 @@ fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob) -> Prepared {
     out
 }
 
-/// Prepares every job on up to `threads` threads (cuDNN's kernel compilation in
+/// Prepares every job (up to `max` candidate plans each) on up to `threads` threads (cuDNN's kernel compilation in
 /// `finalize` is host work and dominates a cold build), each thread bound to `ctx` first;
 /// results in job order.
 pub(super) fn prepare_all(
     handle: dnn::cudnnHandle_t,
     ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
     jobs: Vec<FusedJob>,
+    max: usize,
     threads: usize,
 ) -> Vec<Prepared> {
     let n = jobs.len();
     let threads = threads.clamp(1, n.max(1));
     if threads == 1 {
-        return jobs.into_iter().map(|j| prepare(handle, j)).collect();
+        return jobs.into_iter().map(|j| prepare(handle, j, max)).collect();
     }
     let lent = LentHandle(handle);
     let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
@@ -669,7 +677,7 @@ pub(super) fn prepare_all(
                 loop {
                     let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
                     let Some((k, job)) = next else { break };
-                    let p = prepare(lent.get(), job);
+                    let p = prepare(lent.get(), job, max);
                     if let Ok(mut d) = done.lock() {
                         d.push((k, p));
                     }
