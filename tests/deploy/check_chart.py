@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -421,7 +422,11 @@ class Checks:
     def admin_pod_serves_probes(self) -> None:
         """The admin pod's rendered its.toml and tokens file, run as a real node against a real
         nats-server: the probe paths answer, /metrics answers, the generated token is accepted
-        and a missing one refused. Only the addresses differ from the pod (loopback, free
+        and a missing one refused, and SIGTERM stops it cleanly. Where this runs as root, the
+        node runs as the pod does: as the chart's podSecurityContext user and group, on a
+        read-only root file system (securityContext.readOnlyRootFilesystem) with an empty
+        writable /tmp (the chart's emptyDir) and HOME=/tmp (the image's ENV), so a write
+        anywhere else fails the check. Only the addresses differ from the pod (loopback, free
         ports, the repository's demo model)."""
         import signal
         import socket
@@ -441,7 +446,11 @@ class Checks:
                 return sock.getsockname()[1]
 
         nats_port, http_port = free_port(), free_port()
-        with tempfile.TemporaryDirectory() as tmp:
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+        sandbox = self.pod_sandbox(values)
+        # Outside /tmp: the sandbox mounts an empty /tmp over it, as the pod's emptyDir is.
+        (ROOT / "target").mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ROOT / "target", prefix="deploy-admin-") as tmp:
             tmp = pathlib.Path(tmp)
             (tmp / "its.toml").write_text(cm["data"]["admin.toml"])
             (tmp / "tokens").write_text(tokens)
@@ -452,8 +461,9 @@ class Checks:
             )
             node = None
             try:
+                os.chmod(tmp, 0o755)  # the pod's user reads the mounted files
                 node = subprocess.Popen(
-                    [
+                    sandbox + [
                         str(self.its), "--config", str(tmp / "its.toml"),
                         "--set", f"nats.url=nats://127.0.0.1:{nats_port}",
                         "--set", f"admin.bind=127.0.0.1:{http_port}",
@@ -462,7 +472,7 @@ class Checks:
                         "run",
                     ],
                     cwd=ROOT,
-                    env={**os.environ, "ITS__NODE__ID": "its-admin-0", "ITS_LOG": "warn"},
+                    env={**os.environ, "ITS__NODE__ID": "its-admin-0", "ITS_LOG": "warn", "HOME": "/tmp"},
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -504,6 +514,26 @@ class Checks:
                     if p is not None and p.poll() is None:
                         p.kill()
                         p.wait()
+
+    @staticmethod
+    def pod_sandbox(values: dict) -> list[str]:
+        """The command prefix that runs a process as the chart's pods run: the
+        podSecurityContext uid and gid, no supplementary groups, the root file system read-only
+        and a fresh empty /tmp, in a mount namespace of its own. Empty (and said) where this is
+        not root or lacks unshare/setpriv: the check then runs the node as the caller."""
+        pod = values["podSecurityContext"]
+        assert values["securityContext"].get("readOnlyRootFilesystem") is True, "read-only root in the values"
+        missing = [t for t in ("unshare", "setpriv") if shutil.which(t) is None]
+        if os.geteuid() != 0 or missing:
+            print(f"skip the pod's uid and read-only root: needs root and {', '.join(missing) or 'unshare, setpriv'}")
+            return []
+        uid, gid = int(pod["runAsUser"]), int(pod["runAsGroup"])
+        assert uid != 0 and gid != 0, "the pod runs as root"
+        inner = (
+            "mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs /tmp"
+            f' && exec setpriv --reuid={uid} --regid={gid} --clear-groups -- "$@"'
+        )
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", inner, "sh"]
 
     def toml_round_trip(self) -> None:
         """The chart's TOML writer: what a TOML parser reads back equals the values (nulls
@@ -681,7 +711,10 @@ def main() -> int:
             checks.run(f"[{name}] its config print accepts the ConfigMap", lambda n=name: checks.binary_accepts_config(n))
     checks.run("http.enabled default matches the binary", checks.http_default_matches_binary)
     if checks.binary_has_admin():
-        checks.run("admin pod config serves /healthz, /readyz, /metrics with the chart's token", checks.admin_pod_serves_probes)
+        checks.run(
+            "admin pod config, as the pod's uid on a read-only root, serves /healthz, /readyz, /metrics with the chart's token",
+            checks.admin_pod_serves_probes,
+        )
     checks.run("TOML writer round-trips strings, numbers, lists, tables", checks.toml_round_trip)
     checks.run("bad values refused with the key named", checks.rejects_bad_values)
     checks.run("long release name keeps camera ids valid", checks.long_release_name)
