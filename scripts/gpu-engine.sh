@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The native engine on the device machine: its GPU tests, `its engine check` against ONNX
-# Runtime, and `its engine bench` with and without the fused cuDNN convolution graphs, plus the
-# per-op profile of both. Builds nothing there (no cargo): prepare here, carry .device/engine.
+# The native engine on the device machine: its GPU tests, compute-sanitizer over a small engine,
+# `its engine check` against ONNX Runtime (YOLO11n) and FP16 against FP32 detections (the
+# imported YOLOv3-tiny over real frames), build times, and `its engine bench` with and without
+# the direct stem kernel and the fused cuDNN graphs. Builds nothing there (no cargo): prepare
+# here, carry what the steps need (the 64 MiB carry limit does not hold everything at once).
 #
 # Prepare here:  bash scripts/gpu-engine.sh --prepare
-#                (release `its`, lane-bench and the engine/lane test binaries, stripped, and the
-#                YOLO11n graph from ../shared/models, into the git-ignored .device/engine)
-# Run there:     bash scripts/gpu-engine.sh                  (carry: [".device/engine"])
-#                SKIP_TESTS=1 / SKIP_LANE=1 / ITERS=N shorten a run.
+#                (into the git-ignored .device/: engine/ the release `its` and the engine test
+#                binary; yolo11n/ the graph from ../shared/models; lane/ lane-bench and the lane
+#                tests; v3/ the imported YOLOv3-tiny and 69 real frames, from scripts/setup.sh's
+#                .cache)
+# Run there:     carry .device/engine plus
+#                  .device/yolo11n (and .device/lane)  for the YOLO11n steps (default), or
+#                  .device/v3                          with ONLY=v3 (tests, sanitizer, FP16-vs-FP32)
+#                SKIP_TESTS=1 / SKIP_BUILD_TIMES=1 / SKIP_LANE=1 / SANITIZE=1 / ITERS=N.
 # Logs go to $OUT (or ./.device/engine/out); the last lines are a short table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,19 +23,31 @@ if [[ "${1:-}" == "--prepare" ]]; then
     set -e
     target="${CARGO_TARGET_DIR:-target}"
     cargo build --release -p its-node --bin its -p its-gpu --bin lane-bench
-    rm -rf "$dir"
-    mkdir -p "$dir/yolo11n"
-    cp "$target/release/its" "$target/release/lane-bench" "$dir/"
+    rm -rf "$dir" .device/yolo11n .device/lane .device/v3
+    mkdir -p "$dir" .device/yolo11n .device/lane
+    cp "$target/release/its" "$dir/"
+    cp "$target/release/lane-bench" .device/lane/
     json=$(cargo test -p its-gpu --release --no-run --message-format=json 2>/dev/null)
     for t in engine lane; do
         bin=$(grep -o "\"executable\":\"[^\"]*/deps/${t}-[^\"]*\"" <<<"$json" | head -1 | cut -d'"' -f4)
-        cp "$bin" "$dir/its-gpu-${t}-tests"
+        [[ $t == engine ]] && cp "$bin" "$dir/its-gpu-engine-tests" || cp "$bin" .device/lane/its-gpu-lane-tests
     done
-    cp ../shared/models/yolo11n-random.onnx "$dir/yolo11n/model.onnx"
+    cp ../shared/models/yolo11n-random.onnx .device/yolo11n/model.onnx
     sed -e 's/^name = .*/name = "yolo11n-random"/' -e '/^#/d' \
-        models/generated/tiny-yolo/model.toml >"$dir/yolo11n/model.toml"
-    strip "$dir/its" "$dir/lane-bench" "$dir"/its-gpu-*-tests
-    du -sh "$dir"
+        models/generated/tiny-yolo/model.toml >.device/yolo11n/model.toml
+    strip "$dir/its" "$dir/its-gpu-engine-tests" .device/lane/*
+    # The trained YOLOv3-tiny (imported) and real road frames for the FP16-vs-FP32 check:
+    # 64 frames of vtest.avi plus the 5 fetched photos.
+    if [[ -d .cache/yolov3-tiny ]]; then
+        mkdir -p .device/v3/frames
+        "$target/release/its" model import darknet .cache/yolov3-tiny/yolov3-tiny.cfg \
+            .cache/yolov3-tiny/yolov3-tiny.weights .cache/yolov3-tiny/coco.names \
+            -o .device/v3/yolov3-tiny
+        ffmpeg -loglevel error -i .cache/videos/vtest.avi -vf "select=not(mod(n\,12))" \
+            -vsync vfr -frames:v 64 -q:v 3 .device/v3/frames/vtest-%03d.jpg
+        cp .cache/photos/*.jpg .device/v3/frames/
+    fi
+    du -sh "$dir" .device/yolo11n .device/lane .device/v3 2>/dev/null
     exit 0
 fi
 
@@ -40,7 +58,7 @@ export ITS_REQUIRE_GPU=1
 capi=$(python3 -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))' 2>/dev/null)
 ORT_DYLIB_PATH=$(ls "$capi"/libonnxruntime.so* 2>/dev/null | head -1)
 export ORT_DYLIB_PATH
-m="$dir/yolo11n/model.onnx"
+m=.device/yolo11n/model.onnx
 iters="${ITERS:-50}"
 status=0
 {
@@ -52,6 +70,34 @@ if [[ -z "${SKIP_TESTS:-}" ]]; then
     echo "== GPU engine tests" | tee "$out/tests.txt"
     timeout 300 "$dir/its-gpu-engine-tests" --test-threads=1 gpu_ 2>&1 | tee -a "$out/tests.txt" \
         || status=1
+fi
+if [[ -n "${SANITIZE:-}" ]]; then
+    # memcheck and racecheck over the small engine test (every kernel family, no timing).
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+    {
+        echo "== compute-sanitizer over gpu_small (${san:-none})"
+        for tool in memcheck racecheck; do
+            timeout "${SANITIZER_TIMEOUT:-240}" "$san" --tool "$tool" --error-exitcode 3 \
+                "$dir/its-gpu-engine-tests" --test-threads=1 gpu_small 2>&1 | tail -15
+            rc=${PIPESTATUS[0]}
+            echo "$tool rc=$rc"
+            ((rc != 0)) && status=1
+        done
+    } 2>&1 | tee "$out/sanitizer.txt"
+fi
+if [[ "${ONLY:-}" == v3 ]]; then
+    {
+        echo "== its engine check: imported YOLOv3-tiny, FP32 vs ONNX Runtime, then FP16 vs FP32 detections"
+        ec=$(mktemp -d)
+        timeout 400 "$dir/its" engine check .device/v3/yolov3-tiny --batch 1,8 \
+            --images .device/v3/frames --cache-dir "$ec" || status=1
+        rm -rf "$ec"
+    } 2>&1 | tee "$out/v3.txt"
+    grep -h "rc=" "$out/sanitizer.txt" 2>/dev/null
+    grep -h "^test result" "$out/tests.txt" 2>/dev/null
+    grep -h "FP16 vs FP32" "$out/v3.txt"
+    echo "status $status"
+    exit $status
 fi
 if [[ -z "${SKIP_BUILD_TIMES:-}" ]]; then
     # The issue's profiles, FP16 channels-last with fused graphs: a cold build into an empty
@@ -100,9 +146,9 @@ fi
 if [[ -z "${SKIP_LANE:-}" ]]; then
     {
         echo "== GPU lane tests"
-        timeout 200 "$dir/its-gpu-lane-tests" --test-threads=1 gpu_ || status=1
+        timeout 200 .device/lane/its-gpu-lane-tests --test-threads=1 gpu_ || status=1
         echo "== lane-bench"
-        timeout 120 "$dir/lane-bench" "$m" --streams 1,2,4 --batch 32 --secs 3 || status=1
+        timeout 120 .device/lane/lane-bench "$m" --streams 1,2,4 --batch 32 --secs 3 || status=1
     } 2>&1 | tee "$out/lane.txt"
 fi
 echo "== summary (ms per batch, CUDA events, median of $iters)"

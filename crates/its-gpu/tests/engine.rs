@@ -531,3 +531,36 @@ fn gpu_direct_stem_kernel_tracks_the_cpu_reference_as_cudnn_does() {
         assert!(between < 2e-2, "stem kernel vs cuDNN: {between}");
     }
 }
+
+/// A small FP16 engine that runs every kernel family of the real ones (the stem, the DFL's
+/// few-outputs 1x1, channels-last convolutions, element-wise, copy and concat kernels) with
+/// cuDNN's heuristic choice instead of timing every algorithm. It is what compute-sanitizer runs
+/// (`gpu_small`): under the sanitizer, the algorithm timing of the larger tests runs past any
+/// sane limit.
+#[test]
+fn gpu_small_fp16_engine_runs_the_stem_and_dfl_kernels_like_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let opts = EngineOptions {
+        math: ConvMath::Fp16,
+        time_algorithms: false,
+        fused: false,
+        direct_stem: true,
+        ..EngineOptions::default()
+    };
+    // 3 classes: the class heads' last convolutions run on conv1x1_few beside the DFL.
+    let dir = synth(Arch::Yolov8n, 64, 3);
+    let (model, manifest) = load(dir.path());
+    let (h, w) = (
+        manifest.input.height as usize,
+        manifest.input.width as usize,
+    );
+    let engine = CudaEngine::build(&gpu, Plan::build(&model, [1, 3, h, w]).unwrap(), opts).unwrap();
+    assert!(engine.report().direct_stem, "the stem kernel is used");
+    assert_eq!(engine.report().timing_ms, 0.0, "nothing was timed");
+    drop(engine);
+    for batch in [1, 2] {
+        let err = gpu_vs_cpu_with(&gpu, dir.path(), batch, opts);
+        eprintln!("Yolov8n 64 batch {batch} FP16: relative error {err:.2e}");
+        assert!(err < 5e-2, "batch {batch}: relative error {err}");
+    }
+}
