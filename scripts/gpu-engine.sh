@@ -13,7 +13,8 @@
 # Run there:     carry .device/engine plus
 #                  .device/yolo11n (and .device/lane)  for the YOLO11n steps (default), or
 #                  .device/v3                          with ONLY=v3 (tests, sanitizer, FP16-vs-FP32)
-#                SKIP_TESTS=1 / SKIP_BUILD_TIMES=1 / SKIP_LANE=1 / SANITIZE=1 / ITERS=N.
+#                SKIP_TESTS=1 / SKIP_BUILD_TIMES=1 / SKIP_BENCH=1 (checks and benches) /
+#                SKIP_LANE=1 / SANITIZE=1 / ITERS=N.
 # Logs go to $OUT (or ./.device/engine/out); the last lines are a short table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -125,7 +126,7 @@ PY
     } 2>&1 | tee "$out/build.txt"
     rm -rf "$ec"
 fi
-{
+[[ -z "${SKIP_BENCH:-}" ]] && {
     echo "== its engine check FP32 vs ONNX Runtime"
     timeout 240 "$dir/its" engine check "$m" --batch 1,32 || status=1
     echo "== its engine check FP16 (fused) vs ONNX Runtime, tolerance 5e-2"
