@@ -74,7 +74,7 @@ fn decodes_a_mixed_batch_like_zune_jpeg_and_isolates_bad_frames() {
         (3840, 2160),
         (641, 479),
     ];
-    for (batch, assist) in [(1usize, 0usize), (7, 0), (32, 0), (7, 3), (32, 4)] {
+    for (batch, assist) in [(1usize, 0usize), (7, 0), (32, 0), (7, 3), (32, 4), (32, 8)] {
         dec.set_cpu_assist(assist);
         let mut jpegs = Vec::new();
         let mut rgbs = Vec::new();
