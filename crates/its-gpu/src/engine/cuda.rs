@@ -296,8 +296,6 @@ struct ConvLayer {
     algo: dnn_sys::cudnnConvolutionFwdAlgo_t,
     /// Workspace bytes `algo` takes.
     workspace: usize,
-    /// The most workspace any algorithm worth timing takes (at most 256 MiB).
-    candidate_workspace: usize,
     /// Timed device time of `algo`, ms (0 when not timed).
     ms: f32,
     /// Shared with every other context of the same model on this GPU.
@@ -310,6 +308,27 @@ struct ConvLayer {
     /// FP32 weights `[m][cin]` when the layer runs on `conv1x1_few` instead of cuDNN (see
     /// [`few_outputs_1x1`]).
     few: Option<Arc<CudaSlice<u8>>>,
+}
+
+impl ConvLayer {
+    /// Workspace bytes cuDNN says `algo` takes for this layer.
+    fn workspace_of(
+        &self,
+        handle: dnn_sys::cudnnHandle_t,
+        algo: dnn_sys::cudnnConvolutionFwdAlgo_t,
+    ) -> Result<usize, dnn::CudnnError> {
+        // SAFETY: the layer's descriptors are live and describe its tensors.
+        unsafe {
+            dnn::get_convolution_forward_workspace_size(
+                handle,
+                self.x_desc,
+                self.w_desc,
+                self.conv_desc,
+                self.y_desc,
+                algo,
+            )
+        }
+    }
 }
 
 /// Most output channels `conv1x1_few` computes per thread (its `acc[4]`).
@@ -761,11 +780,13 @@ impl CudaEngine {
             }
         }
         if opts.time_algorithms {
+            // Asked only here, not per layer at set-up: a cached build never times, and these
+            // cuDNN queries were most of its time per layer.
             let cap = self
                 .convs
                 .iter()
                 .flatten()
-                .map(|l| l.candidate_workspace)
+                .map(|l| self.candidate_workspace(l))
                 .max();
             self.alloc_workspace(cap.unwrap_or(0))?;
             let t = Instant::now();
@@ -1045,18 +1066,9 @@ impl CudaEngine {
                 .into_iter()
                 .find(|a| *a as i32 == c.algo)
                 .ok_or_else(|| format!("op {i}: unknown cuDNN algorithm {}", c.algo))?;
-            // SAFETY: valid descriptors.
-            let ws = unsafe {
-                dnn::get_convolution_forward_workspace_size(
-                    self.handle,
-                    l.x_desc,
-                    l.w_desc,
-                    l.conv_desc,
-                    l.y_desc,
-                    algo,
-                )
-            }
-            .map_err(|e| format!("op {i}: cuDNN refuses {algo:?}: {e:?}"))?;
+            let ws = l
+                .workspace_of(self.handle, algo)
+                .map_err(|e| format!("op {i}: cuDNN refuses {algo:?}: {e:?}"))?;
             l.algo = algo;
             l.workspace = ws;
             l.ms = c.ms;
@@ -1171,24 +1183,6 @@ impl CudaEngine {
                 "cuDNN offers no algorithm for convolution {xs:?} -> {ys:?}"
             )));
         }
-        // Room for the timed candidates too (bounded: 256 MiB).
-        let mut candidate_workspace = workspace;
-        for a in ALGOS {
-            // SAFETY: valid descriptors.
-            if let Ok(ws) = unsafe {
-                dnn::get_convolution_forward_workspace_size(
-                    self.handle,
-                    x_desc,
-                    w_desc,
-                    conv_desc,
-                    y_desc,
-                    a,
-                )
-            } && ws <= 256 << 20
-            {
-                candidate_workspace = candidate_workspace.max(ws);
-            }
-        }
         let host = to_elems(
             &if c.nhwc {
                 // [m, c/g, kh, kw] -> [m, kh, kw, c/g] (cuDNN's NHWC filter order).
@@ -1220,7 +1214,6 @@ impl CudaEngine {
             conv_desc,
             algo,
             workspace,
-            candidate_workspace,
             ms: 0.0,
             weight,
             bias: self.stream.clone_htod(&c.bias)?,
@@ -1232,6 +1225,16 @@ impl CudaEngine {
             fused: None,
             few,
         })
+    }
+
+    /// The workspace the layer's timed candidates take: the most any algorithm needs, of
+    /// those that need at most 256 MiB, and at least what its heuristic choice needs.
+    fn candidate_workspace(&self, l: &ConvLayer) -> usize {
+        ALGOS
+            .iter()
+            .filter_map(|&a| l.workspace_of(self.handle, a).ok())
+            .filter(|&ws| ws <= 256 << 20)
+            .fold(l.workspace, usize::max)
     }
 
     fn time_algorithms(&mut self) -> Result<(), EngineBuildError> {
@@ -1246,17 +1249,7 @@ impl CudaEngine {
             };
             let mut best = (f32::INFINITY, layer.algo, layer.workspace);
             for a in ALGOS {
-                // SAFETY: valid descriptors.
-                let Ok(ws) = (unsafe {
-                    dnn::get_convolution_forward_workspace_size(
-                        self.handle,
-                        layer.x_desc,
-                        layer.w_desc,
-                        layer.conv_desc,
-                        layer.y_desc,
-                        a,
-                    )
-                }) else {
+                let Ok(ws) = layer.workspace_of(self.handle, a) else {
                     continue;
                 };
                 if ws > ws_cap {
