@@ -29,9 +29,11 @@ if [[ "${1:-}" == "--prepare" ]]; then
     cp "$target/release/its" "$dir/"
     cp "$target/release/lane-bench" .device/lane/
     json=$(cargo test -p its-gpu --release --no-run --message-format=json 2>/dev/null)
-    for t in engine lane; do
+    for dest in "$dir/its-gpu-engine-tests" .device/lane/its-gpu-lane-tests; do
+        t=$(basename "$dest" -tests)
+        t=${t#its-gpu-}
         bin=$(grep -o "\"executable\":\"[^\"]*/deps/${t}-[^\"]*\"" <<<"$json" | head -1 | cut -d'"' -f4)
-        [[ $t == engine ]] && cp "$bin" "$dir/its-gpu-engine-tests" || cp "$bin" .device/lane/its-gpu-lane-tests
+        cp "$bin" "$dest"
     done
     cp ../shared/models/yolo11n-random.onnx .device/yolo11n/model.onnx
     sed -e 's/^name = .*/name = "yolo11n-random"/' -e '/^#/d' \

@@ -650,9 +650,9 @@ fn prepare(handle: dnn::cudnnHandle_t, job: FusedJob, max: usize) -> Prepared {
     out
 }
 
-/// Prepares every job (up to `max` candidate plans each) on up to `threads` threads (cuDNN's kernel compilation in
-/// `finalize` is host work and dominates a cold build), each thread bound to `ctx` first;
-/// results in job order.
+/// Prepares every job (up to `max` candidate plans each) on up to `threads` threads (cuDNN's
+/// kernel compilation in `finalize` is host work and dominates a cold build), each thread
+/// bound to `ctx` first; results in job order.
 pub(super) fn prepare_all(
     handle: dnn::cudnnHandle_t,
     ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
