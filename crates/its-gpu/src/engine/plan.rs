@@ -1268,8 +1268,10 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
                 .ok_or_else(|| unsupported(node, "no inputs"))?;
             let axis = norm_axis(attr_i(node, "axis", 0), first.shape.len())?;
             let outer: usize = first.shape[..axis].iter().product();
-            let mut shape = first.shape.clone();
-            shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
+            let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape.as_slice()).collect();
+            let shape = concat_shape(&shapes, axis).ok_or_else(|| {
+                unsupported(node, "inputs differ in rank or outside the concat axis")
+            })?;
             let any_f32 = parts.iter().any(|p| matches!(p.data, Data::F32(_)));
             let mut f = Vec::new();
             let mut i = Vec::new();
@@ -1532,9 +1534,46 @@ fn fuse(plan: &mut Plan) {
     }
 }
 
+/// The shape of `shapes` concatenated along `axis`: `None` unless all have the same rank
+/// (above `axis`) and the same size on every other axis, or the sum overflows.
+fn concat_shape(shapes: &[&[usize]], axis: usize) -> Option<Vec<usize>> {
+    let first = shapes.first()?;
+    if axis >= first.len() {
+        return None;
+    }
+    let mut out = first.to_vec();
+    out[axis] = 0;
+    for s in shapes {
+        let same_elsewhere = s.len() == first.len()
+            && s.iter()
+                .zip(first.iter())
+                .enumerate()
+                .all(|(i, (a, b))| i == axis || a == b);
+        if !same_elsewhere {
+            return None;
+        }
+        out[axis] = out[axis].checked_add(s[axis])?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{conv_out, reshape_dims, tensor_from_proto};
+    use super::{concat_shape, conv_out, reshape_dims, tensor_from_proto};
+
+    /// Found by the onnx_model fuzz target: a folded Concat of a rank-1 and a rank-3
+    /// constant indexed past the shorter shape.
+    #[test]
+    fn concat_shape_refuses_inputs_of_other_ranks_or_sizes() {
+        assert_eq!(concat_shape(&[&[2, 3], &[2, 5]], 1), Some(vec![2, 8]));
+        assert_eq!(concat_shape(&[&[4], &[1]], 0), Some(vec![5]));
+        assert_eq!(concat_shape(&[&[1], &[1, 1, 3]], 2), None);
+        assert_eq!(concat_shape(&[&[1, 1, 3], &[1]], 2), None);
+        assert_eq!(concat_shape(&[&[2, 3], &[4, 3]], 1), None);
+        assert_eq!(concat_shape(&[&[2], &[usize::MAX]], 0), None);
+        assert_eq!(concat_shape(&[&[2]], 1), None);
+        assert_eq!(concat_shape(&[], 0), None);
+    }
 
     #[test]
     fn reshape_dims_refuses_dimensions_whose_product_overflows() {
