@@ -376,6 +376,63 @@ fn gpu_arena_engine_matches_the_cpu_reference_through_its_views() {
 }
 
 #[test]
+fn gpu_profiles_restored_together_compute_what_they_computed_when_timed() {
+    use its_gpu::engine::{CacheOutcome, EngineCache};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dir = synth(Arch::Yolo11n, 320, 80);
+    let (model, manifest) = load(dir.path());
+    let onnx = manifest.model_path(dir.path());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = EngineCache::for_model(&onnx, Some(cache_dir.path().join("engine"))).unwrap();
+    let opts = EngineOptions {
+        math: ConvMath::Fp16,
+        ..EngineOptions::default()
+    };
+    let batches = [1usize, 2, 4, 8];
+    let plans = || {
+        batches
+            .iter()
+            .map(|&b| Plan::build(&model, [b, 3, 320, 320]).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let inputs: Vec<Vec<f32>> = batches
+        .iter()
+        .map(|&b| sample_input(b * 3 * 320 * 320, b as u64))
+        .collect();
+    // Cold: every profile times its layers (one after another) and writes its file.
+    let mut cold = CudaEngine::build_all(&gpu, plans(), opts, Some(&cache)).unwrap();
+    assert_eq!(cold.len(), batches.len());
+    let timed: Vec<Vec<f32>> = cold
+        .iter_mut()
+        .zip(&inputs)
+        .map(|(e, x)| {
+            assert!(matches!(e.report().cache, CacheOutcome::Miss { .. }));
+            e.run(x).unwrap().swap_remove(0)
+        })
+        .collect();
+    drop(cold);
+    // Cached: the first hits, the other three are restored on their own threads.
+    let mut warm = CudaEngine::build_all(&gpu, plans(), opts, Some(&cache)).unwrap();
+    for (i, (e, x)) in warm.iter_mut().zip(&inputs).enumerate() {
+        let r = e.report().clone();
+        assert!(
+            matches!(r.cache, CacheOutcome::Hit(_)),
+            "batch {}: {}",
+            batches[i],
+            r.cache
+        );
+        assert_eq!(r.timing_ms, 0.0);
+        assert_eq!(e.plan().shape(e.plan().input)[0], batches[i]);
+        let y = e.run(x).unwrap().swap_remove(0);
+        assert!(
+            relative_error(&y, &timed[i]) < 1e-6,
+            "batch {}: the restored profile computes another result",
+            batches[i]
+        );
+    }
+}
+
+#[test]
 fn gpu_second_build_loads_the_engine_cache_and_skips_timing() {
     use its_gpu::engine::{CacheOutcome, EngineCache};
     let Some(gpu) = gpu_or_skip() else { return };

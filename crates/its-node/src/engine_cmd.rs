@@ -21,7 +21,8 @@ use serde_json::json;
 pub enum EngineCommand {
     /// Lower the model for each batch profile and build an execution context on GPU 0:
     /// prints the plan size, activation memory (planned arena and one buffer per tensor),
-    /// engine cache hit or miss and build time per profile; writes the engine cache file.
+    /// engine cache hit or miss and build time per profile; writes the engine cache file. Where
+    /// the first profile hits the cache, the others are restored from it at the same time.
     Build(Common),
     /// Time inference per batch profile with CUDA events (median of --iters runs).
     Bench {
@@ -148,6 +149,22 @@ impl Loaded {
             None => CudaEngine::build(gpu, plan, opts)?,
         })
     }
+
+    /// One context per plan, as a GPU worker builds its profiles (`CudaEngine::build_all`:
+    /// restored from the cache together where the first one hits it).
+    fn engines(
+        &self,
+        gpu: &GpuContext,
+        plans: Vec<Plan>,
+        opts: EngineOptions,
+    ) -> anyhow::Result<Vec<CudaEngine>> {
+        Ok(CudaEngine::build_all(
+            gpu,
+            plans,
+            opts,
+            self.cache.as_ref(),
+        )?)
+    }
 }
 
 /// The engine cache of the model file at `path`, per `--cache-dir` / `--no-cache`.
@@ -258,10 +275,15 @@ fn build(common: &Common) -> anyhow::Result<()> {
             .to_string())
     );
     let mut notes = String::new();
+    let mut plans = Vec::new();
+    let mut lowered = Vec::new();
     for &b in &common.batch {
         let (plan, lower_ms) = plan_for(&l, b)?;
-        let ops = plan.ops.len();
-        let engine = l.engine(&gpu, plan, common.options())?;
+        lowered.push((b, plan.ops.len(), lower_ms));
+        plans.push(plan);
+    }
+    let engines = l.engines(&gpu, plans, common.options())?;
+    for ((b, ops, lower_ms), engine) in lowered.into_iter().zip(&engines) {
         let r = engine.report();
         table += &format!(
             "{b:>5}  {ops:>3}  {:>5}  {lower_ms:>8.1}  {:>8.1}  {:>9.1}  {:>9.1}  {:>13.1}  {:>13.1}  {:>5}  {}\n",

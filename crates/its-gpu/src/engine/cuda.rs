@@ -471,6 +471,72 @@ impl CudaEngine {
         Self::build_with(gpu, plan, opts, stream, Some(cache))
     }
 
+    /// One execution context per plan (the batch profiles of one model), each on a new
+    /// stream, in the order given. The first is built on this thread. When its cuDNN
+    /// choices came from `cache`, the rest restore theirs on one thread each, at the same
+    /// time: restoring is host work (the serialized cuDNN plans) and no layer is timed, so
+    /// the builds cannot disturb one another's measurements. Otherwise (no cache, or a
+    /// miss that times every layer) they are built one after another. The first error ends
+    /// the build.
+    pub fn build_all(
+        gpu: &GpuContext,
+        plans: Vec<Plan>,
+        opts: EngineOptions,
+        cache: Option<&EngineCache>,
+    ) -> Result<Vec<Self>, EngineBuildError> {
+        let build = |plan: Plan| -> Result<Self, EngineBuildError> {
+            let stream = gpu.new_stream()?;
+            Self::build_with(gpu, plan, opts, stream, cache)
+        };
+        let mut plans = plans.into_iter();
+        let Some(first) = plans.next() else {
+            return Ok(Vec::new());
+        };
+        let first = build(first)?;
+        let restoring = matches!(first.report.cache, CacheOutcome::Hit(_));
+        let mut out = vec![first];
+        if !restoring {
+            for plan in plans {
+                out.push(build(plan)?);
+            }
+            return Ok(out);
+        }
+        /// An engine moving from the thread that built it to this one; CUDA, cuDNN and
+        /// cuBLAS objects belong to the context, not to a thread, and the builder thread
+        /// does not touch it again.
+        struct Built(Result<CudaEngine, EngineBuildError>);
+        // SAFETY: see above; the engine is used by one thread at a time.
+        unsafe impl Send for Built {}
+        let rest: Vec<Built> = std::thread::scope(|sc| {
+            let handles: Vec<_> = plans
+                .map(|plan| {
+                    sc.spawn(|| {
+                        Built(
+                            gpu.cuda()
+                                .bind_to_thread()
+                                .map_err(|e| EngineBuildError::Gpu(e.into()))
+                                .and_then(|()| build(plan)),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Built(Err(EngineBuildError::Gpu(GpuError::InvalidInput(
+                            "an engine build thread panicked".into(),
+                        ))))
+                    })
+                })
+                .collect()
+        });
+        for Built(r) in rest {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
     /// [`Self::build_on`] with an optional engine cache (see [`Self::build_cached`]).
     pub fn build_with(
         gpu: &GpuContext,

@@ -71,34 +71,53 @@ impl NativeEngine {
             options,
             contexts: HashMap::new(),
         };
+        // The profiles asked for now are built together (see CudaEngine::build_all); any
+        // other batch size is built on first use.
+        let mut plans = Vec::with_capacity(batches.len());
+        let mut sizes = Vec::with_capacity(batches.len());
         for &b in batches {
-            e.context(b)?;
+            if !sizes.contains(&b) {
+                plans.push(Plan::build(&e.model, e.shape(b))?);
+                sizes.push(b);
+            }
+        }
+        let built = CudaEngine::build_all(&e.gpu, plans, e.options, e.cache.as_ref())?;
+        for (b, ctx) in sizes.into_iter().zip(built) {
+            e.log_built(b, &ctx);
+            e.contexts.insert(b, ctx);
         }
         Ok(e)
     }
 
+    fn shape(&self, batch: usize) -> [usize; 4] {
+        [
+            batch,
+            3,
+            self.input.height as usize,
+            self.input.width as usize,
+        ]
+    }
+
+    fn log_built(&self, batch: usize, ctx: &CudaEngine) {
+        let r = ctx.report();
+        tracing::info!(
+            batch,
+            build_ms = r.build_ms,
+            activation_bytes = r.activation_bytes,
+            cache = r.cache.label(),
+            engine = %self.name,
+            "execution context built"
+        );
+    }
+
     fn context(&mut self, batch: usize) -> Result<&mut CudaEngine, EngineBuildError> {
         if !self.contexts.contains_key(&batch) {
-            let shape = [
-                batch,
-                3,
-                self.input.height as usize,
-                self.input.width as usize,
-            ];
-            let plan = Plan::build(&self.model, shape)?;
+            let plan = Plan::build(&self.model, self.shape(batch))?;
             let ctx = match &self.cache {
                 Some(c) => CudaEngine::build_cached(&self.gpu, plan, self.options, c)?,
                 None => CudaEngine::build(&self.gpu, plan, self.options)?,
             };
-            let r = ctx.report();
-            tracing::info!(
-                batch,
-                build_ms = r.build_ms,
-                activation_bytes = r.activation_bytes,
-                cache = r.cache.label(),
-                engine = %self.name,
-                "execution context built"
-            );
+            self.log_built(batch, &ctx);
             self.contexts.insert(batch, ctx);
         }
         Ok(self.contexts.get_mut(&batch).expect("inserted above"))
