@@ -32,7 +32,7 @@ pub use lane::{GpuLane, LaneBatch, LaneConfig, LaneFrame, LaneTimings};
 pub use letterbox::{
     FrameRef, HostFrame, LetterboxConfig, LetterboxKernels, LetterboxParams, Letterboxer,
 };
-pub use nvjpeg::{JpegBackend, JpegDecoder};
+pub use nvjpeg::{JpegBackend, JpegDecoder, JpegOutput};
 pub use pipeline::{
     GpuPipeline, InputDtype, PipelineConfig, PreparedBatch, PreparedFrame, StageTimings,
 };

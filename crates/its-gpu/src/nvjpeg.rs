@@ -21,7 +21,12 @@ const STATUS_SUCCESS: Status = 0;
 const BACKEND_DEFAULT: c_int = 0;
 const BACKEND_GPU_HYBRID: c_int = 2;
 const BACKEND_HARDWARE: c_int = 3;
+const OUTPUT_YUV: c_int = 1;
 const OUTPUT_RGBI: c_int = 5;
+const CSS_444: c_int = 0;
+const CSS_422: c_int = 1;
+const CSS_420: c_int = 2;
+const CSS_440: c_int = 3;
 const CSS_GRAY: c_int = 6;
 const CSS_410: c_int = 5;
 const CSS_411: c_int = 4;
@@ -156,6 +161,19 @@ impl JpegBackend {
     }
 }
 
+/// What a decoder writes for each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegOutput {
+    /// Interleaved RGB, rows tight: what the letterbox and quality kernels read.
+    #[default]
+    InterleavedRgb,
+    /// The frame's own planes, Y then Cb then Cr, each tight, chroma at the frame's
+    /// subsampling, inside the same region an RGB frame would take. Only the bench reads
+    /// it (to time the JPEG engines without colour conversion); frames decoded on the CPU
+    /// are still RGB.
+    PlanarYuv,
+}
+
 /// Size of a JPEG as its header states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JpegInfo {
@@ -201,6 +219,7 @@ pub struct JpegDecoder {
     max_height: u32,
     cpu_assist: usize,
     pinned_input: bool,
+    output: JpegOutput,
     staging: Option<PinnedHostSlice<u8>>,
     staging_free: Option<CudaEvent>,
 }
@@ -295,6 +314,7 @@ impl JpegDecoder {
             max_height,
             cpu_assist: 0,
             pinned_input: false,
+            output: JpegOutput::default(),
             staging: None,
             staging_free: None,
         })
@@ -319,6 +339,7 @@ impl JpegDecoder {
             max_height: self.max_height,
             cpu_assist: self.cpu_assist,
             pinned_input: self.pinned_input,
+            output: self.output,
             staging: None,
             staging_free: None,
         })
@@ -388,6 +409,14 @@ impl JpegDecoder {
     /// 2026-11-24-h100-pinned-input-bench.txt): the extra host copy costs more than it saves.
     pub fn set_pinned_input(&mut self, on: bool) {
         self.pinned_input = on;
+    }
+
+    /// What the GPU backend writes per frame ([`JpegOutput`]); interleaved RGB by default.
+    pub fn set_output(&mut self, output: JpegOutput) {
+        if self.output != output {
+            self.output = output;
+            self.batch_size = None;
+        }
     }
 
     /// Frames of each batch (among those the GPU backend could take) decoded by CPU
@@ -518,7 +547,10 @@ impl JpegDecoder {
                     self.state,
                     frames.len() as c_int,
                     1,
-                    OUTPUT_RGBI,
+                    match self.output {
+                        JpegOutput::InterleavedRgb => OUTPUT_RGBI,
+                        JpegOutput::PlanarYuv => OUTPUT_YUV,
+                    },
                 )
             })?;
             self.batch_size = Some(frames.len());
@@ -555,24 +587,35 @@ impl JpegDecoder {
         } else {
             frames.iter().map(|&(i, _)| jpegs[i].as_ptr()).collect()
         };
-        let mut images: Vec<Image> = frames
-            .iter()
-            .map(|(_, f)| Image {
-                channel: [
-                    (base + f.offset) as *mut u8,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                ],
-                pitch: [f.pitch as usize, 0, 0, 0],
-            })
-            .collect();
+        let mut images: Vec<Image> = Vec::with_capacity(frames.len());
+        for &(i, f) in frames {
+            let at = base + f.offset;
+            let image = match self.output {
+                JpegOutput::InterleavedRgb => Image {
+                    channel: [at as *mut u8, null(), null(), null()],
+                    pitch: [f.pitch as usize, 0, 0, 0],
+                },
+                JpegOutput::PlanarYuv => {
+                    let (_, css) = self.header(jpegs[i])?;
+                    let (w, h) = (f.width as usize, f.height as usize);
+                    let (cw, ch) = chroma_size(css, w, h);
+                    let (u, v) = (at + (w * h) as u64, at + (w * h + cw * ch) as u64);
+                    Image {
+                        channel: [at as *mut u8, u as *mut u8, v as *mut u8, null()],
+                        pitch: [w, cw, cw, 0],
+                    }
+                }
+            };
+            images.push(image);
+        }
         // SAFETY: data/lengths/images hold batch_size entries each; every input pointer is
         // a live slice of the stated length (the caller's borrowed slices, or the pinned
         // staging buffer, which is not rewritten before the event recorded after this call
         // has completed); every output region lies inside the caller's device
         // buffer starting at `base` (checked against its length in decode_batch) and is
-        // pitch * height bytes of RGBI; the stream belongs to the current context.
+        // pitch * height bytes of RGBI, or the Y plane plus two chroma planes of at most
+        // width * height bytes each (chroma_size) inside that same region; the stream
+        // belongs to the current context.
         let s = unsafe {
             (self.api.decode_batched)(
                 self.handle,
@@ -594,6 +637,25 @@ impl JpegDecoder {
         }
         Ok(())
     }
+}
+
+fn null() -> *mut u8 {
+    std::ptr::null_mut()
+}
+
+/// Width and height of each chroma plane for nvJPEG's subsampling code `css`; the full
+/// size where the code is unknown or the frame is grey (never larger than the frame).
+fn chroma_size(css: c_int, w: usize, h: usize) -> (usize, usize) {
+    let (sx, sy) = match css {
+        CSS_444 => (1, 1),
+        CSS_422 => (2, 1),
+        CSS_420 => (2, 2),
+        CSS_440 => (1, 2),
+        CSS_411 => (4, 1),
+        CSS_410 => (4, 2),
+        _ => (1, 1),
+    };
+    (w.div_ceil(sx), h.div_ceil(sy))
 }
 
 /// Whether the frame header says baseline or extended sequential Huffman (SOF0 / SOF1),

@@ -9,7 +9,7 @@ use its_gpu::pool::{DevicePool, PinnedPool};
 use its_gpu::postprocess::reference::{Rng, postprocess_frame, synthetic_output};
 use its_gpu::testdata::{encode_jpeg, synthetic_scene};
 use its_gpu::{
-    FrameGeometry, GpuContext, GpuError, GpuPipeline, JpegDecoder, PipelineConfig,
+    FrameGeometry, GpuContext, GpuError, GpuPipeline, JpegDecoder, JpegOutput, PipelineConfig,
     PostprocessConfig, Postprocessor,
 };
 
@@ -245,57 +245,31 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
     }
     // Bitstreams packed into pinned staging first (the default passes them from pageable
     // memory).
-    {
-        gpu.cuda().bind_to_thread()?;
-        let mut dec = JpegDecoder::new(1920, 1080)?;
-        dec.set_pinned_input(true);
-        let stream = gpu.new_stream()?;
-        let mut out = stream.alloc_zeros::<u8>(32 * (1280 * 720 * 3 + 256))?;
-        let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
-        for _ in 0..3 {
-            dec.decode_batch(&stream, &refs, &mut out)?;
-        }
-        stream.synchronize()?;
-        let batches = 60;
-        let t = Instant::now();
-        for _ in 0..batches {
-            dec.decode_batch(&stream, &refs, &mut out)?;
-        }
-        stream.synchronize()?;
-        let secs = t.elapsed().as_secs_f64();
-        let fps = (batches * 32) as f64 / secs;
+    let fps = one_decoder(gpu, &jpegs, 32, |d| d.set_pinned_input(true))?;
+    println!(
+        "| 1, pinned staging of the bitstreams | Hardware | 60 | {fps:.0} | {:.3} |",
+        ms32(fps)
+    );
+    s.jpeg_fps_by_plan
+        .push(("hardware b32 pinned staging".into(), fps));
+    // The engines writing the frames' own YUV planes, without the conversion to RGB.
+    for batch in [32usize, 64] {
+        let fps = one_decoder(gpu, &jpegs, batch, |d| d.set_output(JpegOutput::PlanarYuv))?;
         println!(
-            "| 1, pinned staging of the bitstreams | Hardware | {batches} | {fps:.0} | {:.3} |",
-            secs * 1e3 / batches as f64
+            "| 1, planar YUV output, batch {batch} | Hardware | 60 | {fps:.0} | {:.3} |",
+            ms32(fps)
         );
         s.jpeg_fps_by_plan
-            .push(("hardware b32 pageable input".into(), fps));
+            .push((format!("hardware b{batch} planar yuv"), fps));
     }
     // The library's CPU assist: `assist` of every 32 frames decoded by CPU threads while the
     // engines take the rest, in one decode_batch call.
     cpu_decode_reference(&jpegs, s);
     for assist in [4usize, 6, 8, 10] {
-        gpu.cuda().bind_to_thread()?;
-        let mut dec = JpegDecoder::new(1920, 1080)?;
-        dec.set_cpu_assist(assist);
-        let stream = gpu.new_stream()?;
-        let mut out = stream.alloc_zeros::<u8>(32 * (1280 * 720 * 3 + 256))?;
-        let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
-        for _ in 0..3 {
-            dec.decode_batch(&stream, &refs, &mut out)?;
-        }
-        stream.synchronize()?;
-        let batches = 60;
-        let t = Instant::now();
-        for _ in 0..batches {
-            dec.decode_batch(&stream, &refs, &mut out)?;
-        }
-        stream.synchronize()?;
-        let secs = t.elapsed().as_secs_f64();
-        let fps = (batches * 32) as f64 / secs;
+        let fps = one_decoder(gpu, &jpegs, 32, |d| d.set_cpu_assist(assist))?;
         println!(
-            "| 1 + CPU assist {assist}/32 | Hardware + zune | {batches} | {fps:.0} | {:.3} |",
-            secs * 1e3 / batches as f64
+            "| 1 + CPU assist {assist}/32 | Hardware + zune | 60 | {fps:.0} | {:.3} |",
+            ms32(fps)
         );
         s.jpeg_fps_assist.push((assist, fps));
     }
@@ -303,6 +277,49 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
     s.jpeg_fps = Some(best);
     mixed_backends(gpu, &jpegs, s);
     Ok(())
+}
+
+/// Milliseconds per 32 frames at `fps`.
+fn ms32(fps: f64) -> f64 {
+    32e3 / fps
+}
+
+/// Frames/s of one default decoder, set up by `configure`, over 60 batches of `batch`
+/// frames (the 32 JPEGs repeated) after 3 warm-up batches.
+fn one_decoder(
+    gpu: &GpuContext,
+    jpegs: &[Vec<u8>],
+    batch: usize,
+    configure: impl FnOnce(&mut JpegDecoder),
+) -> Result<f64, GpuError> {
+    gpu.cuda().bind_to_thread()?;
+    let mut dec = JpegDecoder::new(1920, 1080)?;
+    configure(&mut dec);
+    let stream = gpu.new_stream()?;
+    let mut out = stream.alloc_zeros::<u8>(batch * (1280 * 720 * 3 + 256))?;
+    let refs: Vec<&[u8]> = jpegs
+        .iter()
+        .cycle()
+        .take(batch)
+        .map(Vec::as_slice)
+        .collect();
+    for _ in 0..3 {
+        dec.decode_batch(&stream, &refs, &mut out)?;
+    }
+    stream.synchronize()?;
+    let batches = 60;
+    let t = Instant::now();
+    for _ in 0..batches {
+        if dec
+            .decode_batch(&stream, &refs, &mut out)?
+            .iter()
+            .any(Result::is_err)
+        {
+            return Err(GpuError::Jpeg("a frame failed".into()));
+        }
+    }
+    stream.synchronize()?;
+    Ok((batches * batch) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// (backend, batch size, calls) of one decoder thread.
@@ -662,6 +679,14 @@ impl Summary {
             "| nvJPEG decode alone, q85 720p, batch 32 ({}) | {} frames/s | >= 14,000 |",
             self.jpeg_backend.as_deref().unwrap_or("n/a"),
             fmt(self.jpeg_fps, 0)
+        );
+        let yuv = self
+            .jpeg_fps_by_plan
+            .iter()
+            .find(|(n, _)| n == "hardware b32 planar yuv");
+        println!(
+            "| nvJPEG decode alone, planar YUV output (no RGB conversion), batch 32 | {} frames/s | - |",
+            fmt(yuv.map(|a| a.1), 0)
         );
         let assisted = self
             .jpeg_fps_assist
