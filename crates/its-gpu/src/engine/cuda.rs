@@ -475,8 +475,10 @@ impl CudaEngine {
     /// stream, in the order given. The first is built on this thread. When its cuDNN
     /// choices came from `cache`, the rest restore theirs on one thread each, at the same
     /// time: restoring is host work (the serialized cuDNN plans) and no layer is timed, so
-    /// the builds cannot disturb one another's measurements. Otherwise (no cache, or a
-    /// miss that times every layer) they are built one after another. The first error ends
+    /// the builds do not disturb one another's measurements. Otherwise (no cache, or a
+    /// miss that times every layer) they are built one after another. A later profile whose
+    /// own file misses while the others restore is timed beside them, so its choices may be
+    /// slower ones; removing the cache directory gives a clean timing. The first error ends
     /// the build.
     pub fn build_all(
         gpu: &GpuContext,
