@@ -375,19 +375,33 @@ fn gpu_arena_engine_matches_the_cpu_reference_through_its_views() {
     }
 }
 
-#[test]
-fn gpu_profiles_restored_together_compute_what_they_computed_when_timed() {
-    use its_gpu::engine::{CacheOutcome, EngineCache};
-    let Some(gpu) = gpu_or_skip() else { return };
+/// A synthetic YOLO11n at 320 (80 classes), an empty engine cache for it and FP16 options;
+/// the temporary directories live as long as the first value.
+fn cached_yolo11n_320() -> (
+    [tempfile::TempDir; 2],
+    its_model::onnx::ModelProto,
+    its_gpu::engine::EngineCache,
+    EngineOptions,
+) {
     let dir = synth(Arch::Yolo11n, 320, 80);
     let (model, manifest) = load(dir.path());
     let onnx = manifest.model_path(dir.path());
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = EngineCache::for_model(&onnx, Some(cache_dir.path().join("engine"))).unwrap();
+    let cache =
+        its_gpu::engine::EngineCache::for_model(&onnx, Some(cache_dir.path().join("engine")))
+            .unwrap();
     let opts = EngineOptions {
         math: ConvMath::Fp16,
         ..EngineOptions::default()
     };
+    ([dir, cache_dir], model, cache, opts)
+}
+
+#[test]
+fn gpu_profiles_restored_together_compute_what_they_computed_when_timed() {
+    use its_gpu::engine::CacheOutcome;
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (_dirs, model, cache, opts) = cached_yolo11n_320();
     let batches = [1usize, 2, 4, 8];
     let plans = || {
         batches
@@ -434,17 +448,9 @@ fn gpu_profiles_restored_together_compute_what_they_computed_when_timed() {
 
 #[test]
 fn gpu_second_build_loads_the_engine_cache_and_skips_timing() {
-    use its_gpu::engine::{CacheOutcome, EngineCache};
+    use its_gpu::engine::CacheOutcome;
     let Some(gpu) = gpu_or_skip() else { return };
-    let dir = synth(Arch::Yolo11n, 320, 80);
-    let (model, manifest) = load(dir.path());
-    let onnx = manifest.model_path(dir.path());
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = EngineCache::for_model(&onnx, Some(cache_dir.path().join("engine"))).unwrap();
-    let opts = EngineOptions {
-        math: ConvMath::Fp16,
-        ..EngineOptions::default()
-    };
+    let (_dirs, model, cache, opts) = cached_yolo11n_320();
     let plan = || Plan::build(&model, [4, 3, 320, 320]).unwrap();
     let x = sample_input(4 * 3 * 320 * 320, 4);
 
