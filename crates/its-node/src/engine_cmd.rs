@@ -149,22 +149,6 @@ impl Loaded {
             None => CudaEngine::build(gpu, plan, opts)?,
         })
     }
-
-    /// One context per plan, as a GPU worker builds its profiles (`CudaEngine::build_all`:
-    /// restored from the cache together where the first one hits it).
-    fn engines(
-        &self,
-        gpu: &GpuContext,
-        plans: Vec<Plan>,
-        opts: EngineOptions,
-    ) -> anyhow::Result<Vec<CudaEngine>> {
-        Ok(CudaEngine::build_all(
-            gpu,
-            plans,
-            opts,
-            self.cache.as_ref(),
-        )?)
-    }
 }
 
 /// The engine cache of the model file at `path`, per `--cache-dir` / `--no-cache`.
@@ -282,7 +266,8 @@ fn build(common: &Common) -> anyhow::Result<()> {
         lowered.push((b, plan.ops.len(), lower_ms));
         plans.push(plan);
     }
-    let engines = l.engines(&gpu, plans, common.options())?;
+    // As a GPU worker builds its profiles: restored together where the first hits the cache.
+    let engines = CudaEngine::build_all(&gpu, plans, common.options(), l.cache.as_ref())?;
     for ((b, ops, lower_ms), engine) in lowered.into_iter().zip(&engines) {
         let r = engine.report();
         table += &format!(

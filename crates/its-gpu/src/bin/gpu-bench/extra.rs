@@ -247,8 +247,8 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
     // memory).
     let fps = one_decoder(gpu, &jpegs, 32, |d| d.set_pinned_input(true))?;
     println!(
-        "| 1, pinned staging of the bitstreams | Hardware | 60 | {fps:.0} | {:.3} |",
-        ms32(fps)
+        "| 1, pinned staging of the bitstreams | Hardware | {ONE_DECODER_BATCHES} | {fps:.0} | {:.3} |",
+        ms_per_batch(32, fps)
     );
     s.jpeg_fps_by_plan
         .push(("hardware b32 pinned staging".into(), fps));
@@ -256,8 +256,8 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
     for batch in [32usize, 64] {
         let fps = one_decoder(gpu, &jpegs, batch, |d| d.set_output(JpegOutput::PlanarYuv))?;
         println!(
-            "| 1, planar YUV output, batch {batch} | Hardware | 60 | {fps:.0} | {:.3} |",
-            ms32(fps)
+            "| 1, planar YUV output, batch {batch} | Hardware | {ONE_DECODER_BATCHES} | {fps:.0} | {:.3} |",
+            ms_per_batch(batch, fps)
         );
         s.jpeg_fps_by_plan
             .push((format!("hardware b{batch} planar yuv"), fps));
@@ -268,8 +268,8 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
     for assist in [4usize, 6, 8, 10] {
         let fps = one_decoder(gpu, &jpegs, 32, |d| d.set_cpu_assist(assist))?;
         println!(
-            "| 1 + CPU assist {assist}/32 | Hardware + zune | 60 | {fps:.0} | {:.3} |",
-            ms32(fps)
+            "| 1 + CPU assist {assist}/32 | Hardware + zune | {ONE_DECODER_BATCHES} | {fps:.0} | {:.3} |",
+            ms_per_batch(32, fps)
         );
         s.jpeg_fps_assist.push((assist, fps));
     }
@@ -279,13 +279,16 @@ pub fn jpeg(gpu: &GpuContext, s: &mut Summary) -> Result<(), GpuError> {
     Ok(())
 }
 
-/// Milliseconds per 32 frames at `fps`.
-fn ms32(fps: f64) -> f64 {
-    32e3 / fps
+/// Milliseconds per batch of `batch` frames at `fps`.
+fn ms_per_batch(batch: usize, fps: f64) -> f64 {
+    batch as f64 * 1e3 / fps
 }
 
-/// Frames/s of one default decoder, set up by `configure`, over 60 batches of `batch`
-/// frames (the 32 JPEGs repeated) after 3 warm-up batches.
+/// Timed batches of each [`one_decoder`] row.
+const ONE_DECODER_BATCHES: usize = 60;
+
+/// Frames/s of one default decoder, set up by `configure`, over [`ONE_DECODER_BATCHES`]
+/// batches of `batch` frames (the 32 JPEGs repeated) after 3 warm-up batches.
 fn one_decoder(
     gpu: &GpuContext,
     jpegs: &[Vec<u8>],
@@ -307,9 +310,8 @@ fn one_decoder(
         dec.decode_batch(&stream, &refs, &mut out)?;
     }
     stream.synchronize()?;
-    let batches = 60;
     let t = Instant::now();
-    for _ in 0..batches {
+    for _ in 0..ONE_DECODER_BATCHES {
         if dec
             .decode_batch(&stream, &refs, &mut out)?
             .iter()
@@ -319,7 +321,7 @@ fn one_decoder(
         }
     }
     stream.synchronize()?;
-    Ok((batches * batch) as f64 / t.elapsed().as_secs_f64())
+    Ok((ONE_DECODER_BATCHES * batch) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// (backend, batch size, calls) of one decoder thread.
