@@ -126,6 +126,19 @@ extern "C" __global__ void act(const elem_t* __restrict__ x, elem_t* __restrict_
         act_body<long long>(x, y, n, act, alpha);
 }
 
+// act on 16-byte vectors: x and y 16-byte aligned, nvec = n / VEC.
+extern "C" __global__ void act_vec(const uint4* __restrict__ x, uint4* __restrict__ y,
+                                   unsigned nvec, int act, float alpha) {
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += stride) {
+        Vec16 d;
+        d.u = x[i];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) d.e[k] = st(act_apply(ld(d.e[k]), act, alpha));
+        y[i] = d.u;
+    }
+}
+
 __device__ __forceinline__ float bin_apply(float va, float vb, int op) {
     switch (op) {
     case BIN_ADD: return va + vb;
@@ -629,5 +642,50 @@ extern "C" __global__ void conv1x1_few(const elem_t* __restrict__ x, elem_t* __r
 #pragma unroll
         for (int o = 0; o < 4; ++o)
             if (o < (int)m) dst[(size_t)o * hw] = st(act_apply(acc[o] + bias[o], act, alpha));
+    }
+}
+
+// A depthwise convolution (one filter per channel, groups == channels) on channels-last
+// tensors, with bias and activation: cuDNN's grouped kernels spend several times the memory
+// traffic's time on these (YOLO11's head and its attention's positional convolution). One
+// thread per (image, output position, group of VEC channels): each window tap is one 16-byte
+// load, consecutive across the warp. x: [n, h, wd, c], y: [n, p, q, c], c % VEC == 0;
+// w: [kh * kw][c] floats (tap-major, so a thread's VEC weights are adjacent), bias: [c] floats.
+extern "C" __global__ void conv_dw_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                        const float* __restrict__ w,
+                                        const float* __restrict__ bias, unsigned n, unsigned h,
+                                        unsigned wd, unsigned c, unsigned p, unsigned q,
+                                        unsigned kh, unsigned kw, unsigned sh, unsigned sw,
+                                        unsigned ph, unsigned pw, int act, float alpha) {
+    unsigned groups = c / VEC;
+    unsigned total = n * p * q * groups;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        unsigned g = i % groups, pix = i / groups;
+        unsigned ox = pix % q, rest = pix / q;
+        unsigned oy = rest % p, b = rest / p;
+        unsigned c0 = g * VEC;
+        int iy0 = (int)(oy * sh) - (int)ph, ix0 = (int)(ox * sw) - (int)pw;
+        float acc[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) acc[j] = bias[c0 + j];
+        for (unsigned dy = 0; dy < kh; ++dy) {
+            int iy = iy0 + (int)dy;
+            if (iy < 0 || iy >= (int)h) continue;
+            for (unsigned dx = 0; dx < kw; ++dx) {
+                int ix = ix0 + (int)dx;
+                if (ix < 0 || ix >= (int)wd) continue;
+                Vec16 v;
+                v.u = *reinterpret_cast<const uint4*>(
+                    x + (((size_t)b * h + (unsigned)iy) * wd + (unsigned)ix) * c + c0);
+                const float* wt = w + (size_t)(dy * kw + dx) * c + c0;
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) acc[j] = fmaf(__ldg(wt + j), ld(v.e[j]), acc[j]);
+            }
+        }
+        Vec16 d;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) d.e[j] = st(act_apply(acc[j], act, alpha));
+        *reinterpret_cast<uint4*>(y + (size_t)pix * c + c0) = d.u;
     }
 }

@@ -2,7 +2,7 @@
 # The native engine on the device machine: its GPU tests, compute-sanitizer over a small engine,
 # `its engine check` against ONNX Runtime (YOLO11n) and FP16 against FP32 detections (the
 # imported YOLOv3-tiny over real frames), build times, and `its engine bench` with and without
-# the direct stem kernel and the fused cuDNN graphs. Builds nothing there (no cargo): prepare
+# the direct depthwise kernel and the fused cuDNN graphs. Builds nothing there (no cargo): prepare
 # here, carry what the steps need (the 64 MiB carry limit does not hold everything at once).
 #
 # Prepare here:  bash scripts/gpu-engine.sh --prepare
@@ -135,7 +135,7 @@ fi
     timeout 120 "$dir/its" engine check "$m" --batch 2 --math fp16 --tolerance 5e-2 || status=1
     # Each variant in its own cache directory, so that none takes another's choices.
     ecb=$(mktemp -d)
-    for variant in "" "--no-direct-stem" "--no-fused"; do
+    for variant in "" "--no-direct-depthwise" "--no-fused"; do
         echo "== its engine bench fp16 ${variant:-default}"
         timeout 240 "$dir/its" engine bench "$m" --batch 1,8,32 --math fp16 --iters "$iters" \
             $variant --cache-dir "$ecb/v${variant}" --json \
@@ -158,7 +158,7 @@ echo "== summary (ms per batch, CUDA events, median of $iters)"
 python3 - "$out" <<'EOF'
 import json, sys, os
 out = sys.argv[1]
-for name in ("bench.json", "bench-no-direct-stem.json", "bench-no-fused.json"):
+for name in ("bench.json", "bench-no-direct-depthwise.json", "bench-no-fused.json"):
     p = os.path.join(out, name)
     try:
         d = json.load(open(p))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use its_engine::{Engine, ModelManifest, OrtEngine, OrtOptions};
 use its_gpu::GpuContext;
 use its_gpu::engine::cuda::{from_elems, to_elems};
+use its_gpu::engine::plan::Op;
 use its_gpu::engine::tensor::{relative_error, sample_input};
 use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
 use its_gpu::testdata::gpu_or_skip;
@@ -102,6 +103,36 @@ fn plan_folds_shape_arithmetic_and_fuses_activations() {
         count("binary"),
         n("Add") + n("Sub") + n("Mul") + n("Div") - fused
     );
+}
+
+#[test]
+fn c2f_and_c3k2_splits_are_concatenated_without_copying_their_halves() {
+    // Both detectors have 8 such blocks (YOLOv8n: C2f at layers 2, 4, 6, 8, 12, 15, 18, 21;
+    // YOLO11n: C3k2 at 2, 4, 6, 8, 13, 16, 19, 22). Each splits its first convolution's output
+    // into halves and concatenates both with the bottlenecks' outputs: folded, the
+    // concatenation reads that convolution's output whole, and only the half the bottleneck
+    // reads is still narrowed.
+    for arch in [Arch::Yolov8n, Arch::Yolo11n] {
+        let dir = synth(arch, 64, 3);
+        let (model, _) = load(dir.path());
+        let plan = Plan::build(&model, [1, 3, 64, 64]).unwrap();
+        let conv_out = |t| {
+            plan.ops
+                .iter()
+                .any(|o| matches!(o, Op::Conv(c) if c.y == t))
+        };
+        let narrowed = |t| {
+            plan.ops
+                .iter()
+                .any(|o| matches!(o, Op::Narrow { x, .. } if *x == t))
+        };
+        let whole = plan
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Concat { xs, .. } if conv_out(xs[0]) && narrowed(xs[0])))
+            .count();
+        assert_eq!(whole, 8, "{arch:?}");
+    }
 }
 
 #[test]
@@ -592,6 +623,50 @@ fn gpu_direct_stem_kernel_tracks_the_cpu_reference_as_cudnn_does() {
         eprintln!("{arch:?} {size} b{batch}: stem {ea:.2e}, cuDNN {eb:.2e}, between {between:.2e}");
         assert!(ea < 5e-2 && eb < 5e-2, "stem {ea}, cuDNN {eb}");
         assert!(between < 2e-2, "stem kernel vs cuDNN: {between}");
+    }
+}
+
+/// Small enough for compute-sanitizer (`gpu_small`): no algorithm timing, no fused graphs.
+#[test]
+fn gpu_small_depthwise_kernel_tracks_the_cpu_reference_as_cudnn_does() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let direct = EngineOptions {
+        math: ConvMath::Fp16,
+        fused: false,
+        time_algorithms: false,
+        direct_depthwise: true,
+        ..EngineOptions::default()
+    };
+    let cudnn = EngineOptions {
+        direct_depthwise: false,
+        ..direct
+    };
+    // YOLO11n has 7 depthwise 3x3 convolutions (the attention's positional one, two per head
+    // level), 64 to 256 channels. At 96 pixels the deepest level is 3x3, where every window
+    // but the centre one reads padding; batch 3 and 80 or 5 classes vary the other shapes.
+    for (size, classes, batch) in [(160, 80, 2), (96, 5, 3)] {
+        let dir = synth(Arch::Yolo11n, size, classes);
+        let (model, manifest) = load(dir.path());
+        let (h, w) = (
+            manifest.input.height as usize,
+            manifest.input.width as usize,
+        );
+        let plan = || Plan::build(&model, [batch, 3, h, w]).unwrap();
+        let x = sample_input(batch * 3 * h * w, 11);
+        let reference = cpu::run(&plan(), &x).unwrap();
+        let mut a = CudaEngine::build(&gpu, plan(), direct).unwrap();
+        let mut b = CudaEngine::build(&gpu, plan(), cudnn).unwrap();
+        assert_eq!(a.report().depthwise_convs, 7, "{size}: the kernel is used");
+        assert_eq!(b.report().depthwise_convs, 0);
+        let (ya, yb) = (a.run(&x).unwrap(), b.run(&x).unwrap());
+        let (ea, eb) = (
+            relative_error(&ya[0], &reference[0]),
+            relative_error(&yb[0], &reference[0]),
+        );
+        let between = relative_error(&ya[0], &yb[0]);
+        eprintln!("Yolo11n {size} b{batch}: ours {ea:.2e}, cuDNN {eb:.2e}, between {between:.2e}");
+        assert!(ea < 5e-2 && eb < 5e-2, "ours {ea}, cuDNN {eb}");
+        assert!(between < 2e-2, "depthwise kernel vs cuDNN: {between}");
     }
 }
 

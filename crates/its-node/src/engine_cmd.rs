@@ -93,6 +93,10 @@ pub struct Common {
     /// stem kernel reads the NCHW input, in channels-last FP16 mode).
     #[arg(long)]
     pub no_direct_stem: bool,
+    /// Run depthwise convolutions on cuDNN's grouped kernels (default: our `conv_dw_nhwc`
+    /// kernel, in channels-last mode).
+    #[arg(long)]
+    pub no_direct_depthwise: bool,
     /// Keep every activation NCHW (default: channels-last between convolutions).
     #[arg(long)]
     pub nchw: bool,
@@ -121,6 +125,7 @@ impl Common {
             nhwc: !self.nchw,
             fused: !self.no_fused,
             direct_stem: !self.no_direct_stem,
+            direct_depthwise: !self.no_direct_depthwise,
         }
     }
 }
@@ -374,6 +379,12 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
                 }
             );
         }
+        if r.depthwise_convs > 0 {
+            table += &format!(
+                "       depthwise: {} convolutions on our conv_dw_nhwc kernel\n",
+                r.depthwise_convs
+            );
+        }
         let mut multi = serde_json::Value::Null;
         if streams > 1 {
             // N contexts, each on its own stream, launched together; wall time per round.
@@ -415,6 +426,7 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
             "fused_convs": engine.report().fused_convs,
             "fused_tried": engine.report().fused_tried,
             "fused_notes": engine.report().fused_notes,
+            "depthwise_convs": engine.report().depthwise_convs,
             "multi_stream": multi,
         }));
         last = Some(engine);

@@ -216,6 +216,7 @@ impl Resolved {
                 nhwc: true,
                 fused: true,
                 direct_stem: true,
+                direct_depthwise: true,
             },
             precision: choice.native_precision,
             batches: choice.batch_sizes.clone(),

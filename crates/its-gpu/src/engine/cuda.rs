@@ -102,6 +102,9 @@ pub struct EngineOptions {
     /// read from the NCHW input) as our direct kernel, which also removes the input
     /// transpose, instead of the transpose followed by cuDNN.
     pub direct_stem: bool,
+    /// In channels-last mode, run depthwise convolutions (groups == channels, a multiple of
+    /// 8 of them) on our `conv_dw_nhwc` kernel instead of cuDNN's grouped kernels.
+    pub direct_depthwise: bool,
 }
 
 /// How many of cuDNN's heuristic engine configurations a fused layer times.
@@ -116,6 +119,7 @@ impl Default for EngineOptions {
             nhwc: true,
             fused: true,
             direct_stem: true,
+            direct_depthwise: true,
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct BuildReport {
     pub phases: Vec<(&'static str, f64)>,
     /// The first convolution runs as the direct stem kernel (input transpose removed).
     pub direct_stem: bool,
+    /// Depthwise convolutions that run on our `conv_dw_nhwc` kernel.
+    pub depthwise_convs: usize,
 }
 
 /// The first convolution run by `conv_stem_3x3` straight from the NCHW input.
@@ -216,6 +222,8 @@ fn find_stem(plan: &Plan) -> Option<(usize, usize)> {
 struct Kernels {
     conv_stem: CudaFunction,
     conv1x1_few: CudaFunction,
+    conv_dw: CudaFunction,
+    act_vec: CudaFunction,
     bias_act: CudaFunction,
     bias_act_vec: CudaFunction,
     binary_same_vec: CudaFunction,
@@ -308,6 +316,9 @@ struct ConvLayer {
     /// FP32 weights `[m][cin]` when the layer runs on `conv1x1_few` instead of cuDNN (see
     /// [`few_outputs_1x1`]).
     few: Option<Arc<CudaSlice<u8>>>,
+    /// FP32 weights `[kh * kw][c]` when the layer runs on `conv_dw_nhwc` instead of cuDNN
+    /// (see [`depthwise_nhwc`]).
+    dw: Option<Arc<CudaSlice<u8>>>,
 }
 
 impl ConvLayer {
@@ -345,6 +356,26 @@ fn few_outputs_1x1(c: &Conv, cin: usize) -> bool {
         && c.group == 1
         && c.m <= FEW_MAX_OUT
         && cin <= 64
+}
+
+/// Largest window `conv_dw_nhwc` is used for (its taps loop; larger windows stay on cuDNN).
+const DW_MAX_TAPS: usize = 49;
+
+/// Whether convolution `c` (input channels `cin`) runs on our `conv_dw_nhwc` kernel:
+/// channels-last, one filter per channel (groups == input == output channels, a multiple of
+/// 8 so that every thread's 16-byte vector stays inside one pixel in FP16 and FP32),
+/// stride 1 and undilated (what YOLO11's depthwise layers use and the GPU tests cover; the
+/// kernel itself takes strides), symmetric padding, at most [`DW_MAX_TAPS`] window taps.
+fn depthwise_nhwc(c: &Conv, cin: usize) -> bool {
+    c.nhwc
+        && c.stride == [1, 1]
+        && c.group == cin
+        && c.m == cin
+        && cin.is_multiple_of(8)
+        && c.dilation == [1, 1]
+        && c.pad[0] == c.pad[2]
+        && c.pad[1] == c.pad[3]
+        && c.kernel[0] * c.kernel[1] <= DW_MAX_TAPS
 }
 
 /// A convolution run as one fused cuDNN graph.
@@ -578,6 +609,8 @@ impl CudaEngine {
         let kernels = Kernels {
             conv_stem: f("conv_stem_3x3")?,
             conv1x1_few: f("conv1x1_few")?,
+            conv_dw: f("conv_dw_nhwc")?,
+            act_vec: f("act_vec")?,
             bias_act: f("bias_act")?,
             bias_act_vec: f("bias_act_vec")?,
             binary_same_vec: f("binary_same_vec")?,
@@ -703,6 +736,7 @@ impl CudaEngine {
             })
             .sum::<usize>()
             - engine.report.fused_convs
+            - engine.report.depthwise_convs
             - if engine.report.direct_stem { 2 } else { 0 };
         phase("cache write", &mut phases);
         if opts.cuda_graph {
@@ -987,7 +1021,11 @@ impl CudaEngine {
             let Op::Conv(c) = op else {
                 continue;
             };
-            if !c.nhwc || convs[i].is_none() || self.stem.as_ref().is_some_and(|s| s.conv == i) {
+            // Depthwise layers run on our kernel: no fused graph is tried for them.
+            if !c.nhwc
+                || convs[i].as_ref().is_none_or(|l| l.dw.is_some())
+                || self.stem.as_ref().is_some_and(|s| s.conv == i)
+            {
                 continue;
             }
             let (only, json) = match (cached, by_op.get(&i)) {
@@ -1271,6 +1309,18 @@ impl CudaEngine {
         } else {
             None
         };
+        let dw = if opts.direct_depthwise && depthwise_nhwc(c, xs[1]) {
+            // ONNX's [c][1][kh][kw] to tap-major [kh * kw][c].
+            let taps = c.kernel[0] * c.kernel[1];
+            let bytes: Vec<u8> = (0..taps * c.m)
+                .map(|i| c.weight[(i % c.m) * taps + i / c.m])
+                .flat_map(|v| v.to_ne_bytes())
+                .collect();
+            self.report.depthwise_convs += 1;
+            Some(self.gpu.shared_buffer(&self.stream, &bytes)?.0)
+        } else {
+            None
+        };
         self.report.weight_bytes += host.len();
         if how == SharedBuffer::Reused {
             self.report.weight_bytes_shared += host.len();
@@ -1292,6 +1342,7 @@ impl CudaEngine {
             },
             fused: None,
             few,
+            dw,
         })
     }
 
@@ -1312,7 +1363,8 @@ impl CudaEngine {
                 continue;
             };
             let (x, y) = (self.ptr(c.x), self.ptr(c.y));
-            let Some(layer) = self.convs[i].as_ref() else {
+            // A layer on our depthwise kernel never calls cuDNN: nothing to time.
+            let Some(layer) = self.convs[i].as_ref().filter(|l| l.dw.is_none()) else {
                 continue;
             };
             let mut best = (f32::INFINITY, layer.algo, layer.workspace);
@@ -1401,6 +1453,8 @@ impl CudaEngine {
                     })?;
                     if let Some(w) = &l.few {
                         self.few_call(c, l, w)?;
+                    } else if let Some(w) = &l.dw {
+                        self.dw_call(c, l, w)?;
                     } else if let Some(f) = &l.fused {
                         f.plan.execute(self.handle).map_err(|e| {
                             EngineBuildError::Gpu(GpuError::InvalidInput(format!(
@@ -1416,10 +1470,19 @@ impl CudaEngine {
                     let n = self.plan.tensors[*y].numel() as i64;
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
                     let (code, alpha) = (act.code(), act.alpha());
-                    let mut b = s.launch_builder(&self.kernels.act);
-                    b.arg(&xp).arg(&yp).arg(&n).arg(&code).arg(&alpha);
-                    // SAFETY: x and y hold n floats.
-                    unsafe { b.launch(grid(n as usize)) }?;
+                    let vec = 16 / self.math.elem_bytes() as i64;
+                    if n % vec == 0 && n / vec <= u32::MAX as i64 {
+                        let nvec = (n / vec) as u32;
+                        let mut b = s.launch_builder(&self.kernels.act_vec);
+                        b.arg(&xp).arg(&yp).arg(&nvec).arg(&code).arg(&alpha);
+                        // SAFETY: x and y hold n elements each, 256-byte aligned (arena).
+                        unsafe { b.launch(grid(nvec as usize)) }?;
+                    } else {
+                        let mut b = s.launch_builder(&self.kernels.act);
+                        b.arg(&xp).arg(&yp).arg(&n).arg(&code).arg(&alpha);
+                        // SAFETY: x and y hold n elements.
+                        unsafe { b.launch(grid(n as usize)) }?;
+                    }
                 }
                 Op::Binary {
                     op,
@@ -1732,6 +1795,52 @@ impl CudaEngine {
         // SAFETY: x is [n, cin, hw], y [n, m, hw] (1x1, stride 1, no padding), w holds m * cin
         // floats and the bias m floats, m <= 4 (few_outputs_1x1).
         unsafe { b.launch(grid(n as usize * hw as usize)) }?;
+        Ok(())
+    }
+
+    /// Launches `conv_dw_nhwc` for depthwise convolution `c` (layer `l`, FP32 tap-major
+    /// weights `w`).
+    fn dw_call(
+        &self,
+        c: &Conv,
+        l: &ConvLayer,
+        w: &Arc<CudaSlice<u8>>,
+    ) -> Result<(), EngineBuildError> {
+        let (xs, ys) = (self.plan.shape(c.x), self.plan.shape(c.y));
+        let u = |v: usize| v as u32;
+        let (n, h, wd, ch) = (u(xs[0]), u(xs[1]), u(xs[2]), u(xs[3]));
+        let (p, q) = (u(ys[1]), u(ys[2]));
+        let (kh, kw) = (u(c.kernel[0]), u(c.kernel[1]));
+        let (sh, sw, ph, pw) = (u(c.stride[0]), u(c.stride[1]), u(c.pad[0]), u(c.pad[1]));
+        let (x, y) = (self.ptr(c.x), self.ptr(c.y));
+        let (wp, _w) = w.device_ptr(&self.stream);
+        let (bp, _b) = l.bias.device_ptr(&self.stream);
+        let (code, alpha) = (c.act.code(), c.act.alpha());
+        let mut b = self.stream.launch_builder(&self.kernels.conv_dw);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&wp)
+            .arg(&bp)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&ch)
+            .arg(&p)
+            .arg(&q)
+            .arg(&kh)
+            .arg(&kw)
+            .arg(&sh)
+            .arg(&sw)
+            .arg(&ph)
+            .arg(&pw)
+            .arg(&code)
+            .arg(&alpha);
+        let vec = 16 / self.math.elem_bytes();
+        let threads = ys[..3].iter().product::<usize>() * (ys[3] / vec);
+        // SAFETY: x is [n, h, wd, ch] and y [n, p, q, ch] channels-last in 16-byte aligned
+        // arena slots, ch % 8 == 0 (depthwise_nhwc, so each thread's vector stays in its
+        // pixel), w holds kh * kw * ch floats and the bias ch floats.
+        unsafe { b.launch(grid(threads)) }?;
         Ok(())
     }
 
@@ -2161,6 +2270,9 @@ impl CudaEngine {
                 (Op::Conv(_), Some(l)) if l.few.is_some() => {
                     timed("conv_1x1_few", i, &|| self.enqueue_op(i, op))?
                 }
+                (Op::Conv(_), Some(l)) if l.dw.is_some() => {
+                    timed("conv_dw", i, &|| self.enqueue_op(i, op))?
+                }
                 (Op::Conv(_), Some(l)) if l.fused.is_some() => {
                     timed("conv_fused", i, &|| self.enqueue_op(i, op))?
                 }
@@ -2394,6 +2506,37 @@ mod tests {
                     .collect();
                 assert_eq!(few.len(), 1, "{arch:?}: one DFL convolution");
                 assert_eq!((few[0].m, p.shape(few[0].x)[1]), (1, 16), "{arch:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_depthwise_kernel_takes_yolo11s_depthwise_convolutions_in_channels_last_plans() {
+        // Input channels: the last dimension channels-last, the second otherwise.
+        let cin = |p: &Plan, c: &super::Conv| {
+            let x = p.shape(c.x);
+            if c.nhwc { x[3] } else { x[1] }
+        };
+        let count = |p: &Plan| {
+            p.ops
+                .iter()
+                .filter(|o| matches!(o, Op::Conv(c) if super::depthwise_nhwc(c, cin(p, c))))
+                .count()
+        };
+        // YOLO11: the attention's positional convolution, and two in each of the three
+        // levels' class branches. YOLOv8 has none.
+        for (arch, expected) in [(Arch::Yolo11n, 7), (Arch::Yolov8n, 0)] {
+            let nchw = plan_with(arch, 80);
+            assert_eq!(count(&nchw), 0, "{arch:?}: NCHW plans keep cuDNN");
+            let nhwc = super::super::layout::to_nhwc(&nchw);
+            assert_eq!(count(&nhwc), expected, "{arch:?}");
+            for o in &nhwc.ops {
+                if let Op::Conv(c) = o
+                    && super::depthwise_nhwc(c, cin(&nhwc, c))
+                {
+                    assert_eq!(c.group, c.m, "{arch:?}: one filter per channel");
+                    assert_eq!(nhwc.shape(c.x)[3], nhwc.shape(c.y)[3]);
+                }
             }
         }
     }

@@ -533,6 +533,7 @@ impl Lowering {
             outputs,
         };
         fuse(&mut plan);
+        fold_split_concats(&mut plan);
         Ok(plan)
     }
 
@@ -1534,6 +1535,93 @@ fn fuse(plan: &mut Plan) {
     }
 }
 
+/// A concatenation that reads, one after another along its own axis, step-1 narrows that
+/// together are the whole of one tensor (YOLO's C2f and C3k2: a Split into halves, both
+/// concatenated again after the bottlenecks) reads that tensor instead, and the narrows no
+/// other op reads are dropped: a copy in and out of each such half is saved. Returns how many
+/// concatenation inputs were replaced.
+fn fold_split_concats(plan: &mut Plan) -> usize {
+    // Step-1 narrows by output tensor: (op index, source, axis, start, length).
+    let narrow_of = |plan: &Plan, t: Tid| {
+        plan.ops.iter().enumerate().find_map(|(i, o)| match o {
+            Op::Narrow {
+                x,
+                y,
+                axis,
+                start,
+                step: 1,
+            } if *y == t => Some((i, *x, *axis, *start, plan.shape(t)[*axis])),
+            _ => None,
+        })
+    };
+    let mut replaced = 0;
+    for i in 0..plan.ops.len() {
+        let Op::Concat { xs, axis, .. } = &plan.ops[i] else {
+            continue;
+        };
+        let axis = *axis;
+        let mut folded = Vec::with_capacity(xs.len());
+        let mut k = 0;
+        while k < xs.len() {
+            // The longest run from k of narrows of one source along `axis`, from 0 on.
+            let mut run = None;
+            if let Some((at, src, a, 0, _)) = narrow_of(plan, xs[k])
+                && a == axis
+                && at < i
+            {
+                let full = plan.shape(src)[axis];
+                let (mut next, mut j) = (0, k);
+                while j < xs.len()
+                    && let Some((at, s2, a2, start, len)) = narrow_of(plan, xs[j])
+                    && (s2, a2, start) == (src, axis, next)
+                    && at < i
+                    && next < full
+                {
+                    next += len;
+                    j += 1;
+                }
+                if next == full && j > k {
+                    run = Some((src, j));
+                }
+            }
+            match run {
+                Some((src, j)) => {
+                    folded.push(src);
+                    replaced += j - k;
+                    k = j;
+                }
+                None => {
+                    folded.push(xs[k]);
+                    k += 1;
+                }
+            }
+        }
+        if let Op::Concat { xs, .. } = &mut plan.ops[i] {
+            *xs = folded;
+        }
+    }
+    // Narrows whose output nothing reads any more.
+    let read = |plan: &Plan, t: Tid| {
+        let s = plan.tensors[t].storage;
+        plan.ops
+            .iter()
+            .flat_map(|o| o.inputs())
+            .chain(plan.outputs.iter().map(|(_, o)| *o))
+            .any(|u| plan.tensors[u].storage == s)
+    };
+    let mut i = 0;
+    while i < plan.ops.len() {
+        if let Op::Narrow { y, .. } = plan.ops[i]
+            && !read(plan, y)
+        {
+            plan.ops.remove(i);
+            continue;
+        }
+        i += 1;
+    }
+    replaced
+}
+
 /// The shape of `shapes` concatenated along `axis`: `None` unless all have the same rank
 /// (above `axis`) and the same size on every other axis, or the sum overflows.
 fn concat_shape(shapes: &[&[usize]], axis: usize) -> Option<Vec<usize>> {
@@ -1559,7 +1647,104 @@ fn concat_shape(shapes: &[&[usize]], axis: usize) -> Option<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{concat_shape, conv_out, reshape_dims, tensor_from_proto};
+    use super::{Act, Op, Plan, TensorInfo, Tid, concat_shape, conv_out, reshape_dims};
+    use super::{fold_split_concats, tensor_from_proto};
+
+    /// input [2, 6, 3, 3]; two narrows of it along the channels (`parts`: start, length, step),
+    /// an activation of the last narrow, and a concatenation of `order` (indices into the
+    /// narrows, then the activation's output).
+    fn split_concat(parts: &[(usize, usize, usize)], order: &[usize]) -> Plan {
+        let mut tensors = vec![TensorInfo {
+            shape: vec![2, 6, 3, 3],
+            storage: 0,
+        }];
+        let mut ops = Vec::new();
+        let add = |tensors: &mut Vec<TensorInfo>, shape: Vec<usize>| -> Tid {
+            tensors.push(TensorInfo {
+                storage: tensors.len(),
+                shape,
+            });
+            tensors.len() - 1
+        };
+        let mut outs = Vec::new();
+        for &(start, len, step) in parts {
+            let y = add(&mut tensors, vec![2, len, 3, 3]);
+            ops.push(Op::Narrow {
+                x: 0,
+                y,
+                axis: 1,
+                start,
+                step,
+            });
+            outs.push(y);
+        }
+        let last = *outs.last().unwrap();
+        let z = add(&mut tensors, vec![2, parts.last().unwrap().1, 3, 3]);
+        ops.push(Op::Act {
+            x: last,
+            y: z,
+            act: Act::Sigmoid,
+        });
+        outs.push(z);
+        let xs: Vec<Tid> = order.iter().map(|&i| outs[i]).collect();
+        let c = xs.iter().map(|&t| tensors[t].shape[1]).sum();
+        let y = add(&mut tensors, vec![2, c, 3, 3]);
+        ops.push(Op::Concat { xs, y, axis: 1 });
+        Plan {
+            storage_len: tensors.iter().map(|t| t.shape.iter().product()).collect(),
+            tensors,
+            constants: vec![],
+            ops,
+            input: 0,
+            outputs: vec![("y".into(), y)],
+        }
+    }
+
+    fn narrows(p: &Plan) -> usize {
+        p.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Narrow { .. }))
+            .count()
+    }
+
+    #[test]
+    fn a_split_concatenated_again_in_order_is_read_whole_and_computes_the_same() {
+        let x = super::super::tensor::sample_input(2 * 6 * 9, 4);
+        // C2f / C3k2: halves 0..3 and 3..6, both concatenated, the second also activated.
+        let before = split_concat(&[(0, 3, 1), (3, 3, 1)], &[0, 1, 2]);
+        let mut after = before.clone();
+        assert_eq!(fold_split_concats(&mut after), 2);
+        let Some(Op::Concat { xs, .. }) = after.ops.last() else {
+            panic!("the concatenation stays last")
+        };
+        assert_eq!(
+            xs[0], before.input,
+            "the concatenation reads the split's input"
+        );
+        assert_eq!(xs.len(), 2);
+        assert_eq!(narrows(&after), 1, "the half nothing else reads is dropped");
+        let cpu = super::super::cpu::run;
+        assert_eq!(cpu(&before, &x).unwrap(), cpu(&after, &x).unwrap());
+    }
+
+    #[test]
+    fn narrows_that_are_not_the_whole_tensor_in_order_are_kept() {
+        for (parts, order) in [
+            // Out of order.
+            (&[(0, 3, 1), (3, 3, 1)][..], &[1, 0, 2][..]),
+            // Not the whole tensor.
+            (&[(0, 2, 1), (2, 2, 1)], &[0, 1, 2]),
+            // Not from the start.
+            (&[(1, 2, 1), (3, 3, 1)], &[0, 1, 2]),
+            // Strided.
+            (&[(0, 3, 2), (3, 3, 1)], &[0, 1, 2]),
+        ] {
+            let before = split_concat(parts, order);
+            let mut after = before.clone();
+            assert_eq!(fold_split_concats(&mut after), 0, "{parts:?} {order:?}");
+            assert_eq!(after, before);
+        }
+    }
 
     /// Found by the onnx_model fuzz target: a folded Concat of a rank-1 and a rank-3
     /// constant indexed past the shorter shape.
