@@ -106,7 +106,7 @@ fn plan_folds_shape_arithmetic_and_fuses_activations() {
 }
 
 #[test]
-fn c2f_and_c3k2_splits_are_concatenated_without_copying_their_halves() {
+fn c2f_and_c3k2_splits_and_the_heads_box_and_class_split_copy_nothing() {
     // Both detectors have 8 such blocks (YOLOv8n: C2f at layers 2, 4, 6, 8, 12, 15, 18, 21;
     // YOLO11n: C3k2 at 2, 4, 6, 8, 13, 16, 19, 22). Each splits its first convolution's output
     // into halves and concatenates both with the bottlenecks' outputs: folded, the
@@ -132,6 +132,20 @@ fn c2f_and_c3k2_splits_are_concatenated_without_copying_their_halves() {
             .filter(|o| matches!(o, Op::Concat { xs, .. } if conv_out(xs[0]) && narrowed(xs[0])))
             .count();
         assert_eq!(whole, 8, "{arch:?}");
+        // The head's box and class narrows of the levels' concatenation read each level's
+        // parts instead: no narrow of a concatenation is left.
+        let concat_out = |t| {
+            plan.ops
+                .iter()
+                .any(|o| matches!(o, Op::Concat { y, .. } if *y == t))
+        };
+        assert!(
+            !plan
+                .ops
+                .iter()
+                .any(|o| matches!(o, Op::Narrow { x, .. } if concat_out(*x))),
+            "{arch:?}"
+        );
     }
 }
 

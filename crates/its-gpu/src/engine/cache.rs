@@ -18,8 +18,9 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{Conv, Op, Plan};
 
-/// Version of the file layout; a file of another version is a miss.
-pub const CACHE_FORMAT: u32 = 3;
+/// Version of the file layout and of the plans whose ops it indexes (4: the plan rewrites
+/// of narrows and concatenations renumber the ops); a file of another version is a miss.
+pub const CACHE_FORMAT: u32 = 4;
 
 /// Where a model's build decisions are cached.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -533,7 +533,9 @@ impl Lowering {
             outputs,
         };
         fuse(&mut plan);
+        push_narrows_through_concats(&mut plan);
         fold_split_concats(&mut plan);
+        drop_unread(&mut plan);
         Ok(plan)
     }
 
@@ -1537,9 +1539,9 @@ fn fuse(plan: &mut Plan) {
 
 /// A concatenation that reads, one after another along its own axis, step-1 narrows that
 /// together are the whole of one tensor (YOLO's C2f and C3k2: a Split into halves, both
-/// concatenated again after the bottlenecks) reads that tensor instead, and the narrows no
-/// other op reads are dropped: a copy in and out of each such half is saved. Returns how many
-/// concatenation inputs were replaced.
+/// concatenated again after the bottlenecks) reads that tensor instead; [`drop_unread`] then
+/// drops the narrows no other op reads, which saves a copy in and out of each such half.
+/// Returns how many concatenation inputs were replaced.
 fn fold_split_concats(plan: &mut Plan) -> usize {
     // Step-1 narrows by output tensor: (op index, source, axis, start, length).
     let narrow_of = |plan: &Plan, t: Tid| {
@@ -1600,26 +1602,135 @@ fn fold_split_concats(plan: &mut Plan) -> usize {
             *xs = folded;
         }
     }
-    // Narrows whose output nothing reads any more.
-    let read = |plan: &Plan, t: Tid| {
-        let s = plan.tensors[t].storage;
-        plan.ops
+    replaced
+}
+
+/// A step-1 narrow of a concatenation along another axis is the concatenation of its inputs'
+/// narrows. YOLO's head concatenates each level's box and class outputs along the channels,
+/// the levels along the anchors, and splits the result into box and class again: each
+/// level's narrow is then one of its two parts, unchanged, and the level concatenations, the
+/// large one and the narrows are no longer needed. A narrow is rewritten only when every
+/// input's part is found that way, with no copy (an input that is, or is a reshape that
+/// keeps the dimensions up to the narrowed axis of, a concatenation along the narrowed axis
+/// whose part is exactly the narrowed range, or that the range covers whole). Returns how
+/// many narrows were rewritten; [`drop_unread`] removes what they left unread.
+fn push_narrows_through_concats(plan: &mut Plan) -> usize {
+    let mut rewritten = 0;
+    for i in 0..plan.ops.len() {
+        let Op::Narrow {
+            x,
+            y,
+            axis: b,
+            start,
+            step: 1,
+        } = plan.ops[i]
+        else {
+            continue;
+        };
+        let Some(Op::Concat { xs, axis: a, .. }) = plan.ops[..i]
+            .iter()
+            .find(|o| matches!(o, Op::Concat { y: cy, .. } if *cy == x))
+            .cloned()
+        else {
+            continue;
+        };
+        if a == b {
+            continue;
+        }
+        let len = plan.shape(y)[b];
+        let parts: Option<Vec<Tid>> = xs
+            .iter()
+            .map(|&t| part_without_copy(plan, &plan.ops[..i], t, b, start, len))
+            .collect();
+        let Some(parts) = parts else {
+            continue;
+        };
+        // Views made only now: tensors are added, the op list keeps its length.
+        let parts = parts
+            .into_iter()
+            .zip(&xs)
+            .map(|(p, &t)| {
+                let mut shape = plan.shape(t).to_vec();
+                shape[b] = len;
+                if plan.shape(p) == shape.as_slice() {
+                    p
+                } else {
+                    plan.tensors.push(TensorInfo {
+                        shape,
+                        storage: plan.tensors[p].storage,
+                    });
+                    plan.tensors.len() - 1
+                }
+            })
+            .collect();
+        plan.ops[i] = Op::Concat {
+            xs: parts,
+            y,
+            axis: a,
+        };
+        rewritten += 1;
+    }
+    rewritten
+}
+
+/// Elements `start..start + len` along axis `b` of tensor `t`, as a tensor already computed
+/// by `before` (to be viewed in `t`'s shape with `len` on axis `b`), when there is one.
+fn part_without_copy(
+    plan: &Plan,
+    before: &[Op],
+    t: Tid,
+    b: usize,
+    start: usize,
+    len: usize,
+) -> Option<Tid> {
+    let shape = plan.shape(t);
+    if b >= shape.len() {
+        return None;
+    }
+    if start == 0 && len == shape[b] {
+        return Some(t);
+    }
+    let st = plan.tensors[t].storage;
+    let Some(Op::Concat { xs, y, axis }) = before
+        .iter()
+        .find(|o| plan.tensors[o.output()].storage == st)
+    else {
+        return None;
+    };
+    let ys = plan.shape(*y);
+    if *axis != b || ys.len() <= b || ys[..=b] != shape[..=b] {
+        return None;
+    }
+    let mut off = 0;
+    for &p in xs {
+        let pl = plan.shape(p)[b];
+        if off == start && pl == len {
+            return Some(p);
+        }
+        off += pl;
+    }
+    None
+}
+
+/// Drops the ops whose output nothing reads (no later op, no graph output), until none is
+/// left: what the rewrites above made redundant. Every op is pure.
+fn drop_unread(plan: &mut Plan) {
+    loop {
+        let mut read = vec![false; plan.storage_len.len()];
+        for t in plan
+            .ops
             .iter()
             .flat_map(|o| o.inputs())
             .chain(plan.outputs.iter().map(|(_, o)| *o))
-            .any(|u| plan.tensors[u].storage == s)
-    };
-    let mut i = 0;
-    while i < plan.ops.len() {
-        if let Op::Narrow { y, .. } = plan.ops[i]
-            && !read(plan, y)
         {
-            plan.ops.remove(i);
-            continue;
+            read[plan.tensors[t].storage] = true;
         }
-        i += 1;
+        let before = plan.ops.len();
+        plan.ops.retain(|o| read[plan.tensors[o.output()].storage]);
+        if plan.ops.len() == before {
+            return;
+        }
     }
-    replaced
 }
 
 /// The shape of `shapes` concatenated along `axis`: `None` unless all have the same rank
@@ -1648,7 +1759,7 @@ fn concat_shape(shapes: &[&[usize]], axis: usize) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::{Act, Op, Plan, TensorInfo, Tid, concat_shape, conv_out, reshape_dims};
-    use super::{fold_split_concats, tensor_from_proto};
+    use super::{drop_unread, fold_split_concats, push_narrows_through_concats, tensor_from_proto};
 
     /// input [2, 6, 3, 3]; two narrows of it along the channels (`parts`: start, length, step),
     /// an activation of the last narrow, and a concatenation of `order` (indices into the
@@ -1714,6 +1825,7 @@ mod tests {
         let before = split_concat(&[(0, 3, 1), (3, 3, 1)], &[0, 1, 2]);
         let mut after = before.clone();
         assert_eq!(fold_split_concats(&mut after), 2);
+        drop_unread(&mut after);
         let Some(Op::Concat { xs, .. }) = after.ops.last() else {
             panic!("the concatenation stays last")
         };
@@ -1725,6 +1837,134 @@ mod tests {
         assert_eq!(narrows(&after), 1, "the half nothing else reads is dropped");
         let cpu = super::super::cpu::run;
         assert_eq!(cpu(&before, &x).unwrap(), cpu(&after, &x).unwrap());
+    }
+
+    /// A plan built op by op, for the rewrites' tests.
+    struct Build(Plan);
+
+    impl Build {
+        fn new(input: Vec<usize>) -> Self {
+            Build(Plan {
+                storage_len: vec![input.iter().product()],
+                tensors: vec![TensorInfo {
+                    shape: input,
+                    storage: 0,
+                }],
+                constants: vec![],
+                ops: vec![],
+                input: 0,
+                outputs: vec![],
+            })
+        }
+        fn tensor(&mut self, shape: Vec<usize>) -> Tid {
+            self.0.storage_len.push(shape.iter().product());
+            self.0.tensors.push(TensorInfo {
+                shape,
+                storage: self.0.storage_len.len() - 1,
+            });
+            self.0.tensors.len() - 1
+        }
+        fn view(&mut self, of: Tid, shape: Vec<usize>) -> Tid {
+            let storage = self.0.tensors[of].storage;
+            self.0.tensors.push(TensorInfo { shape, storage });
+            self.0.tensors.len() - 1
+        }
+        fn narrow(&mut self, x: Tid, axis: usize, start: usize, len: usize) -> Tid {
+            let mut shape = self.0.shape(x).to_vec();
+            shape[axis] = len;
+            let y = self.tensor(shape);
+            self.0.ops.push(Op::Narrow {
+                x,
+                y,
+                axis,
+                start,
+                step: 1,
+            });
+            y
+        }
+        fn sigmoid(&mut self, x: Tid) -> Tid {
+            let y = self.tensor(self.0.shape(x).to_vec());
+            self.0.ops.push(Op::Act {
+                x,
+                y,
+                act: Act::Sigmoid,
+            });
+            y
+        }
+        fn concat(&mut self, xs: Vec<Tid>, axis: usize) -> Tid {
+            let mut shape = self.0.shape(xs[0]).to_vec();
+            shape[axis] = xs.iter().map(|&t| self.0.shape(t)[axis]).sum();
+            let y = self.tensor(shape);
+            self.0.ops.push(Op::Concat { xs, y, axis });
+            y
+        }
+    }
+
+    /// YOLO's head in small: two levels, each a 3-channel box and a 5-channel class part
+    /// concatenated along the channels, viewed as [n, 8, cells], the levels concatenated along
+    /// the cells, and the result narrowed to channels `box` and `cls` (start, length).
+    fn head(box_: (usize, usize), cls: (usize, usize)) -> Plan {
+        let mut g = Build::new(vec![2, 8, 4, 4]);
+        let b0 = g.narrow(0, 1, 0, 3);
+        let b0 = g.sigmoid(b0);
+        let c0 = g.narrow(0, 1, 3, 5);
+        let c0 = g.sigmoid(c0);
+        let l0 = g.concat(vec![b0, c0], 1);
+        let r0 = g.view(l0, vec![2, 8, 16]);
+        let b1 = g.narrow(b0, 2, 0, 2);
+        let b1 = g.sigmoid(b1);
+        let c1 = g.narrow(c0, 2, 1, 2);
+        let c1 = g.sigmoid(c1);
+        let l1 = g.concat(vec![b1, c1], 1);
+        let r1 = g.view(l1, vec![2, 8, 8]);
+        let all = g.concat(vec![r0, r1], 2);
+        let yb = g.narrow(all, 1, box_.0, box_.1);
+        let yc = g.narrow(all, 1, cls.0, cls.1);
+        g.0.outputs = vec![("box".into(), yb), ("cls".into(), yc)];
+        g.0
+    }
+
+    #[test]
+    fn narrows_of_the_heads_concatenation_read_the_levels_parts_and_compute_the_same() {
+        let x = super::super::tensor::sample_input(2 * 8 * 16, 6);
+        let before = head((0, 3), (3, 5));
+        let mut after = before.clone();
+        assert_eq!(push_narrows_through_concats(&mut after), 2);
+        drop_unread(&mut after);
+        let count = |p: &Plan, axis: usize| {
+            p.ops
+                .iter()
+                .filter(|o| matches!(o, Op::Concat { axis: a, .. } if *a == axis))
+                .count()
+        };
+        assert_eq!((count(&before, 1), count(&before, 2)), (2, 1));
+        assert_eq!(
+            (count(&after, 1), count(&after, 2)),
+            (0, 2),
+            "box and class concatenated along the cells, the level concatenations gone: {:?}",
+            after.ops
+        );
+        // The graph's own narrows (the two levels' parts) remain; the two of the big
+        // concatenation are gone.
+        assert_eq!(narrows(&before) - narrows(&after), 2);
+        let cpu = super::super::cpu::run;
+        assert_eq!(cpu(&before, &x).unwrap(), cpu(&after, &x).unwrap());
+    }
+
+    #[test]
+    fn a_narrow_across_the_levels_parts_is_kept() {
+        // Channels 0..4 are the box part and one class channel: no part is the range.
+        for (box_, cls) in [((0, 4), (4, 4)), ((1, 2), (3, 5))] {
+            let before = head(box_, cls);
+            let mut after = before.clone();
+            let n = push_narrows_through_concats(&mut after);
+            drop_unread(&mut after);
+            let x = super::super::tensor::sample_input(2 * 8 * 16, 6);
+            let cpu = super::super::cpu::run;
+            assert_eq!(cpu(&before, &x).unwrap(), cpu(&after, &x).unwrap());
+            // Only the class narrow of the second case is a part.
+            assert_eq!(n, usize::from(cls == (3, 5)), "{box_:?} {cls:?}");
+        }
     }
 
     #[test]
@@ -1742,6 +1982,7 @@ mod tests {
             let before = split_concat(parts, order);
             let mut after = before.clone();
             assert_eq!(fold_split_concats(&mut after), 0, "{parts:?} {order:?}");
+            drop_unread(&mut after);
             assert_eq!(after, before);
         }
     }
