@@ -645,47 +645,82 @@ extern "C" __global__ void conv1x1_few(const elem_t* __restrict__ x, elem_t* __r
     }
 }
 
-// A depthwise convolution (one filter per channel, groups == channels) on channels-last
-// tensors, with bias and activation: cuDNN's grouped kernels spend several times the memory
-// traffic's time on these (YOLO11's head and its attention's positional convolution). One
-// thread per (image, output position, group of VEC channels): each window tap is one 16-byte
-// load, consecutive across the warp. x: [n, h, wd, c], y: [n, p, q, c], c % VEC == 0;
-// w: [kh * kw][c] floats (tap-major, so a thread's VEC weights are adjacent), bias: [c] floats.
-extern "C" __global__ void conv_dw_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
-                                        const float* __restrict__ w,
-                                        const float* __restrict__ bias, unsigned n, unsigned h,
-                                        unsigned wd, unsigned c, unsigned p, unsigned q,
-                                        unsigned kh, unsigned kw, unsigned sh, unsigned sw,
-                                        unsigned ph, unsigned pw, int act, float alpha) {
+// A 3x3 depthwise convolution (one filter per channel, groups == channels), stride 1, on
+// channels-last tensors, with bias and activation: cuDNN's grouped kernels spend several times
+// the memory traffic's time on these (YOLO11's head and its attention's positional
+// convolution). One thread per (image, output row, DW_PX adjacent output pixels, group of VEC
+// channels): it keeps its 9 x VEC weights in registers, reads the DW_PX + 2 input columns of
+// each of the 3 window rows once (each a 16-byte load; the threads of a warp read adjacent
+// channel groups) and writes DW_PX 16-byte vectors. x: [n, h, wd, c], y: [n, p, q, c],
+// c % VEC == 0; w: [9][c] floats (tap-major), bias: [c] floats.
+#define DW_PX 4
+extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
+                                           const float* __restrict__ w,
+                                           const float* __restrict__ bias, unsigned n,
+                                           unsigned h, unsigned wd, unsigned c, unsigned p,
+                                           unsigned q, unsigned ph, unsigned pw, int act,
+                                           float alpha) {
     unsigned groups = c / VEC;
-    unsigned total = n * p * q * groups;
+    unsigned blocks = (q + DW_PX - 1) / DW_PX;
+    unsigned total = n * p * blocks * groups;
     unsigned stride = gridDim.x * blockDim.x;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        unsigned g = i % groups, pix = i / groups;
-        unsigned ox = pix % q, rest = pix / q;
+        unsigned g = i % groups, rest = i / groups;
+        unsigned xb = rest % blocks;
+        rest /= blocks;
         unsigned oy = rest % p, b = rest / p;
-        unsigned c0 = g * VEC;
-        int iy0 = (int)(oy * sh) - (int)ph, ix0 = (int)(ox * sw) - (int)pw;
-        float acc[VEC];
+        unsigned c0 = g * VEC, ox0 = xb * DW_PX;
+        float wr[9][VEC];
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) acc[j] = bias[c0 + j];
-        for (unsigned dy = 0; dy < kh; ++dy) {
-            int iy = iy0 + (int)dy;
-            if (iy < 0 || iy >= (int)h) continue;
-            for (unsigned dx = 0; dx < kw; ++dx) {
-                int ix = ix0 + (int)dx;
-                if (ix < 0 || ix >= (int)wd) continue;
-                Vec16 v;
-                v.u = *reinterpret_cast<const uint4*>(
-                    x + (((size_t)b * h + (unsigned)iy) * wd + (unsigned)ix) * c + c0);
-                const float* wt = w + (size_t)(dy * kw + dx) * c + c0;
+        for (int t = 0; t < 9; ++t) {
 #pragma unroll
-                for (int j = 0; j < VEC; ++j) acc[j] = fmaf(__ldg(wt + j), ld(v.e[j]), acc[j]);
+            for (int j = 0; j < VEC; j += 4) {
+                float4 f = __ldg(reinterpret_cast<const float4*>(w + (size_t)t * c + c0 + j));
+                wr[t][j] = f.x;
+                wr[t][j + 1] = f.y;
+                wr[t][j + 2] = f.z;
+                wr[t][j + 3] = f.w;
             }
         }
-        Vec16 d;
+        float acc[DW_PX][VEC];
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) d.e[j] = st(act_apply(acc[j], act, alpha));
-        *reinterpret_cast<uint4*>(y + (size_t)pix * c + c0) = d.u;
+        for (int j = 0; j < VEC; ++j) {
+            float bj = bias[c0 + j];
+#pragma unroll
+            for (int o = 0; o < DW_PX; ++o) acc[o][j] = bj;
+        }
+        int ix0 = (int)ox0 - (int)pw;
+#pragma unroll
+        for (int dy = 0; dy < 3; ++dy) {
+            int iy = (int)oy - (int)ph + dy;
+            if (iy < 0 || iy >= (int)h) continue;
+            const elem_t* row = x + ((size_t)b * h + (unsigned)iy) * wd * c + c0;
+#pragma unroll
+            for (int col = 0; col < DW_PX + 2; ++col) {
+                int ix = ix0 + col;
+                if (ix < 0 || ix >= (int)wd) continue;
+                Vec16 v;
+                v.u = *reinterpret_cast<const uint4*>(row + (size_t)ix * c);
+                float f[VEC];
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) f[j] = ld(v.e[j]);
+#pragma unroll
+                for (int o = 0; o < DW_PX; ++o) {
+                    int dx = col - o;
+                    if (dx < 0 || dx > 2) continue;
+#pragma unroll
+                    for (int j = 0; j < VEC; ++j) acc[o][j] = fmaf(wr[dy * 3 + dx][j], f[j], acc[o][j]);
+                }
+            }
+        }
+        elem_t* out = y + (((size_t)b * p + oy) * q + ox0) * c + c0;
+#pragma unroll
+        for (int o = 0; o < DW_PX; ++o) {
+            if (ox0 + o >= q) break;
+            Vec16 d;
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) d.e[j] = st(act_apply(acc[o][j], act, alpha));
+            *reinterpret_cast<uint4*>(out + (size_t)o * c) = d.u;
+        }
     }
 }

@@ -45,6 +45,7 @@ fn fixture(batch: usize) -> Fixture {
         model_sha256: cache.model_sha256.clone(),
         math: "fp16".into(),
         nhwc: false,
+        direct_depthwise: true,
         input_shape: [batch, 3, 64, 64],
     };
     Fixture {

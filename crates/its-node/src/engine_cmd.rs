@@ -93,7 +93,7 @@ pub struct Common {
     /// stem kernel reads the NCHW input, in channels-last FP16 mode).
     #[arg(long)]
     pub no_direct_stem: bool,
-    /// Run depthwise convolutions on cuDNN's grouped kernels (default: our `conv_dw_nhwc`
+    /// Run depthwise convolutions on cuDNN's grouped kernels (default: our `conv_dw3x3_nhwc`
     /// kernel, in channels-last mode).
     #[arg(long)]
     pub no_direct_depthwise: bool,
@@ -381,7 +381,7 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
         }
         if r.depthwise_convs > 0 {
             table += &format!(
-                "       depthwise: {} convolutions on our conv_dw_nhwc kernel\n",
+                "       depthwise: {} convolutions on our conv_dw3x3_nhwc kernel\n",
                 r.depthwise_convs
             );
         }

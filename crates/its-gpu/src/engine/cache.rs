@@ -46,7 +46,11 @@ impl EngineCache {
     pub fn file(&self, key: &CacheKey) -> PathBuf {
         let [n, c, h, w] = key.input_shape;
         let sha = key.model_sha256.get(..16).unwrap_or(&key.model_sha256);
-        let layout = if key.nhwc { "nhwc" } else { "nchw" };
+        let layout = match (key.nhwc, key.direct_depthwise) {
+            (false, _) => "nchw",
+            (true, true) => "nhwc",
+            (true, false) => "nhwc-cudnn-dw",
+        };
         self.dir
             .join(format!("{sha}-{}-{layout}-{n}x{c}x{h}x{w}.json", key.math))
     }
@@ -99,6 +103,9 @@ pub struct CacheKey {
     pub math: String,
     /// Channels-last rewrite applied.
     pub nhwc: bool,
+    /// Depthwise layers on our kernel (a layer's cached "not fused" then means that kernel).
+    #[serde(default)]
+    pub direct_depthwise: bool,
     /// Input shape of the profile `[n, c, h, w]`.
     pub input_shape: [usize; 4],
 }
@@ -124,6 +131,13 @@ impl CacheKey {
             .or_else(|| d("model sha256", &self.model_sha256, &now.model_sha256))
             .or_else(|| d("math", &self.math, &now.math))
             .or_else(|| d("nhwc", &self.nhwc, &now.nhwc))
+            .or_else(|| {
+                d(
+                    "direct depthwise",
+                    &self.direct_depthwise,
+                    &now.direct_depthwise,
+                )
+            })
             .or_else(|| d("input shape", &self.input_shape, &now.input_shape))
     }
 }
@@ -338,6 +352,7 @@ mod tests {
             model_sha256: sha256_hex(b"model"),
             math: "fp16".into(),
             nhwc: true,
+            direct_depthwise: true,
             input_shape: [8, 3, 640, 640],
         }
     }
@@ -370,6 +385,7 @@ mod tests {
             ),
             ("math", Box::new(|k| k.math = "fp32".into())),
             ("nhwc", Box::new(|k| k.nhwc = false)),
+            ("direct depthwise", Box::new(|k| k.direct_depthwise = false)),
             ("input shape", Box::new(|k| k.input_shape[0] = 1)),
         ];
         for (field, change) in cases {
@@ -392,6 +408,9 @@ mod tests {
         assert_ne!(a, c.file(&k));
         let mut k = key();
         k.nhwc = false;
+        assert_ne!(a, c.file(&k));
+        let mut k = key();
+        k.direct_depthwise = false;
         assert_ne!(a, c.file(&k));
         // GPU and driver are checked inside the file: same name.
         let mut k = key();

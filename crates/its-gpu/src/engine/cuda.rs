@@ -103,7 +103,7 @@ pub struct EngineOptions {
     /// transpose, instead of the transpose followed by cuDNN.
     pub direct_stem: bool,
     /// In channels-last mode, run depthwise convolutions (groups == channels, a multiple of
-    /// 8 of them) on our `conv_dw_nhwc` kernel instead of cuDNN's grouped kernels.
+    /// 8 of them) on our `conv_dw3x3_nhwc` kernel instead of cuDNN's grouped kernels.
     pub direct_depthwise: bool,
 }
 
@@ -168,7 +168,7 @@ pub struct BuildReport {
     pub phases: Vec<(&'static str, f64)>,
     /// The first convolution runs as the direct stem kernel (input transpose removed).
     pub direct_stem: bool,
-    /// Depthwise convolutions that run on our `conv_dw_nhwc` kernel.
+    /// Depthwise convolutions that run on our `conv_dw3x3_nhwc` kernel.
     pub depthwise_convs: usize,
 }
 
@@ -316,7 +316,7 @@ struct ConvLayer {
     /// FP32 weights `[m][cin]` when the layer runs on `conv1x1_few` instead of cuDNN (see
     /// [`few_outputs_1x1`]).
     few: Option<Arc<CudaSlice<u8>>>,
-    /// FP32 weights `[kh * kw][c]` when the layer runs on `conv_dw_nhwc` instead of cuDNN
+    /// FP32 weights `[kh * kw][c]` when the layer runs on `conv_dw3x3_nhwc` instead of cuDNN
     /// (see [`depthwise_nhwc`]).
     dw: Option<Arc<CudaSlice<u8>>>,
 }
@@ -358,16 +358,16 @@ fn few_outputs_1x1(c: &Conv, cin: usize) -> bool {
         && cin <= 64
 }
 
-/// Largest window `conv_dw_nhwc` is used for (its taps loop; larger windows stay on cuDNN).
-const DW_MAX_TAPS: usize = 49;
+/// Output pixels one thread of `conv_dw3x3_nhwc` computes (`DW_PX` in engine.cu).
+const DW_PX: usize = 4;
 
-/// Whether convolution `c` (input channels `cin`) runs on our `conv_dw_nhwc` kernel:
-/// channels-last, one filter per channel (groups == input == output channels, a multiple of
-/// 8 so that every thread's 16-byte vector stays inside one pixel in FP16 and FP32),
-/// stride 1 and undilated (what YOLO11's depthwise layers use and the GPU tests cover; the
-/// kernel itself takes strides), symmetric padding, at most [`DW_MAX_TAPS`] window taps.
+/// Whether convolution `c` (input channels `cin`) runs on our `conv_dw3x3_nhwc` kernel:
+/// channels-last, one 3x3 filter per channel (groups == input == output channels, a
+/// multiple of 8 so that every thread's 16-byte vector stays inside one pixel in FP16 and
+/// FP32), stride 1, undilated, symmetric padding: YOLO11's depthwise layers.
 fn depthwise_nhwc(c: &Conv, cin: usize) -> bool {
     c.nhwc
+        && c.kernel == [3, 3]
         && c.stride == [1, 1]
         && c.group == cin
         && c.m == cin
@@ -375,7 +375,6 @@ fn depthwise_nhwc(c: &Conv, cin: usize) -> bool {
         && c.dilation == [1, 1]
         && c.pad[0] == c.pad[2]
         && c.pad[1] == c.pad[3]
-        && c.kernel[0] * c.kernel[1] <= DW_MAX_TAPS
 }
 
 /// A convolution run as one fused cuDNN graph.
@@ -609,7 +608,7 @@ impl CudaEngine {
         let kernels = Kernels {
             conv_stem: f("conv_stem_3x3")?,
             conv1x1_few: f("conv1x1_few")?,
-            conv_dw: f("conv_dw_nhwc")?,
+            conv_dw: f("conv_dw3x3_nhwc")?,
             act_vec: f("act_vec")?,
             bias_act: f("bias_act")?,
             bias_act_vec: f("bias_act_vec")?,
@@ -660,7 +659,7 @@ impl CudaEngine {
         let mut cached = None;
         let mut miss = None;
         if let Some(c) = cache.filter(|_| opts.time_algorithms) {
-            let k = cache_key(gpu, c, opts.math, nhwc, input_shape);
+            let k = cache_key(gpu, c, opts, nhwc, input_shape);
             match cache::load(c, &k, &plan) {
                 Ok(file) => cached = Some(file),
                 Err(m) => miss = Some(m),
@@ -1021,9 +1020,12 @@ impl CudaEngine {
             let Op::Conv(c) = op else {
                 continue;
             };
-            // Depthwise layers run on our kernel: no fused graph is tried for them.
+            // A depthwise layer on our kernel tries a fused graph only where the two are
+            // timed against each other (or the cache says which won).
+            let dw = convs[i].as_ref().is_some_and(|l| l.dw.is_some());
             if !c.nhwc
-                || convs[i].as_ref().is_none_or(|l| l.dw.is_some())
+                || convs[i].is_none()
+                || (dw && cached.is_none() && !opts.time_algorithms)
                 || self.stem.as_ref().is_some_and(|s| s.conv == i)
             {
                 continue;
@@ -1074,11 +1076,16 @@ impl CudaEngine {
             let ptrs = self.fused_ptrs(c, l)?;
             let ws = self.workspace_ptr;
             let timing = opts.time_algorithms && !by_op.contains_key(&i);
+            // What the fused graph must beat: our depthwise kernel where the layer has it,
+            // else cuDNN's convolution followed by `bias_act`.
             let pair_ms = if timing {
-                self.time_call(&|| {
-                    self.conv_call(l, l.algo, ptrs[0], ptrs[3])?;
-                    self.conv_epilogue(c, l)
-                })?
+                match &l.dw {
+                    Some(w) => self.time_call(&|| self.dw_call(c, l, w))?,
+                    None => self.time_call(&|| {
+                        self.conv_call(l, l.algo, ptrs[0], ptrs[3])?;
+                        self.conv_epilogue(c, l)
+                    })?,
+                }
             } else {
                 f32::INFINITY
             };
@@ -1123,6 +1130,9 @@ impl CudaEngine {
                         _graph: p.graph,
                     });
                     self.report.fused_convs += 1;
+                    if l.dw.take().is_some() {
+                        self.report.depthwise_convs -= 1;
+                    }
                 }
                 Some((ms, _)) => note(
                     &mut notes,
@@ -1798,7 +1808,7 @@ impl CudaEngine {
         Ok(())
     }
 
-    /// Launches `conv_dw_nhwc` for depthwise convolution `c` (layer `l`, FP32 tap-major
+    /// Launches `conv_dw3x3_nhwc` for depthwise convolution `c` (layer `l`, FP32 tap-major
     /// weights `w`).
     fn dw_call(
         &self,
@@ -1810,8 +1820,7 @@ impl CudaEngine {
         let u = |v: usize| v as u32;
         let (n, h, wd, ch) = (u(xs[0]), u(xs[1]), u(xs[2]), u(xs[3]));
         let (p, q) = (u(ys[1]), u(ys[2]));
-        let (kh, kw) = (u(c.kernel[0]), u(c.kernel[1]));
-        let (sh, sw, ph, pw) = (u(c.stride[0]), u(c.stride[1]), u(c.pad[0]), u(c.pad[1]));
+        let (ph, pw) = (u(c.pad[0]), u(c.pad[1]));
         let (x, y) = (self.ptr(c.x), self.ptr(c.y));
         let (wp, _w) = w.device_ptr(&self.stream);
         let (bp, _b) = l.bias.device_ptr(&self.stream);
@@ -1827,19 +1836,16 @@ impl CudaEngine {
             .arg(&ch)
             .arg(&p)
             .arg(&q)
-            .arg(&kh)
-            .arg(&kw)
-            .arg(&sh)
-            .arg(&sw)
             .arg(&ph)
             .arg(&pw)
             .arg(&code)
             .arg(&alpha);
         let vec = 16 / self.math.elem_bytes();
-        let threads = ys[..3].iter().product::<usize>() * (ys[3] / vec);
+        let threads = ys[0] * ys[1] * ys[2].div_ceil(DW_PX) * (ys[3] / vec);
         // SAFETY: x is [n, h, wd, ch] and y [n, p, q, ch] channels-last in 16-byte aligned
-        // arena slots, ch % 8 == 0 (depthwise_nhwc, so each thread's vector stays in its
-        // pixel), w holds kh * kw * ch floats and the bias ch floats.
+        // arena slots, ch % 8 == 0 (depthwise_nhwc, so each thread's vectors stay in their
+        // pixels), w holds 9 * ch floats (16-byte aligned rows: ch % 8 == 0) and the bias ch
+        // floats.
         unsafe { b.launch(grid(threads)) }?;
         Ok(())
     }
@@ -2391,7 +2397,7 @@ fn fused_shape(x: &[usize], y: &[usize], c: &Conv) -> FusedShape {
 fn cache_key(
     gpu: &GpuContext,
     cache: &EngineCache,
-    math: ConvMath,
+    opts: EngineOptions,
     nhwc: bool,
     input_shape: [usize; 4],
 ) -> CacheKey {
@@ -2402,8 +2408,9 @@ fn cache_key(
         driver: driver_version(),
         cudnn: dnn::get_version(),
         model_sha256: cache.model_sha256.clone(),
-        math: math.as_str().to_owned(),
+        math: opts.math.as_str().to_owned(),
         nhwc,
+        direct_depthwise: opts.direct_depthwise,
         input_shape,
     }
 }
