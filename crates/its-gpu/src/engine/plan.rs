@@ -1001,15 +1001,7 @@ impl Lowering {
                 Ok(vec![Val::Rt(self.alias(xt, ys))])
             }
             "Transpose" => {
-                let perm: Vec<usize> = match attr_ints(node, "perm") {
-                    Some(p) => p.iter().map(|&v| v as usize).collect(),
-                    None => (0..xs.len()).rev().collect(),
-                };
-                let mut seen = perm.clone();
-                seen.sort_unstable();
-                if seen != (0..xs.len()).collect::<Vec<_>>() {
-                    return Err(unsupported(node, format!("perm {perm:?}")));
-                }
+                let perm = transpose_perm(node, xs.len())?;
                 let ys: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
                 let xt = self.tensor_of(&x);
                 let y = self.new_tensor(ys);
@@ -1165,6 +1157,24 @@ fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize, us
 }
 
 /// Evaluates a node whose inputs are all constant.
+/// A Transpose node's `perm` for an input of `rank` dimensions (reversed when absent): refused
+/// unless it is a permutation of `0..rank`.
+fn transpose_perm(node: &NodeProto, rank: usize) -> Result<Vec<usize>, EngineBuildError> {
+    let perm: Vec<i64> = match attr_ints(node, "perm") {
+        Some(p) => p,
+        None => (0..rank as i64).rev().collect(),
+    };
+    let mut seen = perm.clone();
+    seen.sort_unstable();
+    if !seen.iter().copied().eq(0..rank as i64) {
+        return Err(unsupported(
+            node,
+            format!("perm {perm:?} is not a permutation of rank {rank}"),
+        ));
+    }
+    Ok(perm.iter().map(|&v| v as usize).collect())
+}
+
 fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>, EngineBuildError> {
     let input = |i: usize| -> Result<&HostTensor, EngineBuildError> {
         ins.get(i)
@@ -1403,10 +1413,7 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
         }
         "Transpose" => {
             let x = input(0)?;
-            let perm: Vec<usize> = match attr_ints(node, "perm") {
-                Some(p) => p.iter().map(|&v| v as usize).collect(),
-                None => (0..x.shape.len()).rev().collect(),
-            };
+            let perm = transpose_perm(node, x.shape.len())?;
             let (shape, idx) = transpose_index(&x.shape, &perm);
             one(x.gather_flat(shape, &idx))
         }
@@ -1985,6 +1992,47 @@ mod tests {
             drop_unread(&mut after);
             assert_eq!(after, before);
         }
+    }
+
+    /// Found by the onnx_model fuzz target: a constant-folded Transpose whose `perm` names an
+    /// axis its input does not have indexed past the shape (a panic in release builds too).
+    #[test]
+    fn transpose_perm_refuses_what_is_not_a_permutation_of_the_rank() {
+        let node = |perm: Option<Vec<i64>>| {
+            let mut n = its_model::onnx::NodeProto {
+                op_type: "Transpose".into(),
+                name: "t".into(),
+                ..Default::default()
+            };
+            if let Some(p) = perm {
+                n.attribute
+                    .push(its_model::onnx::AttributeProto::ints("perm", &p));
+            }
+            n
+        };
+        assert_eq!(
+            super::transpose_perm(&node(None), 3).unwrap(),
+            vec![2, 1, 0]
+        );
+        assert_eq!(
+            super::transpose_perm(&node(Some(vec![0, 2, 1])), 3).unwrap(),
+            vec![0, 2, 1]
+        );
+        for bad in [
+            vec![1],
+            vec![0, 1, 3],
+            vec![0, 0, 1],
+            vec![0, -1, 1],
+            vec![0, 1],
+        ] {
+            let err = super::transpose_perm(&node(Some(bad.clone())), 3).unwrap_err();
+            assert!(
+                err.to_string().contains("not a permutation"),
+                "{bad:?}: {err}"
+            );
+        }
+        // The fuzzer's case: a rank-1 input and a perm naming axis 1.
+        assert!(super::transpose_perm(&node(Some(vec![1])), 1).is_err());
     }
 
     /// Found by the onnx_model fuzz target: a folded Concat of a rank-1 and a rank-3
