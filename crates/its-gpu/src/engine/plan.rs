@@ -792,30 +792,11 @@ impl Lowering {
             }
             "Split" => {
                 let axis = norm_axis(attr_i(node, "axis", 0), xs.len())?;
-                let sizes: Vec<usize> = match ins.get(1).cloned().flatten() {
-                    Some(_) => konst(1)?
-                        .as_i64()
-                        .iter()
-                        .map(|&v| v.max(0) as usize)
-                        .collect(),
-                    None => match attr_ints(node, "split") {
-                        Some(v) if !v.is_empty() => v.iter().map(|&v| v.max(0) as usize).collect(),
-                        _ => {
-                            let n = attr_i(node, "num_outputs", node.output.len() as i64).max(1)
-                                as usize;
-                            let chunk = xs[axis].div_ceil(n);
-                            (0..n)
-                                .map(|i| chunk.min(xs[axis].saturating_sub(i * chunk)))
-                                .collect()
-                        }
-                    },
+                let given = match ins.get(1).cloned().flatten() {
+                    Some(_) => Some(konst(1)?.as_i64()),
+                    None => None,
                 };
-                if sizes.iter().sum::<usize>() != xs[axis] {
-                    return Err(unsupported(
-                        node,
-                        format!("split sizes {sizes:?} of {}", xs[axis]),
-                    ));
-                }
+                let sizes = split_sizes(node, given, xs[axis])?;
                 let xt = self.tensor_of(&x);
                 let mut outs = Vec::new();
                 let mut start = 0;
@@ -1156,7 +1137,6 @@ fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize, us
     Some((s as usize, len as usize, step as usize))
 }
 
-/// Evaluates a node whose inputs are all constant.
 /// A Transpose node's `perm` for an input of `rank` dimensions (reversed when absent): refused
 /// unless it is a permutation of `0..rank`.
 fn transpose_perm(node: &NodeProto, rank: usize) -> Result<Vec<usize>, EngineBuildError> {
@@ -1175,6 +1155,37 @@ fn transpose_perm(node: &NodeProto, rank: usize) -> Result<Vec<usize>, EngineBui
     Ok(perm.iter().map(|&v| v as usize).collect())
 }
 
+/// The part sizes of a Split node along an axis of `dim` elements: its `split` input (`given`),
+/// else its `split` attribute, else one part per output (ONNX's equal parts, the last one
+/// shorter). Refused unless they add up to `dim`, or when `num_outputs` disagrees with the
+/// node's outputs.
+fn split_sizes(
+    node: &NodeProto,
+    given: Option<Vec<i64>>,
+    dim: usize,
+) -> Result<Vec<usize>, EngineBuildError> {
+    let listed = given.or_else(|| attr_ints(node, "split").filter(|v| !v.is_empty()));
+    let sizes: Vec<usize> = match listed {
+        Some(v) => v.iter().map(|&v| v.max(0) as usize).collect(),
+        None => {
+            let n = node.output.len().max(1);
+            if attr(node, "num_outputs").is_some() && attr_i(node, "num_outputs", 0) != n as i64 {
+                return Err(unsupported(node, format!("num_outputs for {n} outputs")));
+            }
+            let chunk = dim.div_ceil(n);
+            (0..n)
+                .map(|i| chunk.min(dim.saturating_sub(i * chunk)))
+                .collect()
+        }
+    };
+    let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
+    if total != Some(dim) {
+        return Err(unsupported(node, format!("split sizes {sizes:?} of {dim}")));
+    }
+    Ok(sizes)
+}
+
+/// Evaluates a node whose inputs are all constant.
 fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>, EngineBuildError> {
     let input = |i: usize| -> Result<&HostTensor, EngineBuildError> {
         ins.get(i)
@@ -1441,13 +1452,8 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
         "Split" => {
             let x = input(0)?;
             let axis = norm_axis(attr_i(node, "axis", 0), x.shape.len())?;
-            let sizes: Vec<usize> = match ins.get(1).and_then(|v| v.as_ref()) {
-                Some(s) => s.as_i64().iter().map(|&v| v.max(0) as usize).collect(),
-                None => {
-                    let n = node.output.len().max(1);
-                    vec![x.shape[axis] / n; n]
-                }
-            };
+            let given = ins.get(1).and_then(|v| v.as_ref()).map(|s| s.as_i64());
+            let sizes = split_sizes(node, given, x.shape[axis])?;
             let mut start = 0;
             let mut outs = Vec::new();
             for s in sizes {
@@ -1991,6 +1997,58 @@ mod tests {
             assert_eq!(fold_split_concats(&mut after), 0, "{parts:?} {order:?}");
             drop_unread(&mut after);
             assert_eq!(after, before);
+        }
+    }
+
+    /// Found by the onnx_model fuzz target: a constant-folded Split whose sizes add up to more
+    /// than its axis read past the data (the runtime Split checked the sum, folding did not).
+    #[test]
+    fn split_sizes_must_add_up_to_the_axis() {
+        let node = |outputs: usize, split: Option<Vec<i64>>, num_outputs: Option<i64>| {
+            let mut n = its_model::onnx::NodeProto {
+                op_type: "Split".into(),
+                name: "s".into(),
+                output: (0..outputs).map(|i| format!("o{i}")).collect(),
+                ..Default::default()
+            };
+            if let Some(v) = split {
+                n.attribute
+                    .push(its_model::onnx::AttributeProto::ints("split", &v));
+            }
+            if let Some(v) = num_outputs {
+                n.attribute
+                    .push(its_model::onnx::AttributeProto::int("num_outputs", v));
+            }
+            n
+        };
+        let sizes = |n: &its_model::onnx::NodeProto, given: Option<Vec<i64>>, dim| {
+            super::split_sizes(n, given, dim)
+        };
+        // Equal parts, the last shorter (ONNX 18).
+        assert_eq!(sizes(&node(3, None, None), None, 7).unwrap(), vec![3, 3, 1]);
+        assert_eq!(sizes(&node(2, None, Some(2)), None, 8).unwrap(), vec![4, 4]);
+        assert_eq!(
+            sizes(&node(2, Some(vec![3, 5]), None), None, 8).unwrap(),
+            vec![3, 5]
+        );
+        assert_eq!(
+            sizes(&node(2, None, None), Some(vec![6, 2]), 8).unwrap(),
+            vec![6, 2]
+        );
+        // The fuzzer's case: sizes past the axis. Also short sums, overflowing sums, and a
+        // num_outputs that is not the node's output count.
+        for (n, given, dim) in [
+            (node(2, None, None), Some(vec![2, 1]), 2),
+            (node(2, None, None), Some(vec![1, 0]), 2),
+            (
+                node(3, None, None),
+                Some(vec![i64::MAX, i64::MAX, i64::MAX]),
+                2,
+            ),
+            (node(2, Some(vec![1, 2]), None), None, 2),
+            (node(2, None, Some(1 << 40)), None, 8),
+        ] {
+            assert!(sizes(&n, given.clone(), dim).is_err(), "{given:?} of {dim}");
         }
     }
 
