@@ -827,6 +827,7 @@ impl Lowering {
                     Some(_) => konst(4)?.as_i64(),
                     None => vec![1; starts.len()],
                 };
+                slice_lengths_agree(node, &starts, &ends, &axes, &steps)?;
                 let mut cur = self.tensor_of(&x);
                 for i in 0..starts.len() {
                     let axis = norm_axis(axes[i], xs.len())?;
@@ -1137,6 +1138,29 @@ fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize, us
     Some((s as usize, len as usize, step as usize))
 }
 
+/// A Slice node's `ends`, `axes` and `steps` must have one entry per `starts` entry.
+fn slice_lengths_agree(
+    node: &NodeProto,
+    starts: &[i64],
+    ends: &[i64],
+    axes: &[i64],
+    steps: &[i64],
+) -> Result<(), EngineBuildError> {
+    let n = starts.len();
+    if ends.len() != n || axes.len() != n || steps.len() != n {
+        return Err(unsupported(
+            node,
+            format!(
+                "{n} starts, {} ends, {} axes, {} steps",
+                ends.len(),
+                axes.len(),
+                steps.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A Transpose node's `perm` for an input of `rank` dimensions (reversed when absent): refused
 /// unless it is a permutation of `0..rank`.
 fn transpose_perm(node: &NodeProto, rank: usize) -> Result<Vec<usize>, EngineBuildError> {
@@ -1440,6 +1464,7 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
                 Some(s) => s.as_i64(),
                 None => vec![1; starts.len()],
             };
+            slice_lengths_agree(node, &starts, &ends, &axes, &steps)?;
             let mut cur = x.clone();
             for i in 0..starts.len() {
                 let axis = norm_axis(axes[i], cur.shape.len())?;
@@ -1997,6 +2022,27 @@ mod tests {
             assert_eq!(fold_split_concats(&mut after), 0, "{parts:?} {order:?}");
             drop_unread(&mut after);
             assert_eq!(after, before);
+        }
+    }
+
+    /// Found by the onnx_model fuzz target: a Slice with fewer axes than starts was indexed
+    /// past its axes.
+    #[test]
+    fn slice_inputs_of_other_lengths_are_refused() {
+        let node = its_model::onnx::NodeProto {
+            op_type: "Slice".into(),
+            name: "s".into(),
+            ..Default::default()
+        };
+        let ok = super::slice_lengths_agree(&node, &[0, 1], &[2, 3], &[0, 1], &[1, 1]);
+        assert!(ok.is_ok());
+        for (ends, axes, steps) in [
+            (&[2, 3][..], &[0][..], &[1, 1][..]),
+            (&[2], &[0, 1], &[1, 1]),
+            (&[2, 3], &[0, 1], &[1]),
+        ] {
+            let err = super::slice_lengths_agree(&node, &[0, 1], ends, axes, steps).unwrap_err();
+            assert!(err.to_string().contains("2 starts"), "{err}");
         }
     }
 
