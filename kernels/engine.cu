@@ -646,25 +646,25 @@ extern "C" __global__ void conv1x1_few(const elem_t* __restrict__ x, elem_t* __r
 }
 
 // A 3x3 depthwise convolution (one filter per channel, groups == channels), stride 1, on
-// channels-last tensors, with bias and activation: cuDNN's grouped kernels spend several times
-// the memory traffic's time on these (YOLO11's head and its attention's positional
-// convolution). One thread per (image, output row, DW_PX adjacent output pixels, group of VEC
-// channels): it keeps its 9 x VEC weights in registers, reads the DW_PX + 2 input columns of
-// each of the 3 window rows once (each a 16-byte load; the threads of a warp read adjacent
-// channel groups) and writes DW_PX 16-byte vectors. In FP16 the products accumulate as packed
-// half pairs (fma.rn.f16x2), from the bias, and only the sums are converted to float for the
-// activation. It is latency-bound at the head's 80x80 layers (ncu: 24 % of memory throughput,
-// 37.5 % occupancy at 78 registers, 19.5 active threads per warp), where cuDNN's fused graph
-// stays faster; the build times both per layer and keeps the faster (cuda.rs).
-// x: [n, h, wd, c], y: [n, p, q, c], c % VEC == 0; w: [9][c] floats (tap-major), bias: [c].
-#define DW_PX 4
+// channels-last FP16 tensors (the only layout and precision the channels-last plans use, so
+// this kernel is compiled for FP16 only), with bias and activation: cuDNN's grouped kernels
+// spend several times the memory traffic's time on these (YOLO11's head and its attention's
+// positional convolution). One thread per (image, output row, DW_PX adjacent output pixels,
+// group of 8 channels): it keeps its 9 x 8 weights in registers as half pairs, reads the
+// DW_PX + 2 input columns of each of the 3 window rows once (each a 16-byte load; the threads
+// of a warp read adjacent channel groups) and writes DW_PX 16-byte vectors. The products
+// accumulate as packed half pairs (fma.rn.f16x2), from the bias; only the sums are converted to
+// float for the activation. It is latency-bound at the head's 80x80 layers (ncu: 24 % of memory
+// throughput, 37.5 % occupancy at 78 registers, 19.5 active threads per warp), where cuDNN's
+// fused graph stays faster; the build times both per layer and keeps the faster (cuda.rs).
+// x: [n, h, wd, c], y: [n, p, q, c], c % 8 == 0; w: [9][c] floats (tap-major), bias: [c].
 #ifdef ENGINE_F16
+#define DW_PX 4
 __device__ __forceinline__ unsigned pack_h2(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
-#endif
 
 extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                            const float* __restrict__ w,
@@ -672,7 +672,7 @@ extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t*
                                            unsigned h, unsigned wd, unsigned c, unsigned p,
                                            unsigned q, unsigned ph, unsigned pw, int act,
                                            float alpha) {
-    unsigned groups = c / VEC;
+    unsigned groups = c / 8;
     unsigned blocks = (q + DW_PX - 1) / DW_PX;
     unsigned total = n * p * blocks * groups;
     unsigned stride = gridDim.x * blockDim.x;
@@ -681,8 +681,7 @@ extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t*
         unsigned xb = rest % blocks;
         rest /= blocks;
         unsigned oy = rest % p, b = rest / p;
-        unsigned c0 = g * VEC, ox0 = xb * DW_PX;
-#ifdef ENGINE_F16
+        unsigned c0 = g * 8, ox0 = xb * DW_PX;
         // 8 channels as 4 half pairs.
         unsigned wr[9][4];
 #pragma unroll
@@ -701,24 +700,6 @@ extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t*
 #pragma unroll
             for (int o = 0; o < DW_PX; ++o) acc[o][j] = bj;
         }
-#else
-        float wr[9][VEC];
-#pragma unroll
-        for (int t = 0; t < 9; ++t) {
-            float4 f = __ldg(reinterpret_cast<const float4*>(w + (size_t)t * c + c0));
-            wr[t][0] = f.x;
-            wr[t][1] = f.y;
-            wr[t][2] = f.z;
-            wr[t][3] = f.w;
-        }
-        float acc[DW_PX][VEC];
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-            float bj = bias[c0 + j];
-#pragma unroll
-            for (int o = 0; o < DW_PX; ++o) acc[o][j] = bj;
-        }
-#endif
         int ix0 = (int)ox0 - (int)pw;
 #pragma unroll
         for (int dy = 0; dy < 3; ++dy) {
@@ -730,7 +711,6 @@ extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t*
                 int ix = ix0 + col;
                 if (ix < 0 || ix >= (int)wd) continue;
                 uint4 v = *reinterpret_cast<const uint4*>(row + (size_t)ix * c);
-#ifdef ENGINE_F16
                 unsigned f[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
                 for (int o = 0; o < DW_PX; ++o) {
@@ -742,17 +722,6 @@ extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t*
                             : "+r"(acc[o][j])
                             : "r"(wr[dy * 3 + dx][j]), "r"(f[j]));
                 }
-#else
-                float f[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
-                              __uint_as_float(v.w)};
-#pragma unroll
-                for (int o = 0; o < DW_PX; ++o) {
-                    int dx = col - o;
-                    if (dx < 0 || dx > 2) continue;
-#pragma unroll
-                    for (int j = 0; j < VEC; ++j) acc[o][j] = fmaf(wr[dy * 3 + dx][j], f[j], acc[o][j]);
-                }
-#endif
             }
         }
         elem_t* out = y + (((size_t)b * p + oy) * q + ox0) * c + c0;
@@ -760,17 +729,13 @@ extern "C" __global__ void conv_dw3x3_nhwc(const elem_t* __restrict__ x, elem_t*
         for (int o = 0; o < DW_PX; ++o) {
             if (ox0 + o >= q) break;
             Vec16 d;
-#ifdef ENGINE_F16
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 d.e[2 * j] = st(act_apply(ld((elem_t)(acc[o][j] & 0xffffu)), act, alpha));
                 d.e[2 * j + 1] = st(act_apply(ld((elem_t)(acc[o][j] >> 16)), act, alpha));
             }
-#else
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) d.e[j] = st(act_apply(acc[o][j], act, alpha));
-#endif
             *reinterpret_cast<uint4*>(out + (size_t)o * c) = d.u;
         }
     }
 }
+#endif

@@ -222,7 +222,8 @@ fn find_stem(plan: &Plan) -> Option<(usize, usize)> {
 struct Kernels {
     conv_stem: CudaFunction,
     conv1x1_few: CudaFunction,
-    conv_dw: CudaFunction,
+    /// `conv_dw3x3_nhwc`, compiled for FP16 only (channels-last plans are FP16).
+    conv_dw: Option<CudaFunction>,
     act_vec: CudaFunction,
     bias_act: CudaFunction,
     bias_act_vec: CudaFunction,
@@ -608,7 +609,9 @@ impl CudaEngine {
         let kernels = Kernels {
             conv_stem: f("conv_stem_3x3")?,
             conv1x1_few: f("conv1x1_few")?,
-            conv_dw: f("conv_dw3x3_nhwc")?,
+            conv_dw: (opts.math == ConvMath::Fp16)
+                .then(|| f("conv_dw3x3_nhwc"))
+                .transpose()?,
             act_vec: f("act_vec")?,
             bias_act: f("bias_act")?,
             bias_act_vec: f("bias_act_vec")?,
@@ -703,6 +706,12 @@ impl CudaEngine {
             miss = Some(rejected);
         }
         phase("convolutions (fused included)", &mut phases);
+        engine.report.depthwise_convs = engine
+            .convs
+            .iter()
+            .flatten()
+            .filter(|l| l.dw.is_some())
+            .count();
         if let (Some(c), Some(k)) = (cache, key) {
             engine.report.cache = match miss {
                 None => {
@@ -1130,9 +1139,7 @@ impl CudaEngine {
                         _graph: p.graph,
                     });
                     self.report.fused_convs += 1;
-                    if l.dw.take().is_some() {
-                        self.report.depthwise_convs -= 1;
-                    }
+                    l.dw = None;
                 }
                 Some((ms, _)) => note(
                     &mut notes,
@@ -1319,14 +1326,16 @@ impl CudaEngine {
         } else {
             None
         };
-        let dw = if opts.direct_depthwise && depthwise_nhwc(c, xs[1]) {
+        let dw = if opts.direct_depthwise
+            && self.kernels.conv_dw.is_some()
+            && depthwise_nhwc(c, xs[1])
+        {
             // ONNX's [c][1][kh][kw] to tap-major [kh * kw][c].
             let taps = c.kernel[0] * c.kernel[1];
             let bytes: Vec<u8> = (0..taps * c.m)
                 .map(|i| c.weight[(i % c.m) * taps + i / c.m])
                 .flat_map(|v| v.to_ne_bytes())
                 .collect();
-            self.report.depthwise_convs += 1;
             Some(self.gpu.shared_buffer(&self.stream, &bytes)?.0)
         } else {
             None
@@ -1825,7 +1834,10 @@ impl CudaEngine {
         let (wp, _w) = w.device_ptr(&self.stream);
         let (bp, _b) = l.bias.device_ptr(&self.stream);
         let (code, alpha) = (c.act.code(), c.act.alpha());
-        let mut b = self.stream.launch_builder(&self.kernels.conv_dw);
+        let kernel = self.kernels.conv_dw.as_ref().ok_or_else(|| {
+            EngineBuildError::Shape("a depthwise layer without the FP16 kernel".into())
+        })?;
+        let mut b = self.stream.launch_builder(kernel);
         b.arg(&x)
             .arg(&y)
             .arg(&wp)
