@@ -651,6 +651,13 @@ impl Lowering {
                 )),
             }
         };
+        // An optional constant input's values.
+        let konst_opt = |i: usize| -> Result<Option<Vec<i64>>, EngineBuildError> {
+            match ins.get(i).cloned().flatten() {
+                Some(_) => Ok(Some(konst(i)?.as_i64())),
+                None => Ok(None),
+            }
+        };
         let x = input(0)?;
         let xs = self.shape_of(&x);
         match node.op_type.as_str() {
@@ -792,11 +799,7 @@ impl Lowering {
             }
             "Split" => {
                 let axis = norm_axis(attr_i(node, "axis", 0), xs.len())?;
-                let given = match ins.get(1).cloned().flatten() {
-                    Some(_) => Some(konst(1)?.as_i64()),
-                    None => None,
-                };
-                let sizes = split_sizes(node, given, xs[axis])?;
+                let sizes = split_sizes(node, konst_opt(1)?, xs[axis])?;
                 let xt = self.tensor_of(&x);
                 let mut outs = Vec::new();
                 let mut start = 0;
@@ -817,22 +820,18 @@ impl Lowering {
                 Ok(outs)
             }
             "Slice" => {
-                let starts = konst(1)?.as_i64();
-                let ends = konst(2)?.as_i64();
-                let axes: Vec<i64> = match ins.get(3).cloned().flatten() {
-                    Some(_) => konst(3)?.as_i64(),
-                    None => (0..starts.len() as i64).collect(),
-                };
-                let steps: Vec<i64> = match ins.get(4).cloned().flatten() {
-                    Some(_) => konst(4)?.as_i64(),
-                    None => vec![1; starts.len()],
-                };
-                slice_lengths_agree(node, &starts, &ends, &axes, &steps)?;
+                let parts = slice_axes(
+                    node,
+                    xs.len(),
+                    konst(1)?.as_i64(),
+                    konst(2)?.as_i64(),
+                    konst_opt(3)?,
+                    konst_opt(4)?,
+                )?;
                 let mut cur = self.tensor_of(&x);
-                for i in 0..starts.len() {
-                    let axis = norm_axis(axes[i], xs.len())?;
+                for (axis, start, end, step) in parts {
                     let (start, len, step) =
-                        slice_range(self.tensors[cur].shape[axis], starts[i], ends[i], steps[i])
+                        slice_range(self.tensors[cur].shape[axis], start, end, step)
                             .ok_or_else(|| unsupported(node, "negative or zero steps"))?;
                     let mut ys = self.tensors[cur].shape.clone();
                     if len == ys[axis] && step == 1 {
@@ -1138,15 +1137,21 @@ fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize, us
     Some((s as usize, len as usize, step as usize))
 }
 
-/// A Slice node's `ends`, `axes` and `steps` must have one entry per `starts` entry.
-fn slice_lengths_agree(
+/// A Slice node's inputs for an input of `rank` dimensions, as `(axis, start, end, step)` per
+/// sliced axis (`axes` default to `0..`, `steps` to 1), for the runtime and the constant-folded
+/// Slice alike. Refused unless `ends`, `axes` and `steps` have one entry per start and every
+/// axis is in range.
+fn slice_axes(
     node: &NodeProto,
-    starts: &[i64],
-    ends: &[i64],
-    axes: &[i64],
-    steps: &[i64],
-) -> Result<(), EngineBuildError> {
+    rank: usize,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    axes: Option<Vec<i64>>,
+    steps: Option<Vec<i64>>,
+) -> Result<Vec<(usize, i64, i64, i64)>, EngineBuildError> {
     let n = starts.len();
+    let axes = axes.unwrap_or_else(|| (0..n as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; n]);
     if ends.len() != n || axes.len() != n || steps.len() != n {
         return Err(unsupported(
             node,
@@ -1158,7 +1163,9 @@ fn slice_lengths_agree(
             ),
         ));
     }
-    Ok(())
+    (0..n)
+        .map(|i| Ok((norm_axis(axes[i], rank)?, starts[i], ends[i], steps[i])))
+        .collect()
 }
 
 /// A Transpose node's `perm` for an input of `rank` dimensions (reversed when absent): refused
@@ -1454,21 +1461,18 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
         }
         "Slice" => {
             let x = input(0)?;
-            let starts = input(1)?.as_i64();
-            let ends = input(2)?.as_i64();
-            let axes: Vec<i64> = match ins.get(3).and_then(|v| v.as_ref()) {
-                Some(a) => a.as_i64(),
-                None => (0..starts.len() as i64).collect(),
-            };
-            let steps: Vec<i64> = match ins.get(4).and_then(|v| v.as_ref()) {
-                Some(s) => s.as_i64(),
-                None => vec![1; starts.len()],
-            };
-            slice_lengths_agree(node, &starts, &ends, &axes, &steps)?;
+            let given = |i: usize| ins.get(i).and_then(|v| v.as_ref()).map(|t| t.as_i64());
+            let parts = slice_axes(
+                node,
+                x.shape.len(),
+                input(1)?.as_i64(),
+                input(2)?.as_i64(),
+                given(3),
+                given(4),
+            )?;
             let mut cur = x.clone();
-            for i in 0..starts.len() {
-                let axis = norm_axis(axes[i], cur.shape.len())?;
-                let (start, len, step) = slice_range(cur.shape[axis], starts[i], ends[i], steps[i])
+            for (axis, start, end, step) in parts {
+                let (start, len, step) = slice_range(cur.shape[axis], start, end, step)
                     .ok_or_else(|| unsupported(node, "negative or zero steps"))?;
                 cur = narrow_host(&cur, axis, start, len, step);
             }
@@ -1477,7 +1481,7 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
         "Split" => {
             let x = input(0)?;
             let axis = norm_axis(attr_i(node, "axis", 0), x.shape.len())?;
-            let given = ins.get(1).and_then(|v| v.as_ref()).map(|s| s.as_i64());
+            let given = ins.get(1).and_then(|v| v.as_ref()).map(|t| t.as_i64());
             let sizes = split_sizes(node, given, x.shape[axis])?;
             let mut start = 0;
             let mut outs = Vec::new();
@@ -2034,16 +2038,38 @@ mod tests {
             name: "s".into(),
             ..Default::default()
         };
-        let ok = super::slice_lengths_agree(&node, &[0, 1], &[2, 3], &[0, 1], &[1, 1]);
-        assert!(ok.is_ok());
-        for (ends, axes, steps) in [
-            (&[2, 3][..], &[0][..], &[1, 1][..]),
-            (&[2], &[0, 1], &[1, 1]),
-            (&[2, 3], &[0, 1], &[1]),
+        let axes = |ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>| {
+            super::slice_axes(
+                &node,
+                3,
+                vec![0, 1],
+                ends.to_vec(),
+                axes.map(<[i64]>::to_vec),
+                steps.map(<[i64]>::to_vec),
+            )
+        };
+        // Defaults: axes from 0, steps of 1; negative axes count from the last.
+        assert_eq!(
+            axes(&[2, 3], None, None).unwrap(),
+            vec![(0, 0, 2, 1), (1, 1, 3, 1)]
+        );
+        assert_eq!(
+            axes(&[2, 3], Some(&[-1, 1]), Some(&[2, 1])).unwrap(),
+            vec![(2, 0, 2, 2), (1, 1, 3, 1)]
+        );
+        // The fuzzer's case (one axis for two starts), and the other lengths.
+        for (ends, ax, steps) in [
+            (&[2, 3][..], Some(&[0][..]), None),
+            (&[2][..], None, None),
+            (&[2, 3][..], None, Some(&[1][..])),
         ] {
-            let err = super::slice_lengths_agree(&node, &[0, 1], ends, axes, steps).unwrap_err();
+            let err = axes(ends, ax, steps).unwrap_err();
             assert!(err.to_string().contains("2 starts"), "{err}");
         }
+        assert!(
+            axes(&[2, 3], Some(&[0, 3]), None).is_err(),
+            "axis 3 of rank 3"
+        );
     }
 
     /// Found by the onnx_model fuzz target: a constant-folded Split whose sizes add up to more
