@@ -57,25 +57,36 @@ __device__ __forceinline__ float act_apply(float x, int act, float alpha) {
 // are otherwise memory-bound), in 64-bit only for larger tensors.
 #define FITS32(n) ((n) <= 0xffffffffLL)
 
-// y[n, c, hw] = act(y[n, c, hw] + bias[c]), in place after cuDNN wrote the convolution.
+// y[n, c, hw] = act(y[n, c, hw] + bias[c]) (+ res[n, c, hw] when res is not null: a
+// residual connection), in place after cuDNN wrote the convolution.
 template <typename I>
-__device__ __forceinline__ void bias_act_body(elem_t* y, const float* __restrict__ bias, I total,
+__device__ __forceinline__ void bias_act_body(elem_t* y, const float* __restrict__ bias,
+                                              const elem_t* __restrict__ res, I total,
                                               I channels, I hw, int act, float alpha) {
     I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
     I stride = (I)gridDim.x * blockDim.x;
     for (; i < total; i += stride) {
         I c = (i / hw) % channels;
-        y[i] = st(act_apply(ld(y[i]) + bias[c], act, alpha));
+        float v = act_apply(ld(y[i]) + bias[c], act, alpha);
+        y[i] = st(res ? v + ld(res[i]) : v);
     }
 }
 
-extern "C" __global__ void bias_act(elem_t* y, const float* __restrict__ bias, long long total,
+extern "C" __global__ void bias_act(elem_t* y, const float* __restrict__ bias,
+                                    const elem_t* __restrict__ res, long long total,
                                     int channels, int hw, int act, float alpha) {
     if (FITS32(total))
-        bias_act_body<unsigned>(y, bias, (unsigned)total, (unsigned)channels, (unsigned)hw, act,
-                                alpha);
+        bias_act_body<unsigned>(y, bias, res, (unsigned)total, (unsigned)channels, (unsigned)hw,
+                                act, alpha);
     else
-        bias_act_body<long long>(y, bias, total, channels, hw, act, alpha);
+        bias_act_body<long long>(y, bias, res, total, channels, hw, act, alpha);
+}
+
+// y[i] += r[i]: the residual of a convolution whose kernel does not add it itself.
+extern "C" __global__ void add_into(elem_t* y, const elem_t* __restrict__ r, long long n) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        y[i] = st(ld(y[i]) + ld(r[i]));
 }
 
 // 16 bytes of elements at a time (8 halves or 4 floats).
@@ -88,24 +99,34 @@ union Vec16 {
 // bias_act on 16-byte vectors: the caller guarantees that no vector crosses a channel
 // boundary (channels-last with channels % VEC == 0, hw = 1; or NCHW with hw % VEC == 0) and
 // that y is 16-byte aligned. nvec = total / VEC.
+// res, when not null, is added after the activation (16-byte aligned like y).
 extern "C" __global__ void bias_act_vec(elem_t* y, const float* __restrict__ bias,
-                                        unsigned nvec, unsigned channels, unsigned hw, int act,
-                                        float alpha) {
+                                        const elem_t* __restrict__ res, unsigned nvec,
+                                        unsigned channels, unsigned hw, int act, float alpha) {
     uint4* v = reinterpret_cast<uint4*>(y);
+    const uint4* rv = reinterpret_cast<const uint4*>(res);
     unsigned stride = gridDim.x * blockDim.x;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += stride) {
-        Vec16 d;
+        Vec16 d, r;
         d.u = v[i];
+        if (rv) r.u = rv[i];
         unsigned first = i * VEC;
+        float f[VEC];
         if (hw == 1) {
             unsigned c0 = first % channels;
 #pragma unroll
-            for (int k = 0; k < VEC; ++k) d.e[k] = st(act_apply(ld(d.e[k]) + bias[c0 + k], act, alpha));
+            for (int k = 0; k < VEC; ++k) f[k] = act_apply(ld(d.e[k]) + bias[c0 + k], act, alpha);
         } else {
             float b = bias[(first / hw) % channels];
 #pragma unroll
-            for (int k = 0; k < VEC; ++k) d.e[k] = st(act_apply(ld(d.e[k]) + b, act, alpha));
+            for (int k = 0; k < VEC; ++k) f[k] = act_apply(ld(d.e[k]) + b, act, alpha);
         }
+        if (rv) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) f[k] += ld(r.e[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) d.e[k] = st(f[k]);
         v[i] = d.u;
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use its_engine::{Engine, ModelManifest, OrtEngine, OrtOptions};
 use its_gpu::GpuContext;
 use its_gpu::engine::cuda::{from_elems, to_elems};
-use its_gpu::engine::plan::Op;
+use its_gpu::engine::plan::{Act, Op};
 use its_gpu::engine::tensor::{relative_error, sample_input};
 use its_gpu::engine::{ConvMath, CudaEngine, EngineBuildError, EngineOptions, Plan, cpu};
 use its_gpu::testdata::gpu_or_skip;
@@ -99,10 +99,39 @@ fn plan_folds_shape_arithmetic_and_fuses_activations() {
     let ops = model.op_counts();
     let n = |k: &str| ops.get(k).copied().unwrap_or(0);
     let fused = n("Sigmoid") - standalone_act;
+    // Each residual Add went into the convolution that feeds it.
+    let residual = |act: Option<Act>| {
+        plan.ops
+            .iter()
+            .filter(|o| {
+                matches!(o, Op::Conv(c) if c.residual.is_some() && act.is_none_or(|a| a == c.act))
+            })
+            .count()
+    };
     assert_eq!(
-        count("binary"),
+        count("binary") + residual(None),
         n("Add") + n("Sub") + n("Mul") + n("Div") - fused
     );
+    // The bottlenecks' shortcuts, counted on the graph: an Add of which one input is a
+    // SiLU (x * sigmoid(x)) of a Conv's output. Every one of them is a fused residual.
+    let nodes = &model.graph().node;
+    let producer = |name: &str| nodes.iter().find(|n| n.output.iter().any(|o| o == name));
+    let is_conv = |name: &str| producer(name).is_some_and(|p| p.op_type == "Conv");
+    let is_silu_of_conv = |name: &str| {
+        producer(name).is_some_and(|m| {
+            m.op_type == "Mul"
+                && m.input.iter().any(|i| is_conv(i))
+                && m.input.iter().any(|i| {
+                    producer(i).is_some_and(|s| s.op_type == "Sigmoid" && is_conv(&s.input[0]))
+                })
+        })
+    };
+    let shortcuts = nodes
+        .iter()
+        .filter(|n| n.op_type == "Add" && n.input.iter().any(|i| is_silu_of_conv(i)))
+        .count();
+    assert!(shortcuts >= 8, "{shortcuts} shortcuts in the synth YOLO11n");
+    assert_eq!(residual(Some(Act::Silu)), shortcuts);
 }
 
 #[test]

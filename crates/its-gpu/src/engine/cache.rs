@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use super::plan::{Conv, Op, Plan};
 
 /// Version of the file layout and of the plans whose ops it indexes (4: the plan rewrites
-/// of narrows and concatenations renumber the ops); a file of another version is a miss.
-pub const CACHE_FORMAT: u32 = 4;
+/// of narrows and concatenations renumber the ops; 5: residual additions fused into their
+/// convolutions); a file of another version is a miss.
+pub const CACHE_FORMAT: u32 = 5;
 
 /// Where a model's build decisions are cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +183,7 @@ pub struct CacheFile {
 /// groups, layout.
 pub fn conv_signature(plan: &Plan, c: &Conv) -> String {
     format!(
-        "x{:?} y{:?} m{} k{:?} s{:?} p{:?} d{:?} g{} {}",
+        "x{:?} y{:?} m{} k{:?} s{:?} p{:?} d{:?} g{} {}{}",
         plan.shape(c.x),
         plan.shape(c.y),
         c.m,
@@ -191,7 +192,8 @@ pub fn conv_signature(plan: &Plan, c: &Conv) -> String {
         c.pad,
         c.dilation,
         c.group,
-        if c.nhwc { "nhwc" } else { "nchw" }
+        if c.nhwc { "nhwc" } else { "nchw" },
+        if c.residual.is_some() { " +r" } else { "" }
     )
 }
 

@@ -120,8 +120,12 @@ fn execute(
                 let mut y = vec![0.0; out.len()];
                 conv(c, &xs, &ys, &x, &mut y);
                 out.copy_from_slice(&nhwc(&ys, &y));
+                add_residual(c, get, &mut out);
             }
-            Op::Conv(c) => conv(c, plan.shape(c.x), plan.shape(c.y), get(c.x), &mut out),
+            Op::Conv(c) => {
+                conv(c, plan.shape(c.x), plan.shape(c.y), get(c.x), &mut out);
+                add_residual(c, get, &mut out);
+            }
             Op::MaxPool { nhwc: true, .. } | Op::Upsample { nhwc: true, .. } => {
                 let x = op.inputs()[0];
                 let (xs, xv) = nchw(plan.shape(x), get(x));
@@ -317,6 +321,15 @@ fn pool_or_upsample(op: &Op, xs: &[usize], yshape: &[usize], v: &[f32]) -> Vec<f
         _ => unreachable!("pool_or_upsample takes MaxPool or Upsample"),
     }
     out
+}
+
+/// `y += residual` after the activation (the residual has `y`'s shape and layout).
+fn add_residual<'a>(c: &Conv, get: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+    if let Some(r) = c.residual {
+        for (o, &v) in out.iter_mut().zip(get(r)) {
+            *o += v;
+        }
+    }
 }
 
 fn conv(c: &Conv, xs: &[usize], ys: &[usize], x: &[f32], out: &mut [f32]) {

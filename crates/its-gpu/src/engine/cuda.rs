@@ -227,6 +227,7 @@ struct Kernels {
     act_vec: CudaFunction,
     bias_act: CudaFunction,
     bias_act_vec: CudaFunction,
+    add_into: CudaFunction,
     binary_same_vec: CudaFunction,
     copy_runs_vec: CudaFunction,
     transpose_tiles: CudaFunction,
@@ -615,6 +616,7 @@ impl CudaEngine {
             act_vec: f("act_vec")?,
             bias_act: f("bias_act")?,
             bias_act_vec: f("bias_act_vec")?,
+            add_into: f("add_into")?,
             binary_same_vec: f("binary_same_vec")?,
             copy_runs_vec: f("copy_runs_vec")?,
             transpose_tiles: f("transpose_tiles")?,
@@ -733,19 +735,7 @@ impl CudaEngine {
                 }
             };
         }
-        engine.report.launches = engine
-            .plan
-            .ops
-            .iter()
-            .map(|o| match o {
-                Op::Conv(_) => 2,
-                Op::Concat { xs, .. } if xs.len() > CONCAT_MAX => xs.len(),
-                _ => 1,
-            })
-            .sum::<usize>()
-            - engine.report.fused_convs
-            - engine.report.depthwise_convs
-            - if engine.report.direct_stem { 2 } else { 0 };
+        engine.report.launches = engine.launches();
         phase("cache write", &mut phases);
         if opts.cuda_graph {
             match engine.capture() {
@@ -761,6 +751,31 @@ impl CudaEngine {
         engine.report.phases = phases;
         engine.report.build_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(engine)
+    }
+
+    /// Kernel launches and cuDNN calls of one run of the plan.
+    fn launches(&self) -> usize {
+        let stem = self.stem.as_ref();
+        self.plan
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match (o, self.convs[i].as_ref()) {
+                _ if stem.is_some_and(|s| s.transpose == i) => 0,
+                (Op::Conv(_), Some(l)) if l.fused.is_some() => 1,
+                // Our kernels (stem, few outputs, depthwise), then the residual's add.
+                (Op::Conv(c), l)
+                    if stem.is_some_and(|s| s.conv == i)
+                        || l.is_some_and(|l| l.dw.is_some() || l.few.is_some()) =>
+                {
+                    1 + usize::from(c.residual.is_some())
+                }
+                // cuDNN's convolution, then bias_act (which adds the residual).
+                (Op::Conv(_), _) => 2,
+                (Op::Concat { xs, .. }, _) if xs.len() > CONCAT_MAX => xs.len(),
+                _ => 1,
+            })
+            .sum()
     }
 
     /// What this build decided, as a cache file for `key`.
@@ -931,8 +946,8 @@ impl CudaEngine {
         self.bind_fused()
     }
 
-    /// Pointers of a fused layer: input, weights, FP16 bias, output.
-    fn fused_ptrs(&self, c: &Conv, l: &ConvLayer) -> Result<[u64; 4], EngineBuildError> {
+    /// Pointers of a fused layer: input, weights, FP16 bias, output, residual (0: none).
+    fn fused_ptrs(&self, c: &Conv, l: &ConvLayer) -> Result<[u64; 5], EngineBuildError> {
         let b = l
             .bias_h
             .as_ref()
@@ -942,6 +957,7 @@ impl CudaEngine {
             l.weight.device_ptr(&self.stream).0,
             b.device_ptr(&self.stream).0,
             self.ptr(c.y),
+            c.residual.map_or(0, |r| self.ptr(r)),
         ])
     }
 
@@ -1089,7 +1105,10 @@ impl CudaEngine {
             // else cuDNN's convolution followed by `bias_act`.
             let pair_ms = if timing {
                 match &l.dw {
-                    Some(w) => self.time_call(&|| self.dw_call(c, l, w))?,
+                    Some(w) => self.time_call(&|| {
+                        self.dw_call(c, l, w)?;
+                        self.residual_after(c)
+                    })?,
                     None => self.time_call(&|| {
                         self.conv_call(l, l.algo, ptrs[0], ptrs[3])?;
                         self.conv_epilogue(c, l)
@@ -1459,7 +1478,8 @@ impl CudaEngine {
         if let (Some(stem), Op::Conv(c)) = (&self.stem, op)
             && stem.conv == i
         {
-            return self.stem_call(stem, c);
+            self.stem_call(stem, c)?;
+            return self.residual_after(c);
         }
         if self.stem.as_ref().is_some_and(|st| st.transpose == i) {
             return Ok(());
@@ -1472,8 +1492,10 @@ impl CudaEngine {
                     })?;
                     if let Some(w) = &l.few {
                         self.few_call(c, l, w)?;
+                        self.residual_after(c)?;
                     } else if let Some(w) = &l.dw {
                         self.dw_call(c, l, w)?;
+                        self.residual_after(c)?;
                     } else if let Some(f) = &l.fused {
                         f.plan.execute(self.handle).map_err(|e| {
                             EngineBuildError::Gpu(GpuError::InvalidInput(format!(
@@ -1915,6 +1937,8 @@ impl CudaEngine {
         };
         let (code, alpha) = (c.act.code(), c.act.alpha());
         let (bp, _s) = l.bias.device_ptr(s);
+        // The residual, or null.
+        let rp = c.residual.map_or(0u64, |r| self.ptr(r));
         let vec = 16 / self.math.elem_bytes();
         let aligned = if c.nhwc { ch % vec == 0 } else { hw % vec == 0 };
         if aligned && total % vec == 0 && total / vec <= u32::MAX as usize {
@@ -1922,13 +1946,14 @@ impl CudaEngine {
             let mut b = s.launch_builder(&self.kernels.bias_act_vec);
             b.arg(&y)
                 .arg(&bp)
+                .arg(&rp)
                 .arg(&nvec)
                 .arg(&ch)
                 .arg(&hw)
                 .arg(&code)
                 .arg(&alpha);
-            // SAFETY: y holds `total` elements (256-byte aligned), no vector crosses a
-            // channel, bias holds `ch` floats.
+            // SAFETY: y (and the residual, of y's shape) hold `total` elements (256-byte
+            // aligned arena slots), no vector crosses a channel, bias holds `ch` floats.
             unsafe { b.launch(grid(nvec as usize)) }?;
             return Ok(());
         }
@@ -1936,13 +1961,30 @@ impl CudaEngine {
         let mut b = s.launch_builder(&self.kernels.bias_act);
         b.arg(&y)
             .arg(&bp)
+            .arg(&rp)
             .arg(&total)
             .arg(&ch)
             .arg(&hw)
             .arg(&code)
             .arg(&alpha);
-        // SAFETY: y holds `total` elements, bias `ch`.
+        // SAFETY: y and the residual hold `total` elements, bias `ch`.
         unsafe { b.launch(grid(total as usize)) }?;
+        Ok(())
+    }
+
+    /// `y += residual` for a convolution whose kernel (stem, few-outputs, depthwise) does
+    /// not add the residual itself; nothing without one.
+    fn residual_after(&self, c: &Conv) -> Result<(), EngineBuildError> {
+        let Some(r) = c.residual else {
+            return Ok(());
+        };
+        let (y, rp) = (self.ptr(c.y), self.ptr(r));
+        let n = self.plan.tensors[c.y].numel() as i64;
+        let mut b = self.stream.launch_builder(&self.kernels.add_into);
+        b.arg(&y).arg(&rp).arg(&n);
+        // SAFETY: y and the residual have one shape (plan::fuse_residuals), n elements each,
+        // in different arena slots (both live at the convolution).
+        unsafe { b.launch(grid(n as usize)) }?;
         Ok(())
     }
 
@@ -2402,6 +2444,7 @@ fn fused_shape(x: &[usize], y: &[usize], c: &Conv) -> FusedShape {
         stride: [i(c.stride[0]), i(c.stride[1])],
         dilation: [i(c.dilation[0]), i(c.dilation[1])],
         act: c.act,
+        residual: c.residual.is_some(),
     }
 }
 

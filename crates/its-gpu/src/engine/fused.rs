@@ -1,5 +1,6 @@
-//! One convolution with its bias and activation as a single cuDNN operation graph (the
-//! backend API: convolution -> add bias -> activation, the intermediates virtual FP32), for
+//! One convolution with its bias and activation (and, where the plan fused one, the residual
+//! added after the activation) as a single cuDNN operation graph (the backend API:
+//! convolution -> add bias -> activation [-> add residual], the intermediates virtual FP32), for
 //! the channels-last FP16 engine. cuDNN compiles or picks one kernel for the graph, so the
 //! convolution's output is written once, already biased and activated, instead of being
 //! written by cuDNN and then read and written again by `bias_act`.
@@ -25,6 +26,9 @@ const UID_B: i64 = 3;
 const UID_Y: i64 = 4;
 const UID_CONV: i64 = 10;
 const UID_BIASED: i64 = 11;
+const UID_R: i64 = 5;
+/// The virtual intermediates of the pointwise chain, in order.
+const VIRTUAL_UIDS: [i64; 2] = [UID_BIASED, 12];
 
 /// One backend descriptor, destroyed on drop.
 pub(super) struct Desc(dnn::cudnnBackendDescriptor_t);
@@ -114,6 +118,8 @@ pub(super) struct FusedShape {
     pub stride: [i64; 2],
     pub dilation: [i64; 2],
     pub act: Act,
+    /// A residual of the output's shape is added after the activation.
+    pub residual: bool,
 }
 
 /// Channels-last strides of logical `[n, c, h, w]` dims.
@@ -300,39 +306,43 @@ impl FusedGraph {
                 &[0.0f32],
             )?;
         let conv_op = conv_op.finalize()?;
-        let mut parts = vec![x, w, b, y, conv];
-        let mut ops = vec![];
-        match act {
-            None => {
-                let (pw, add) = pointwise_op(
-                    dnn::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD,
-                    None,
-                    &conv_out,
-                    Some(&parts[2]),
-                    &parts[3],
-                )?;
-                ops.push(conv_op);
-                ops.push(add);
-                parts.push(pw);
-            }
-            Some(mode) => {
-                let biased = tensor(UID_BIASED, shape.y, float, true)?;
-                let (pw_add, add) = pointwise_op(
-                    dnn::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD,
-                    None,
-                    &conv_out,
-                    Some(&parts[2]),
-                    &biased,
-                )?;
-                let (pw_act, act_op) =
-                    pointwise_op(mode, Some(shape.act), &biased, None, &parts[3])?;
-                ops.push(conv_op);
-                ops.push(add);
-                ops.push(act_op);
-                parts.extend([biased, pw_add, pw_act]);
+        let mut ops = vec![conv_op];
+        // The chain after the convolution: + bias, the activation, + the residual; each
+        // stage but the last writes a virtual FP32 tensor, the last writes y.
+        let add = dnn::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD;
+        let residual = shape
+            .residual
+            .then(|| tensor(UID_R, shape.y, half, false))
+            .transpose()?;
+        let mut stages: Vec<(dnn::cudnnPointwiseMode_t, Option<Act>, Option<&Desc>)> =
+            vec![(add, None, Some(&b))];
+        if let Some(mode) = act {
+            stages.push((mode, Some(shape.act), None));
+        }
+        if let Some(r) = &residual {
+            stages.push((add, None, Some(r)));
+        }
+        let mut keep = Vec::new();
+        let mut input = conv_out;
+        let last = stages.len() - 1;
+        for (k, (mode, stage_act, operand)) in stages.into_iter().enumerate() {
+            let out = if k == last {
+                None
+            } else {
+                Some(tensor(VIRTUAL_UIDS[k], shape.y, float, true)?)
+            };
+            let (pw, op) =
+                pointwise_op(mode, stage_act, &input, operand, out.as_ref().unwrap_or(&y))?;
+            ops.push(op);
+            keep.push(pw);
+            if let Some(o) = out {
+                keep.push(std::mem::replace(&mut input, o));
             }
         }
-        parts.push(conv_out);
+        keep.push(input);
+        let mut parts = vec![x, w, b, y, conv];
+        parts.extend(residual);
+        parts.extend(keep);
         let graph = Desc::new(D::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
         let op_ptrs: Vec<dnn::cudnnBackendDescriptor_t> = ops.iter().map(|o| o.0).collect();
         graph
@@ -530,11 +540,16 @@ impl FusedPlan {
         String::from_utf8(buf).map_err(|_| "plan serialization is not UTF-8".to_owned())
     }
 
-    /// Binds the device pointers (input, weights, FP16 bias, output, workspace).
-    pub(super) fn bind(&mut self, [x, w, b, y]: [u64; 4], workspace: u64) -> Result<(), String> {
+    /// Binds the device pointers (input, weights, FP16 bias, output, residual, workspace);
+    /// a residual of 0 is none (for a graph built without one).
+    pub(super) fn bind(&mut self, [x, w, b, y, r]: [u64; 5], workspace: u64) -> Result<(), String> {
         let pack = Desc::new(D::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
-        let uids = [UID_X, UID_W, UID_B, UID_Y];
-        let ptrs: [*mut c_void; 4] = [x, w, b, y].map(|p| p as *mut c_void);
+        let mut uids = vec![UID_X, UID_W, UID_B, UID_Y];
+        let mut ptrs: Vec<*mut c_void> = [x, w, b, y].map(|p| p as *mut c_void).to_vec();
+        if r != 0 {
+            uids.push(UID_R);
+            ptrs.push(r as *mut c_void);
+        }
         pack.set(
             A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
             T::CUDNN_TYPE_INT64,

@@ -137,6 +137,7 @@ pub fn to_nhwc(plan: &Plan) -> Plan {
                 let t = new_tensor(&mut out, shape);
                 c.nhwc = true;
                 c.y = t;
+                c.residual = c.residual.map(|r| in_layout(&mut out, r, true));
                 out.ops.push(op);
                 out.ops.push(Op::Transpose {
                     x: t,
@@ -148,6 +149,7 @@ pub fn to_nhwc(plan: &Plan) -> Plan {
             Op::Conv(c) => {
                 c.nhwc = nhwc(c.y);
                 c.x = in_layout(&mut out, c.x, c.nhwc);
+                c.residual = c.residual.map(|r| in_layout(&mut out, r, c.nhwc));
             }
             Op::Act { x, y, .. } => *x = in_layout(&mut out, *x, nhwc(*y)),
             Op::MaxPool { x, y, nhwc: f, .. } | Op::Upsample { x, y, nhwc: f, .. } => {

@@ -137,6 +137,9 @@ pub struct Conv {
     pub group: usize,
     /// Activation applied after the bias.
     pub act: Act,
+    /// A tensor of the output's shape added after the activation (a residual connection:
+    /// `y = act(conv(x) + bias) + residual`).
+    pub residual: Option<Tid>,
     /// Input and output are stored `[n, h, w, c]` (see [`super::layout`]).
     pub nhwc: bool,
 }
@@ -251,7 +254,7 @@ impl Op {
     /// The tensors the op reads.
     pub fn inputs(&self) -> Vec<Tid> {
         match self {
-            Op::Conv(c) => vec![c.x],
+            Op::Conv(c) => std::iter::once(c.x).chain(c.residual).collect(),
             Op::Act { x, .. }
             | Op::Narrow { x, .. }
             | Op::MaxPool { x, .. }
@@ -736,6 +739,7 @@ impl Lowering {
                     dilation,
                     group,
                     act: Act::None,
+                    residual: None,
                     nhwc: false,
                 }));
                 Ok(vec![Val::Rt(y)])
@@ -1577,6 +1581,70 @@ fn fuse(plan: &mut Plan) {
         }
         i += 1;
     }
+    fuse_residuals(plan);
+}
+
+/// Residual additions into the convolution that feeds them: `y = Add(t, r)` of three tensors
+/// of one shape, where `t` is written by a convolution (without a residual yet) and read only
+/// by this Add, and `r` is ready before that convolution runs, becomes the convolution
+/// writing `y` with `residual: r` (cuDNN's fused graph adds it in the convolution's epilogue,
+/// so `t` is never stored and read back). Returns how many were fused.
+fn fuse_residuals(plan: &mut Plan) -> usize {
+    let storage = |plan: &Plan, t: Tid| plan.tensors[t].storage;
+    let readers = |plan: &Plan, t: Tid| -> usize {
+        let s = storage(plan, t);
+        let ops = plan
+            .ops
+            .iter()
+            .flat_map(|o| o.inputs())
+            .filter(|&i| storage(plan, i) == s)
+            .count();
+        ops + plan
+            .outputs
+            .iter()
+            .filter(|(_, o)| storage(plan, *o) == s)
+            .count()
+    };
+    // The index of the op that writes `t`'s storage; None for the input and constants.
+    let writer = |plan: &Plan, t: Tid| {
+        let s = storage(plan, t);
+        plan.ops.iter().position(|o| storage(plan, o.output()) == s)
+    };
+    let mut fused = 0;
+    let mut i = 0;
+    while i < plan.ops.len() {
+        let Op::Binary {
+            op: BinOp::Add,
+            a,
+            b,
+            y,
+            ..
+        } = plan.ops[i]
+        else {
+            i += 1;
+            continue;
+        };
+        let same = plan.shape(a) == plan.shape(y) && plan.shape(b) == plan.shape(y);
+        let candidate = [(a, b), (b, a)].into_iter().find_map(|(t, r)| {
+            let j = plan.ops[..i]
+                .iter()
+                .position(|o| matches!(o, Op::Conv(c) if c.y == t && c.residual.is_none()))?;
+            let ready = writer(plan, r).is_none_or(|k| k < j);
+            (ready && storage(plan, r) != storage(plan, t) && readers(plan, t) == 1)
+                .then_some((j, r))
+        });
+        if let (true, Some((j, r))) = (same, candidate)
+            && let Op::Conv(c) = &mut plan.ops[j]
+        {
+            c.residual = Some(r);
+            c.y = y;
+            plan.ops.remove(i);
+            fused += 1;
+            continue;
+        }
+        i += 1;
+    }
+    fused
 }
 
 /// A concatenation that reads, one after another along its own axis, step-1 narrows that
@@ -1801,7 +1869,96 @@ fn concat_shape(shapes: &[&[usize]], axis: usize) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::{Act, Op, Plan, TensorInfo, Tid, concat_shape, conv_out, reshape_dims};
+    use super::{BinOp, Conv, fuse_residuals};
     use super::{drop_unread, fold_split_concats, push_narrows_through_concats, tensor_from_proto};
+
+    /// input [1, 4, 2, 2] -> conv A (t1) -> conv B of t1 (t2); y = Add(t2, `other`) with
+    /// `other` one of: 0 the input, 1 t1, 3 conv C of the input, written after B (t3);
+    /// `extra_reader`: t2 is also a plan output.
+    fn residual_plan(other: usize, extra_reader: bool) -> Plan {
+        let shape = vec![1, 4, 2, 2];
+        let tensors: Vec<TensorInfo> = (0..5)
+            .map(|storage| TensorInfo {
+                shape: shape.clone(),
+                storage,
+            })
+            .collect();
+        let conv = |x: Tid, y: Tid| {
+            Op::Conv(Conv {
+                x,
+                y,
+                weight: vec![0.5; 16],
+                bias: vec![0.0; 4],
+                m: 4,
+                kernel: [1, 1],
+                stride: [1, 1],
+                pad: [0; 4],
+                dilation: [1, 1],
+                group: 1,
+                act: Act::Silu,
+                residual: None,
+                nhwc: false,
+            })
+        };
+        let mut ops = vec![conv(0, 1), conv(1, 2)];
+        if other == 3 {
+            ops.push(conv(0, 3));
+        }
+        let full = vec![16, 4, 2, 1];
+        ops.push(Op::Binary {
+            op: BinOp::Add,
+            a: 2,
+            b: other,
+            y: 4,
+            a_strides: full.clone(),
+            b_strides: full,
+        });
+        let mut outputs = vec![("y".to_string(), 4)];
+        if extra_reader {
+            outputs.push(("t2".to_string(), 2));
+        }
+        Plan {
+            storage_len: vec![16; 5],
+            tensors,
+            constants: vec![],
+            ops,
+            input: 0,
+            outputs,
+        }
+    }
+
+    #[test]
+    fn a_residual_add_goes_into_the_convolution_that_feeds_it() {
+        for other in [0, 1] {
+            let mut p = residual_plan(other, false);
+            assert_eq!(fuse_residuals(&mut p), 1, "residual {other}");
+            assert_eq!(p.ops.len(), 2);
+            let Op::Conv(c) = &p.ops[1] else {
+                panic!("{:?}", p.ops[1])
+            };
+            assert_eq!((c.x, c.y, c.residual), (1, 4, Some(other)));
+        }
+    }
+
+    #[test]
+    fn a_residual_add_stays_when_its_conv_output_is_read_again_or_the_residual_comes_later() {
+        // t2 is also an output: the Add's operand must be stored.
+        let mut p = residual_plan(0, true);
+        assert_eq!(fuse_residuals(&mut p), 0);
+        assert_eq!(p.ops.len(), 3);
+        // The other operand is written by a convolution after B: B cannot read it. That
+        // later convolution (C) takes B's output as its residual instead.
+        let mut p = residual_plan(3, false);
+        assert_eq!(fuse_residuals(&mut p), 1);
+        let Op::Conv(c) = &p.ops[2] else {
+            panic!("{:?}", p.ops[2])
+        };
+        assert_eq!((c.x, c.y, c.residual), (0, 4, Some(2)));
+        let Op::Conv(b) = &p.ops[1] else {
+            panic!("{:?}", p.ops[1])
+        };
+        assert_eq!((b.y, b.residual), (2, None));
+    }
 
     /// input [2, 6, 3, 3]; two narrows of it along the channels (`parts`: start, length, step),
     /// an activation of the last narrow, and a concatenation of `order` (indices into the
