@@ -499,7 +499,8 @@ fn gpu_profiles_restored_together_compute_what_they_computed_when_timed() {
         })
         .collect();
     drop(cold);
-    // Cached: the first hits, the other three are restored on their own threads.
+    // Cached: every profile has its file, so all four restore at once, each on its own
+    // thread.
     let mut warm = CudaEngine::build_all(&gpu, plans(), opts, Some(&cache)).unwrap();
     for (i, (e, x)) in warm.iter_mut().zip(&inputs).enumerate() {
         let r = e.report().clone();

@@ -504,14 +504,15 @@ impl CudaEngine {
     }
 
     /// One execution context per plan (the batch profiles of one model), each on a new
-    /// stream, in the order given. The first is built on this thread. When its cuDNN
-    /// choices came from `cache`, the rest restore theirs on one thread each, at the same
-    /// time: restoring is host work (the serialized cuDNN plans) and no layer is timed, so
-    /// the builds do not disturb one another's measurements. Otherwise (no cache, or a
-    /// miss that times every layer) they are built one after another. A later profile whose
-    /// own file misses while the others restore is timed beside them, so its choices may be
-    /// slower ones; removing the cache directory gives a clean timing. The first error ends
-    /// the build.
+    /// stream, in the order given. When `cache` holds a file for every profile, all of them
+    /// restore at the same time, on one thread each: restoring is host work (the serialized
+    /// cuDNN plans) and no layer is timed, so the builds do not disturb one another's
+    /// measurements. Otherwise the first is built on this thread; when its cuDNN choices came
+    /// from the cache, the rest restore theirs together as above, and else (no cache, or a
+    /// miss that times every layer) they are built one after another. A profile whose file
+    /// is refused while others restore is timed beside them, so its choices may be slower
+    /// ones; removing the cache directory gives a clean timing. The first error ends the
+    /// build.
     pub fn build_all(
         gpu: &GpuContext,
         plans: Vec<Plan>,
@@ -522,6 +523,50 @@ impl CudaEngine {
             let stream = gpu.new_stream()?;
             Self::build_with(gpu, plan, opts, stream, cache)
         };
+        /// An engine moving from the thread that built it to this one; CUDA, cuDNN and
+        /// cuBLAS objects belong to the context, not to a thread, and the builder thread
+        /// does not touch it again.
+        struct Built(Result<CudaEngine, EngineBuildError>);
+        // SAFETY: see above; the engine is used by one thread at a time.
+        unsafe impl Send for Built {}
+        let together = |plans: Vec<Plan>| -> Result<Vec<Self>, EngineBuildError> {
+            let built: Vec<Built> = std::thread::scope(|sc| {
+                let handles: Vec<_> = plans
+                    .into_iter()
+                    .map(|plan| {
+                        sc.spawn(|| {
+                            Built(
+                                gpu.cuda()
+                                    .bind_to_thread()
+                                    .map_err(|e| EngineBuildError::Gpu(e.into()))
+                                    .and_then(|()| build(plan)),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Built(Err(EngineBuildError::Gpu(GpuError::InvalidInput(
+                                "an engine build thread panicked".into(),
+                            ))))
+                        })
+                    })
+                    .collect()
+            });
+            built.into_iter().map(|Built(r)| r).collect()
+        };
+        let all_cached = cache.is_some_and(|c| {
+            opts.time_algorithms
+                && plans.len() > 1
+                && plans
+                    .iter()
+                    .all(|p| c.file(&Self::cache_key_of(gpu, c, opts, p)).is_file())
+        });
+        if all_cached {
+            return together(plans);
+        }
         let mut plans = plans.into_iter();
         let Some(first) = plans.next() else {
             return Ok(Vec::new());
@@ -529,46 +574,26 @@ impl CudaEngine {
         let first = build(first)?;
         let restoring = matches!(first.report.cache, CacheOutcome::Hit(_));
         let mut out = vec![first];
-        if !restoring {
+        if restoring {
+            out.extend(together(plans.collect())?);
+        } else {
             for plan in plans {
                 out.push(build(plan)?);
             }
-            return Ok(out);
-        }
-        /// An engine moving from the thread that built it to this one; CUDA, cuDNN and
-        /// cuBLAS objects belong to the context, not to a thread, and the builder thread
-        /// does not touch it again.
-        struct Built(Result<CudaEngine, EngineBuildError>);
-        // SAFETY: see above; the engine is used by one thread at a time.
-        unsafe impl Send for Built {}
-        let rest: Vec<Built> = std::thread::scope(|sc| {
-            let handles: Vec<_> = plans
-                .map(|plan| {
-                    sc.spawn(|| {
-                        Built(
-                            gpu.cuda()
-                                .bind_to_thread()
-                                .map_err(|e| EngineBuildError::Gpu(e.into()))
-                                .and_then(|()| build(plan)),
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Built(Err(EngineBuildError::Gpu(GpuError::InvalidInput(
-                            "an engine build thread panicked".into(),
-                        ))))
-                    })
-                })
-                .collect()
-        });
-        for Built(r) in rest {
-            out.push(r?);
         }
         Ok(out)
+    }
+
+    /// The engine cache key of a build of `plan` (before the channels-last rewrite) with
+    /// `opts` on `gpu`.
+    fn cache_key_of(
+        gpu: &GpuContext,
+        cache: &EngineCache,
+        opts: EngineOptions,
+        plan: &Plan,
+    ) -> CacheKey {
+        let nhwc = opts.nhwc && opts.math == ConvMath::Fp16;
+        cache_key(gpu, cache, opts, nhwc, input_shape_of(plan))
     }
 
     /// [`Self::build_on`] with an optional engine cache (see [`Self::build_cached`]).
@@ -581,15 +606,7 @@ impl CudaEngine {
     ) -> Result<Self, EngineBuildError> {
         let started = Instant::now();
         cudnn_available()?;
-        let input_shape = {
-            let s = plan.shape(plan.input);
-            [
-                s[0],
-                s.get(1).copied().unwrap_or(1),
-                s.get(2).copied().unwrap_or(1),
-                s.get(3).copied().unwrap_or(1),
-            ]
-        };
+        let input_shape = input_shape_of(&plan);
         let nhwc = opts.nhwc && opts.math == ConvMath::Fp16;
         let plan = if nhwc {
             super::layout::to_nhwc(&plan)
@@ -2446,6 +2463,17 @@ fn fused_shape(x: &[usize], y: &[usize], c: &Conv) -> FusedShape {
         act: c.act,
         residual: c.residual.is_some(),
     }
+}
+
+/// The plan's input shape as four dimensions (missing ones 1).
+fn input_shape_of(plan: &Plan) -> [usize; 4] {
+    let s = plan.shape(plan.input);
+    [
+        s[0],
+        s.get(1).copied().unwrap_or(1),
+        s.get(2).copied().unwrap_or(1),
+        s.get(3).copied().unwrap_or(1),
+    ]
 }
 
 /// The cache key of a build of this plan on `gpu`.
