@@ -107,8 +107,19 @@ pub struct EngineOptions {
     pub direct_depthwise: bool,
 }
 
-/// How many of cuDNN's heuristic engine configurations a fused layer times.
+/// How many of cuDNN's heuristic engine configurations a fused layer times (each is
+/// compiled on the host first, most of a cold build's time); `ITS_ENGINE_FUSED_CANDIDATES`
+/// (1 to 8) overrides it, for measuring what fewer candidates cost and save.
 const FUSED_CANDIDATES: usize = 3;
+
+/// [`FUSED_CANDIDATES`], or the valid value of `ITS_ENGINE_FUSED_CANDIDATES`.
+fn fused_candidates() -> usize {
+    std::env::var("ITS_ENGINE_FUSED_CANDIDATES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=8).contains(n))
+        .unwrap_or(FUSED_CANDIDATES)
+}
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -1022,7 +1033,7 @@ impl CudaEngine {
     }
 
     /// For each channels-last convolution: builds the fused graph, times up to
-    /// [`FUSED_CANDIDATES`] of cuDNN's engine configurations for it against the separate
+    /// [`fused_candidates`] of cuDNN's engine configurations for it against the separate
     /// convolution + `bias_act` pair, and keeps the fused plan when it is faster (with
     /// `cached`, takes the cached choice without timing).
     fn try_fused(
@@ -1091,7 +1102,7 @@ impl CudaEngine {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)));
         let ctx = self.stream.context().clone();
-        let prepared = fused::prepare_all(self.handle, &ctx, jobs, FUSED_CANDIDATES, threads);
+        let prepared = fused::prepare_all(self.handle, &ctx, jobs, fused_candidates(), threads);
         // 2. Timing, one layer at a time on the stream.
         for p in prepared {
             for n in p.notes {
