@@ -131,6 +131,29 @@ fn a_file_for_another_driver_gpu_or_model_is_a_named_miss() {
 }
 
 #[test]
+fn key_matches_only_a_file_written_under_the_same_key() {
+    // What decides whether a model's profiles restore side by side: a file of another
+    // format or driver (say, from before an upgrade) must not count as cached.
+    let f = fixture(1);
+    assert!(!cache::key_matches(&f.cache, &f.key), "no file yet");
+    cache::store(&f.cache, &file_for(&f)).unwrap();
+    assert!(cache::key_matches(&f.cache, &f.key));
+    let mut older = f.key.clone();
+    older.format = CACHE_FORMAT - 1;
+    let mut file = file_for(&f);
+    file.key = older;
+    cache::store(&f.cache, &file).unwrap();
+    assert!(!cache::key_matches(&f.cache, &f.key), "a file of the previous format");
+    let mut other_driver = f.key.clone();
+    other_driver.driver = "cuda 13.1, module 590.1".into();
+    file.key = other_driver;
+    cache::store(&f.cache, &file).unwrap();
+    assert!(!cache::key_matches(&f.cache, &f.key), "a file of another driver");
+    std::fs::write(f.cache.file(&f.key), "not json").unwrap();
+    assert!(!cache::key_matches(&f.cache, &f.key), "a corrupt file");
+}
+
+#[test]
 fn corrupt_files_are_misses_with_a_reason() {
     let f = fixture(1);
     let good = serde_json::to_string(&file_for(&f)).unwrap();

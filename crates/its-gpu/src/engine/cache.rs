@@ -251,6 +251,20 @@ pub fn load(cache: &EngineCache, key: &CacheKey, plan: &Plan) -> Result<CacheFil
     Ok(file)
 }
 
+/// Whether the file for `key` exists and was written under that same key (format, GPU,
+/// driver, cuDNN, model and options). Reads only the key, so it is quicker than [`load`],
+/// and does not check the file's layers against a plan.
+pub fn key_matches(cache: &EngineCache, key: &CacheKey) -> bool {
+    #[derive(Deserialize)]
+    struct KeyOnly {
+        key: CacheKey,
+    }
+    let Ok(text) = std::fs::read_to_string(cache.file(key)) else {
+        return false;
+    };
+    serde_json::from_str::<KeyOnly>(&text).is_ok_and(|f| f.key.mismatch(key).is_none())
+}
+
 /// Parses a cache file's text.
 pub fn parse(text: &str) -> Result<CacheFile, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
@@ -281,7 +295,11 @@ pub fn check_plan(file: &CacheFile, plan: &Plan) -> Result<(), String> {
 pub fn store(cache: &EngineCache, file: &CacheFile) -> std::io::Result<PathBuf> {
     let path = cache.file(&file.key);
     std::fs::create_dir_all(&cache.dir)?;
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    // One temporary name per process and write, so that two builds of one process that
+    // store the same key at once do not write into one file.
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.tmp{}-{n}", std::process::id()));
     let text = serde_json::to_string_pretty(file).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &path).inspect_err(|_| {

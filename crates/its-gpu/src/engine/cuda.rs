@@ -515,8 +515,10 @@ impl CudaEngine {
     }
 
     /// One execution context per plan (the batch profiles of one model), each on a new
-    /// stream, in the order given. When `cache` holds a file for every profile, all of them
-    /// restore at the same time, on one thread each: restoring is host work (the serialized
+    /// stream, in the order given. When `cache` holds a file for every profile, written under
+    /// the key this build has ([`cache::key_matches`]: not of another format, GPU, driver or
+    /// cuDNN), all of them restore at the same time, on one thread each: restoring is host
+    /// work (the serialized
     /// cuDNN plans) and no layer is timed, so the builds do not disturb one another's
     /// measurements. Otherwise the first is built on this thread; when its cuDNN choices came
     /// from the cache, the rest restore theirs together as above, and else (no cache, or a
@@ -573,7 +575,7 @@ impl CudaEngine {
                 && plans.len() > 1
                 && plans
                     .iter()
-                    .all(|p| c.file(&Self::cache_key_of(gpu, c, opts, p)).is_file())
+                    .all(|p| cache::key_matches(c, &Self::cache_key_of(gpu, c, opts, p)))
         });
         if all_cached {
             return together(plans);
