@@ -143,12 +143,18 @@ fn key_matches_only_a_file_written_under_the_same_key() {
     let mut file = file_for(&f);
     file.key = older;
     cache::store(&f.cache, &file).unwrap();
-    assert!(!cache::key_matches(&f.cache, &f.key), "a file of the previous format");
+    assert!(
+        !cache::key_matches(&f.cache, &f.key),
+        "a file of the previous format"
+    );
     let mut other_driver = f.key.clone();
     other_driver.driver = "cuda 13.1, module 590.1".into();
     file.key = other_driver;
     cache::store(&f.cache, &file).unwrap();
-    assert!(!cache::key_matches(&f.cache, &f.key), "a file of another driver");
+    assert!(
+        !cache::key_matches(&f.cache, &f.key),
+        "a file of another driver"
+    );
     std::fs::write(f.cache.file(&f.key), "not json").unwrap();
     assert!(!cache::key_matches(&f.cache, &f.key), "a corrupt file");
 }
