@@ -1220,6 +1220,34 @@ fn split_sizes(
     Ok(sizes)
 }
 
+/// The most elements a constant-folded tensor may have. Detector graphs fold shape
+/// arithmetic and anchor grids, far smaller than this; a node whose folded result would be
+/// larger is refused instead of allocated (found by the onnx_model fuzz target: a Range of
+/// 2^60 elements).
+const MAX_FOLDED: usize = 1 << 24;
+
+/// The element count of a folded result of `shape`, refused past [`MAX_FOLDED`] or on
+/// overflow.
+fn folded_len(node: &NodeProto, shape: &[usize]) -> Result<usize, EngineBuildError> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_FOLDED)
+        .ok_or_else(|| {
+            unsupported(
+                node,
+                format!("a folded constant of shape {shape:?} (more than {MAX_FOLDED} elements)"),
+            )
+        })
+}
+
+/// The first value of a folded scalar input, refused when it has none.
+fn scalar<T: Copy>(node: &NodeProto, v: &[T]) -> Result<T, EngineBuildError> {
+    v.first()
+        .copied()
+        .ok_or_else(|| unsupported(node, "an empty scalar input"))
+}
+
 /// Evaluates a node whose inputs are all constant.
 fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>, EngineBuildError> {
     let input = |i: usize| -> Result<&HostTensor, EngineBuildError> {
@@ -1270,8 +1298,9 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
             let mut shape = x.shape[..axis].to_vec();
             shape.extend_from_slice(&idx.shape);
             shape.extend_from_slice(&x.shape[axis + 1..]);
+            let len = folded_len(node, &shape)?;
             let ids = idx.as_i64();
-            let mut src = Vec::with_capacity(outer * ids.len() * inner);
+            let mut src = Vec::with_capacity(len);
             for o in 0..outer {
                 for &i in &ids {
                     let i = if i < 0 { i + dim } else { i };
@@ -1353,18 +1382,44 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
         "Range" => {
             let (s, l, d) = (input(0)?, input(1)?, input(2)?);
             if matches!(s.data, Data::F32(_)) {
-                let (s, l, d) = (s.as_f32()[0], l.as_f32()[0], d.as_f32()[0]);
-                let n = ((l - s) / d).ceil().max(0.0) as usize;
+                let (s, l, d) = (
+                    scalar(node, &s.as_f32())?,
+                    scalar(node, &l.as_f32())?,
+                    scalar(node, &d.as_f32())?,
+                );
+                let count = ((l - s) / d).ceil();
+                if d == 0.0 || !count.is_finite() || count > MAX_FOLDED as f32 {
+                    return Err(unsupported(
+                        node,
+                        format!(
+                            "range {s}..{l} by {d} (more than {MAX_FOLDED} elements, or none defined)"
+                        ),
+                    ));
+                }
+                let n = count.max(0.0) as usize;
                 one(HostTensor::f32(
                     vec![n],
                     (0..n).map(|i| s + i as f32 * d).collect(),
                 ))
             } else {
-                let (s, l, d) = (s.as_i64()[0], l.as_i64()[0], d.as_i64()[0]);
+                let (s, l, d) = (
+                    scalar(node, &s.as_i64())?,
+                    scalar(node, &l.as_i64())?,
+                    scalar(node, &d.as_i64())?,
+                );
                 if d == 0 {
                     return Err(unsupported(node, "zero delta"));
                 }
-                let n = ((l - s + d - d.signum()) / d).max(0) as usize;
+                // In i128, where no i64 start, limit and delta overflow.
+                let (s128, l128, d128) = (i128::from(s), i128::from(l), i128::from(d));
+                let count = ((l128 - s128 + d128 - d128.signum()) / d128).max(0);
+                if count > MAX_FOLDED as i128 {
+                    return Err(unsupported(
+                        node,
+                        format!("range {s}..{l} by {d} (more than {MAX_FOLDED} elements)"),
+                    ));
+                }
+                let n = count as usize;
                 one(HostTensor::i64(
                     vec![n],
                     (0..n as i64).map(|i| s + i * d).collect(),
@@ -1377,7 +1432,7 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
                 .iter()
                 .map(|&v| v.max(0) as usize)
                 .collect();
-            let n = shape.iter().product();
+            let n = folded_len(node, &shape)?;
             let value = match attr(node, "value").and_then(|a| a.t.as_ref()) {
                 Some(t) => tensor_from_proto(t)?,
                 None => HostTensor::f32(vec![1], vec![0.0]),
@@ -1395,12 +1450,14 @@ fn fold(node: &NodeProto, ins: &[Option<HostTensor>]) -> Result<Vec<HostTensor>,
                 .map(|&v| v.max(0) as usize)
                 .collect();
             let shape = broadcast_shape(&x.shape, &target)?;
+            folded_len(node, &shape)?;
             let idx = broadcast_index(&shape, &broadcast_strides(&x.shape, &shape));
             one(x.gather_flat(shape, &idx))
         }
         "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Pow" => {
             let (a, b) = (input(0)?, input(1)?);
             let shape = broadcast_shape(&a.shape, &b.shape)?;
+            folded_len(node, &shape)?;
             let ia = broadcast_index(&shape, &broadcast_strides(&a.shape, &shape));
             let ib = broadcast_index(&shape, &broadcast_strides(&b.shape, &shape));
             let floats = matches!(a.data, Data::F32(_)) || matches!(b.data, Data::F32(_));
@@ -2227,6 +2284,66 @@ mod tests {
             axes(&[2, 3], Some(&[0, 3]), None).is_err(),
             "axis 3 of rank 3"
         );
+    }
+
+    /// Found by the onnx_model fuzz target: a constant-folded Range over most of i64 asked
+    /// for a 2^60-element allocation. Folded results past `MAX_FOLDED` elements are refused
+    /// before anything is allocated, for every folded op whose output can outgrow its inputs.
+    #[test]
+    fn folded_constants_past_the_size_limit_are_refused() {
+        use super::{MAX_FOLDED, fold};
+        use crate::engine::tensor::HostTensor;
+        let node = |op: &str| its_model::onnx::NodeProto {
+            op_type: op.into(),
+            name: "n".into(),
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let i = |v: i64| Some(HostTensor::i64(vec![], vec![v]));
+        let f = |v: f32| Some(HostTensor::f32(vec![], vec![v]));
+        let range = node("Range");
+        // What the limit leaves alone.
+        let small = fold(&range, &[i(0), i(5), i(2)]).unwrap();
+        assert_eq!(small[0].as_i64(), vec![0, 2, 4]);
+        let down = fold(&range, &[i(3), i(0), i(-1)]).unwrap();
+        assert_eq!(down[0].as_i64(), vec![3, 2, 1]);
+        let quarters = fold(&range, &[f(0.0), f(1.0), f(0.25)]).unwrap();
+        assert_eq!(quarters[0].as_f32(), vec![0.0, 0.25, 0.5, 0.75]);
+        let limit = MAX_FOLDED as i64;
+        assert_eq!(
+            fold(&range, &[i(0), i(limit), i(1)]).unwrap()[0].shape,
+            vec![MAX_FOLDED]
+        );
+        // Too many elements, an overflowing count, no defined count, an empty scalar.
+        for ins in [
+            [i(0), i(limit + 1), i(1)],
+            [i(0), i(i64::MAX), i(1)],
+            [i(i64::MIN), i(i64::MAX), i(1)],
+            [i(i64::MAX), i(i64::MIN), i(-1)],
+            [f(0.0), f(1e30), f(1.0)],
+            [f(0.0), f(1.0), f(0.0)],
+            [f(0.0), f(f32::INFINITY), f(1.0)],
+            [Some(HostTensor::i64(vec![0], vec![])), i(1), i(1)],
+        ] {
+            let err = fold(&range, &ins).unwrap_err();
+            assert!(err.to_string().contains("Range"), "{err}");
+        }
+        let dims = |v: &[i64]| Some(HostTensor::i64(vec![v.len()], v.to_vec()));
+        let big = 1i64 << 13;
+        assert!(fold(&node("ConstantOfShape"), &[dims(&[big, big])]).is_err());
+        assert!(fold(&node("ConstantOfShape"), &[dims(&[i64::MAX, i64::MAX])]).is_err());
+        assert_eq!(
+            fold(&node("ConstantOfShape"), &[dims(&[2, 3])]).unwrap()[0].shape,
+            vec![2, 3]
+        );
+        let one_elem = Some(HostTensor::f32(vec![1], vec![1.0]));
+        assert!(fold(&node("Expand"), &[one_elem.clone(), dims(&[big, big])]).is_err());
+        let column = Some(HostTensor::f32(vec![4096, 1], vec![1.0; 4096]));
+        let row = Some(HostTensor::f32(vec![1, 8192], vec![1.0; 8192]));
+        assert!(fold(&node("Add"), &[column, row]).is_err());
+        let x = Some(HostTensor::f32(vec![2, 4096], vec![0.0; 8192]));
+        let idx = Some(HostTensor::i64(vec![8192], vec![0; 8192]));
+        assert!(fold(&node("Gather"), &[x, idx]).is_err());
     }
 
     /// Found by the onnx_model fuzz target: a constant-folded Split whose sizes add up to more
