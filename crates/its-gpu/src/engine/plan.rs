@@ -1577,23 +1577,25 @@ fn narrow_host(x: &HostTensor, axis: usize, start: usize, len: usize, step: usiz
     x.gather_flat(shape, &idx)
 }
 
+/// How many times ops and plan outputs read `t`'s storage (`t` or any alias of it).
+fn storage_readers(plan: &Plan, t: Tid) -> usize {
+    let s = plan.tensors[t].storage;
+    let in_ops = plan
+        .ops
+        .iter()
+        .flat_map(|o| o.inputs())
+        .filter(|&i| plan.tensors[i].storage == s)
+        .count();
+    let in_outs = plan
+        .outputs
+        .iter()
+        .filter(|(_, o)| plan.tensors[*o].storage == s)
+        .count();
+    in_ops + in_outs
+}
+
 /// Sigmoid·Mul → SiLU, then activations into the convolution that feeds them.
 fn fuse(plan: &mut Plan) {
-    let uses = |plan: &Plan, t: Tid| -> usize {
-        let s = plan.tensors[t].storage;
-        let in_ops = plan
-            .ops
-            .iter()
-            .flat_map(|o| o.inputs())
-            .filter(|&i| plan.tensors[i].storage == s)
-            .count();
-        let in_outs = plan
-            .outputs
-            .iter()
-            .filter(|(_, o)| plan.tensors[*o].storage == s)
-            .count();
-        in_ops + in_outs
-    };
     // SiLU: s = Sigmoid(x); y = Mul(x, s) or Mul(s, x), s read only by that Mul.
     let mut i = 0;
     while i < plan.ops.len() {
@@ -1602,7 +1604,7 @@ fn fuse(plan: &mut Plan) {
             y: s,
             act: Act::Sigmoid,
         } = plan.ops[i].clone()
-            && uses(plan, s) == 1
+            && storage_readers(plan, s) == 1
             && let Some(j) = plan.ops.iter().position(|o| {
                 matches!(o, Op::Binary { op: BinOp::Mul, a, b, .. }
                     if (*a == x && *b == s) || (*a == s && *b == x))
@@ -1625,7 +1627,7 @@ fn fuse(plan: &mut Plan) {
     let mut i = 0;
     while i < plan.ops.len() {
         if let Op::Act { x, y, act } = plan.ops[i].clone()
-            && uses(plan, x) == 1
+            && storage_readers(plan, x) == 1
             && let Some(j) = plan.ops[..i]
                 .iter()
                 .position(|o| matches!(o, Op::Conv(c) if c.y == x && c.act == Act::None))
@@ -1648,20 +1650,6 @@ fn fuse(plan: &mut Plan) {
 /// so `t` is never stored and read back). Returns how many were fused.
 fn fuse_residuals(plan: &mut Plan) -> usize {
     let storage = |plan: &Plan, t: Tid| plan.tensors[t].storage;
-    let readers = |plan: &Plan, t: Tid| -> usize {
-        let s = storage(plan, t);
-        let ops = plan
-            .ops
-            .iter()
-            .flat_map(|o| o.inputs())
-            .filter(|&i| storage(plan, i) == s)
-            .count();
-        ops + plan
-            .outputs
-            .iter()
-            .filter(|(_, o)| storage(plan, *o) == s)
-            .count()
-    };
     // The index of the op that writes `t`'s storage; None for the input and constants.
     let writer = |plan: &Plan, t: Tid| {
         let s = storage(plan, t);
@@ -1687,7 +1675,7 @@ fn fuse_residuals(plan: &mut Plan) -> usize {
                 .iter()
                 .position(|o| matches!(o, Op::Conv(c) if c.y == t && c.residual.is_none()))?;
             let ready = writer(plan, r).is_none_or(|k| k < j);
-            (ready && storage(plan, r) != storage(plan, t) && readers(plan, t) == 1)
+            (ready && storage(plan, r) != storage(plan, t) && storage_readers(plan, t) == 1)
                 .then_some((j, r))
         });
         if let (true, Some((j, r))) = (same, candidate)
