@@ -403,7 +403,8 @@ template <typename I>
 __device__ __forceinline__ void maxpool2d_nhwc_body(const elem_t* __restrict__ x,
                                                     elem_t* __restrict__ y, I n_img, int h,
                                                     int w, int c, int oh, int ow, int kh, int kw,
-                                                    int sh, int sw, int pt, int pl) {
+                                                    int sh, int sw, int pt, int pl, int xp,
+                                                    int yp) {
     I n = n_img * oh * ow * c;
     I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
     I stride = (I)gridDim.x * blockDim.x;
@@ -413,7 +414,7 @@ __device__ __forceinline__ void maxpool2d_nhwc_body(const elem_t* __restrict__ x
         int j = (int)(pix % ow);
         int r = (int)((pix / ow) % oh);
         I b = pix / ((I)ow * oh);
-        const elem_t* src = x + b * h * w * c;
+        const elem_t* src = x + b * h * w * xp;
         float m = NEG_INF;
         for (int ki = 0; ki < kh; ++ki) {
             int rr = r * sh + ki - pt;
@@ -421,28 +422,33 @@ __device__ __forceinline__ void maxpool2d_nhwc_body(const elem_t* __restrict__ x
             for (int kj = 0; kj < kw; ++kj) {
                 int cc = j * sw + kj - pl;
                 if (cc < 0 || cc >= w) continue;
-                m = fmaxf(m, ld(src[((I)rr * w + cc) * c + ch]));
+                m = fmaxf(m, ld(src[((I)rr * w + cc) * xp + ch]));
             }
         }
-        y[i] = st(m);
+        y[pix * yp + ch] = st(m);
     }
 }
 
+// Pixels of x and y lie xp and yp elements apart (c when packed; a concatenation's width
+// when the tensor is its slice).
 extern "C" __global__ void maxpool2d_nhwc(const elem_t* __restrict__ x, elem_t* __restrict__ y,
                                           long long n_img, int h, int w, int c, int oh, int ow,
-                                          int kh, int kw, int sh, int sw, int pt, int pl) {
-    long long big = n_img * (long long)c * (h * w > oh * ow ? h * w : oh * ow);
+                                          int kh, int kw, int sh, int sw, int pt, int pl, int xp,
+                                          int yp) {
+    int p = xp > yp ? xp : yp;
+    long long big = n_img * (long long)p * (h * w > oh * ow ? h * w : oh * ow);
     if (FITS32(big))
         maxpool2d_nhwc_body<unsigned>(x, y, (unsigned)n_img, h, w, c, oh, ow, kh, kw, sh, sw, pt,
-                                      pl);
+                                      pl, xp, yp);
     else
-        maxpool2d_nhwc_body<long long>(x, y, n_img, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl);
+        maxpool2d_nhwc_body<long long>(x, y, n_img, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, xp,
+                                       yp);
 }
 
 template <typename I>
 __device__ __forceinline__ void upsample_nhwc_body(const elem_t* __restrict__ x,
                                                    elem_t* __restrict__ y, I n_img, int h, int w,
-                                                   int c, int fh, int fw) {
+                                                   int c, int fh, int fw, int xp, int yp) {
     int oh = h * fh, ow = w * fw;
     I n = n_img * oh * ow * c;
     I i = (I)blockIdx.x * blockDim.x + threadIdx.x;
@@ -453,17 +459,19 @@ __device__ __forceinline__ void upsample_nhwc_body(const elem_t* __restrict__ x,
         int j = (int)(pix % ow);
         int r = (int)((pix / ow) % oh);
         I b = pix / ((I)ow * oh);
-        y[i] = x[((b * h + r / fh) * w + j / fw) * c + ch];
+        y[pix * yp + ch] = x[((b * h + r / fh) * w + j / fw) * xp + ch];
     }
 }
 
+// Pixels of x and y lie xp and yp elements apart (see maxpool2d_nhwc).
 extern "C" __global__ void upsample_nearest_nhwc(const elem_t* __restrict__ x,
                                                  elem_t* __restrict__ y, long long n_img, int h,
-                                                 int w, int c, int fh, int fw) {
-    if (FITS32(n_img * (long long)h * fh * w * fw * c))
-        upsample_nhwc_body<unsigned>(x, y, (unsigned)n_img, h, w, c, fh, fw);
+                                                 int w, int c, int fh, int fw, int xp, int yp) {
+    int p = xp > yp ? xp : yp;
+    if (FITS32(n_img * (long long)h * fh * w * fw * p))
+        upsample_nhwc_body<unsigned>(x, y, (unsigned)n_img, h, w, c, fh, fw, xp, yp);
     else
-        upsample_nhwc_body<long long>(x, y, n_img, h, w, c, fh, fw);
+        upsample_nhwc_body<long long>(x, y, n_img, h, w, c, fh, fw, xp, yp);
 }
 
 // y[b, s, r] = x[b, r, s] for x viewed as [batch, R, S] (NCHW <-> NHWC: R = c, S = h * w or
@@ -524,10 +532,12 @@ extern "C" __global__ void softmax_rows(const elem_t* __restrict__ x, elem_t* __
 
 // Channels-last nearest upsampling, 16 bytes a thread (c % VEC == 0): cu = c / VEC units
 // per pixel.
+// Pixels of x and y lie xpu and ypu 16-byte units apart (cu when packed).
 extern "C" __global__ void upsample_nearest_nhwc_vec(const uint4* __restrict__ x,
                                                      uint4* __restrict__ y, unsigned n_img,
                                                      unsigned h, unsigned w, unsigned cu,
-                                                     unsigned fh, unsigned fw) {
+                                                     unsigned fh, unsigned fw, unsigned xpu,
+                                                     unsigned ypu) {
     unsigned oh = h * fh, ow = w * fw;
     unsigned n = n_img * oh * ow * cu;
     unsigned stride = gridDim.x * blockDim.x;
@@ -535,7 +545,7 @@ extern "C" __global__ void upsample_nearest_nhwc_vec(const uint4* __restrict__ x
         unsigned ch = i % cu, pix = i / cu;
         unsigned j = pix % ow, rest = pix / ow;
         unsigned r = rest % oh, b = rest / oh;
-        y[i] = x[((b * h + r / fh) * w + j / fw) * cu + ch];
+        y[pix * ypu + ch] = x[((b * h + r / fh) * w + j / fw) * xpu + ch];
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use its_engine::ModelManifest;
 use its_gpu::engine::memory::{ALIGN, plan_memory, verify};
 use its_gpu::engine::tensor::sample_input;
-use its_gpu::engine::{Plan, cpu, layout};
+use its_gpu::engine::{Op, Plan, cpu, layout, slices};
 use its_model::onnx::ModelProto;
 use its_model::synth::{Arch, SynthSpec, write};
 
@@ -83,6 +83,50 @@ fn synth_yolov8n_plans_into_a_small_arena_with_the_same_outputs() {
     let plan = plan_of(dir.path(), 1);
     check("yolov8n 128 b1 fp32", &plan, 4, 8);
     check("yolov8n 128 b1 nhwc fp16", &layout::to_nhwc(&plan), 2, 8);
+}
+
+/// The channels-last plan with concatenation inputs written in place: some inputs are
+/// placed, concatenations go, the arena check above holds, and the outputs are exactly the
+/// plain channels-last plan's.
+fn slices_keep_the_outputs(what: &str, plan: &Plan) -> usize {
+    let nhwc = layout::to_nhwc(plan);
+    let mut sliced = nhwc.clone();
+    let placed = slices::place_concat_inputs(&mut sliced, &[]);
+    let concats = |p: &Plan| {
+        p.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Concat { .. }))
+            .count()
+    };
+    assert!(placed > 0, "{what}: nothing placed");
+    assert!(
+        concats(&sliced) < concats(&nhwc),
+        "{what}: {} concatenations before, {} after",
+        concats(&nhwc),
+        concats(&sliced)
+    );
+    assert!(sliced.tensors.iter().any(|t| t.view.is_some()));
+    check(what, &sliced, 2, 8);
+    let x = sample_input(plan.tensors[plan.input].numel(), 11);
+    assert_eq!(
+        cpu::run(&nhwc, &x).unwrap(),
+        cpu::run(&sliced, &x).unwrap(),
+        "{what}: slices changed the outputs"
+    );
+    eprintln!(
+        "{what}: {placed} inputs in place, concatenations {} -> {}",
+        concats(&nhwc),
+        concats(&sliced)
+    );
+    placed
+}
+
+#[test]
+fn concatenation_slices_keep_the_outputs_of_synth_yolo11n_and_yolov8n() {
+    let dir = synth(Arch::Yolo11n, 160, 80);
+    slices_keep_the_outputs("yolo11n 160 b2 slices", &plan_of(dir.path(), 2));
+    let dir = synth(Arch::Yolov8n, 128, 3);
+    slices_keep_the_outputs("yolov8n 128 b1 slices", &plan_of(dir.path(), 1));
 }
 
 #[test]

@@ -97,6 +97,10 @@ pub struct Common {
     /// kernel, in channels-last mode).
     #[arg(long)]
     pub no_direct_depthwise: bool,
+    /// Copy every concatenation input (default: convolutions, max-pools and upsamples write
+    /// their slices of a channel concatenation in place; also ITS_ENGINE_CONCAT_IN_PLACE=0).
+    #[arg(long)]
+    pub no_concat_in_place: bool,
     /// Keep every activation NCHW (default: channels-last between convolutions).
     #[arg(long)]
     pub nchw: bool,
@@ -126,6 +130,7 @@ impl Common {
             fused: !self.no_fused,
             direct_stem: !self.no_direct_stem,
             direct_depthwise: !self.no_direct_depthwise,
+            concat_in_place: !self.no_concat_in_place && EngineOptions::default().concat_in_place,
         }
     }
 }
@@ -385,6 +390,12 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
                 r.depthwise_convs
             );
         }
+        if r.concat_inputs_in_place > 0 {
+            table += &format!(
+                "       concatenations: {} inputs written in place by their producers; {} launches per run\n",
+                r.concat_inputs_in_place, r.launches
+            );
+        }
         let mut multi = serde_json::Value::Null;
         if streams > 1 {
             // N contexts, each on its own stream, launched together; wall time per round.
@@ -427,6 +438,8 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
             "fused_tried": engine.report().fused_tried,
             "fused_notes": engine.report().fused_notes,
             "depthwise_convs": engine.report().depthwise_convs,
+            "concat_inputs_in_place": engine.report().concat_inputs_in_place,
+            "launches": engine.report().launches,
             "multi_stream": multi,
         }));
         last = Some(engine);

@@ -217,6 +217,7 @@ impl Resolved {
                 fused: true,
                 direct_stem: true,
                 direct_depthwise: true,
+                ..EngineOptions::default()
             },
             precision: choice.native_precision,
             batches: choice.batch_sizes.clone(),

@@ -20,8 +20,9 @@ use super::plan::{Conv, Op, Plan};
 
 /// Version of the file layout and of the plans whose ops it indexes (4: the plan rewrites
 /// of narrows and concatenations renumber the ops; 5: residual additions fused into their
-/// convolutions); a file of another version is a miss.
-pub const CACHE_FORMAT: u32 = 5;
+/// convolutions; 6: concatenation inputs written in place, strided fused graphs); a file of
+/// another version is a miss.
+pub const CACHE_FORMAT: u32 = 6;
 
 /// Where a model's build decisions are cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +183,18 @@ pub struct CacheFile {
 /// What one convolution layer computes, as text: shapes, kernel, stride, padding, dilation,
 /// groups, layout.
 pub fn conv_signature(plan: &Plan, c: &Conv) -> String {
+    // Strided tensors (concatenation slices) change the fused graph: their pitches count.
+    let views: String = std::iter::once(("x", c.x))
+        .chain(std::iter::once(("y", c.y)))
+        .chain(c.residual.map(|r| ("r", r)))
+        .filter_map(|(n, t)| {
+            plan.tensors[t]
+                .view
+                .map(|v| format!(" {n}@{}/{}", v.offset, v.pitch))
+        })
+        .collect();
     format!(
-        "x{:?} y{:?} m{} k{:?} s{:?} p{:?} d{:?} g{} {}{}",
+        "x{:?} y{:?} m{} k{:?} s{:?} p{:?} d{:?} g{} {}{}{views}",
         plan.shape(c.x),
         plan.shape(c.y),
         c.m,

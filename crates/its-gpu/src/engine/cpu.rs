@@ -1,9 +1,12 @@
 //! The CPU reference executor of a [`Plan`]: plain loops, f32 with f32 accumulation, the
 //! semantics every CUDA kernel of `kernels/engine.cu` is checked against.
 
+use std::borrow::Cow;
+
 use super::EngineBuildError;
 use super::memory::MemoryPlan;
 use super::plan::{Conv, Op, Plan};
+use super::slices;
 use super::tensor::{broadcast_index, strides, transpose_index};
 
 /// Runs `plan` on `input` (the input tensor's elements) and returns every graph output.
@@ -51,6 +54,8 @@ trait Storages {
     fn take(&mut self, s: usize) -> Vec<f32>;
     /// Puts back what an op wrote into storage `s`.
     fn put(&mut self, s: usize, v: Vec<f32>);
+    /// Storage `s` as it is now, to write a slice of it and put it back.
+    fn current(&mut self, s: usize) -> Vec<f32>;
 }
 
 /// One buffer per storage.
@@ -65,6 +70,9 @@ impl Storages for Separate {
     }
     fn put(&mut self, s: usize, v: Vec<f32>) {
         self.0[s] = v;
+    }
+    fn current(&mut self, s: usize) -> Vec<f32> {
+        std::mem::take(&mut self.0[s])
     }
 }
 
@@ -84,6 +92,9 @@ impl Storages for Arena {
     }
     fn put(&mut self, s: usize, v: Vec<f32>) {
         self.buf[self.at[s]..self.at[s] + self.len[s]].copy_from_slice(&v);
+    }
+    fn current(&mut self, s: usize) -> Vec<f32> {
+        self.get(s).to_vec()
     }
 }
 
@@ -109,13 +120,32 @@ fn execute(
     b[..input.len()].copy_from_slice(input);
     st.put(s_in, b);
     for op in &plan.ops {
-        let ys = plan.tensors[op.output()].storage;
-        let mut out = st.take(ys);
-        let get = |t: usize| -> &[f32] { st.get(plan.tensors[t].storage) };
+        let y_info = &plan.tensors[op.output()];
+        let ys = y_info.storage;
+        // An output that is a view (a concatenation's slice) is computed packed, then
+        // written into its place.
+        // A concatenation whose producers wrote some inputs in place keeps those.
+        let placed = match op {
+            Op::Concat { xs, y, .. } => slices::in_place(plan, xs, *y),
+            _ => Vec::new(),
+        };
+        let mut out = match y_info.view {
+            Some(_) => vec![0.0; y_info.numel()],
+            None if placed.contains(&true) => st.current(ys),
+            None => st.take(ys),
+        };
+        let get = |t: usize| -> Cow<'_, [f32]> {
+            let info = &plan.tensors[t];
+            let s = st.get(info.storage);
+            match info.view {
+                None => Cow::Borrowed(s),
+                Some(_) => Cow::Owned((0..info.numel()).map(|k| s[info.element(k)]).collect()),
+            }
+        };
         match op {
             Op::Conv(c) if c.nhwc => {
                 // The reference computes in NCHW; the layout only changes where values live.
-                let (xs, x) = nchw(plan.shape(c.x), get(c.x));
+                let (xs, x) = nchw(plan.shape(c.x), &get(c.x));
                 let ys = permuted(plan.shape(c.y), &TO_NCHW);
                 let mut y = vec![0.0; out.len()];
                 conv(c, &xs, &ys, &x, &mut y);
@@ -123,18 +153,18 @@ fn execute(
                 add_residual(c, get, &mut out);
             }
             Op::Conv(c) => {
-                conv(c, plan.shape(c.x), plan.shape(c.y), get(c.x), &mut out);
+                conv(c, plan.shape(c.x), plan.shape(c.y), &get(c.x), &mut out);
                 add_residual(c, get, &mut out);
             }
             Op::MaxPool { nhwc: true, .. } | Op::Upsample { nhwc: true, .. } => {
                 let x = op.inputs()[0];
-                let (xs, xv) = nchw(plan.shape(x), get(x));
+                let (xs, xv) = nchw(plan.shape(x), &get(x));
                 let ys = permuted(plan.shape(op.output()), &TO_NCHW);
                 let y = pool_or_upsample(op, &xs, &ys, &xv);
                 out.copy_from_slice(&nhwc(&ys, &y));
             }
             Op::Act { x, act, .. } => {
-                for (o, &v) in out.iter_mut().zip(get(*x)) {
+                for (o, &v) in out.iter_mut().zip(get(*x).iter()) {
                     *o = act.apply(v);
                 }
             }
@@ -159,8 +189,12 @@ fn execute(
                 let outer: usize = yshape[..*axis].iter().product();
                 let ychunk: usize = yshape[*axis..].iter().product();
                 let mut off = 0;
-                for &x in xs {
+                for (k, &x) in xs.iter().enumerate() {
                     let chunk: usize = plan.shape(x)[*axis..].iter().product();
+                    if placed.get(k) == Some(&true) {
+                        off += chunk;
+                        continue;
+                    }
                     let v = get(x);
                     for o in 0..outer {
                         out[o * ychunk + off..o * ychunk + off + chunk]
@@ -191,7 +225,7 @@ fn execute(
                 }
             }
             Op::MaxPool { x, y, .. } | Op::Upsample { x, y, .. } => {
-                let r = pool_or_upsample(op, plan.shape(*x), plan.shape(*y), get(*x));
+                let r = pool_or_upsample(op, plan.shape(*x), plan.shape(*y), &get(*x));
                 out.copy_from_slice(&r);
             }
             Op::Transpose { x, perm, .. } => {
@@ -243,7 +277,16 @@ fn execute(
                 }
             }
         }
-        st.put(ys, out);
+        match y_info.view {
+            Some(_) => {
+                let mut whole = st.current(ys);
+                for (k, v) in out.into_iter().enumerate() {
+                    whole[y_info.element(k)] = v;
+                }
+                st.put(ys, whole);
+            }
+            None => st.put(ys, out),
+        }
     }
     Ok(plan
         .outputs
@@ -324,9 +367,9 @@ fn pool_or_upsample(op: &Op, xs: &[usize], yshape: &[usize], v: &[f32]) -> Vec<f
 }
 
 /// `y += residual` after the activation (the residual has `y`'s shape and layout).
-fn add_residual<'a>(c: &Conv, get: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+fn add_residual<'a>(c: &Conv, get: impl Fn(usize) -> Cow<'a, [f32]>, out: &mut [f32]) {
     if let Some(r) = c.residual {
-        for (o, &v) in out.iter_mut().zip(get(r)) {
+        for (o, &v) in out.iter_mut().zip(get(r).iter()) {
             *o += v;
         }
     }

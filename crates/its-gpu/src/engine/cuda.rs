@@ -105,6 +105,10 @@ pub struct EngineOptions {
     /// In channels-last mode, run depthwise convolutions (groups == channels, a multiple of
     /// 8 of them) on our `conv_dw3x3_nhwc` kernel instead of cuDNN's grouped kernels.
     pub direct_depthwise: bool,
+    /// In channels-last FP16 mode with fused convolutions, let the producers of channel
+    /// concatenations write their slices in place ([`super::slices`]) instead of the
+    /// concatenation copying them. `ITS_ENGINE_CONCAT_IN_PLACE=0` turns it off.
+    pub concat_in_place: bool,
 }
 
 /// How many of cuDNN's heuristic engine configurations a fused layer times (each is
@@ -131,6 +135,7 @@ impl Default for EngineOptions {
             fused: true,
             direct_stem: true,
             direct_depthwise: true,
+            concat_in_place: std::env::var("ITS_ENGINE_CONCAT_IN_PLACE").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -181,6 +186,8 @@ pub struct BuildReport {
     pub direct_stem: bool,
     /// Depthwise convolutions that run on our `conv_dw3x3_nhwc` kernel.
     pub depthwise_convs: usize,
+    /// Concatenation inputs their producers write in place ([`super::slices`]).
+    pub concat_inputs_in_place: usize,
 }
 
 /// The first convolution run by `conv_stem_3x3` straight from the NCHW input.
@@ -627,15 +634,50 @@ impl CudaEngine {
         stream: Arc<CudaStream>,
         cache: Option<&EngineCache>,
     ) -> Result<Self, EngineBuildError> {
+        if !opts.concat_in_place {
+            return Self::build_once(gpu, plan, opts, stream, cache)?
+                .map_err(EngineBuildError::Shape);
+        }
+        match Self::build_once(gpu, plan.clone(), opts, stream.clone(), cache)? {
+            Ok(engine) => Ok(engine),
+            Err(why) => {
+                tracing::warn!(reason = %why, "concatenation slices refused; building with copies");
+                let opts = EngineOptions {
+                    concat_in_place: false,
+                    ..opts
+                };
+                Self::build_once(gpu, plan, opts, stream, cache)?.map_err(EngineBuildError::Shape)
+            }
+        }
+    }
+
+    /// One build; `Ok(Err(why))` when a convolution that reads or writes a concatenation's
+    /// slice found no fused cuDNN graph (the only path that takes a channel pitch).
+    fn build_once(
+        gpu: &GpuContext,
+        plan: Plan,
+        opts: EngineOptions,
+        stream: Arc<CudaStream>,
+        cache: Option<&EngineCache>,
+    ) -> Result<Result<Self, String>, EngineBuildError> {
         let started = Instant::now();
         cudnn_available()?;
         let input_shape = input_shape_of(&plan);
         let nhwc = opts.nhwc && opts.math == ConvMath::Fp16;
-        let plan = if nhwc {
+        let mut plan = if nhwc {
             super::layout::to_nhwc(&plan)
         } else {
             plan
         };
+        let mut in_place = 0;
+        if nhwc && opts.fused && opts.concat_in_place {
+            let stem: Vec<usize> = find_stem(&plan)
+                .filter(|_| opts.direct_stem)
+                .map(|(_, conv)| conv)
+                .into_iter()
+                .collect();
+            in_place = super::slices::place_concat_inputs(&mut plan, &stem);
+        }
         let module = gpu.module(if opts.math == ConvMath::Fp16 {
             ENGINE_F16_SRC
         } else {
@@ -747,6 +789,10 @@ impl CudaEngine {
         if let Some(rejected) = engine.build_convs(opts, cached.as_ref())? {
             miss = Some(rejected);
         }
+        if let Some(why) = engine.unfused_view() {
+            return Ok(Err(why));
+        }
+        engine.report.concat_inputs_in_place = in_place;
         phase("convolutions (fused included)", &mut phases);
         engine.report.depthwise_convs = engine
             .convs
@@ -790,7 +836,30 @@ impl CudaEngine {
         phase("graph capture", &mut phases);
         engine.report.phases = phases;
         engine.report.build_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(engine)
+        Ok(Ok(engine))
+    }
+
+    /// A convolution with a strided input, output or residual that is not a fused cuDNN
+    /// graph (cuDNN's separate convolution, `bias_act` and our kernels take packed tensors).
+    fn unfused_view(&self) -> Option<String> {
+        self.plan.ops.iter().enumerate().find_map(|(i, o)| match o {
+            Op::Conv(c)
+                if self.conv_views(c)
+                    && self.convs[i].as_ref().is_none_or(|l| l.fused.is_none()) =>
+            {
+                Some(format!(
+                    "no fused cuDNN graph for op {i} ({})",
+                    cache::conv_signature(&self.plan, c)
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    /// Whether convolution `c` reads or writes a view.
+    fn conv_views(&self, c: &Conv) -> bool {
+        let view = |t: Tid| self.plan.tensors[t].view.is_some();
+        view(c.x) || view(c.y) || c.residual.is_some_and(view)
     }
 
     /// Kernel launches and cuDNN calls of one run of the plan.
@@ -812,7 +881,15 @@ impl CudaEngine {
                 }
                 // cuDNN's convolution, then bias_act (which adds the residual).
                 (Op::Conv(_), _) => 2,
-                (Op::Concat { xs, .. }, _) if xs.len() > CONCAT_MAX => xs.len(),
+                (Op::Concat { xs, y, .. }, _) => {
+                    let placed = super::slices::in_place(&self.plan, xs, *y);
+                    let copied = placed.iter().filter(|&&p| !p).count();
+                    if copied < xs.len() || xs.len() > CONCAT_MAX {
+                        copied
+                    } else {
+                        1
+                    }
+                }
                 _ => 1,
             })
             .sum()
@@ -1102,7 +1179,7 @@ impl CudaEngine {
             };
             jobs.push(FusedJob {
                 op: i,
-                shape: fused_shape(self.plan.shape(c.x), self.plan.shape(c.y), c),
+                shape: fused_shape(&self.plan, c),
                 only,
                 json,
             });
@@ -1143,7 +1220,8 @@ impl CudaEngine {
             let timing = opts.time_algorithms && !by_op.contains_key(&i);
             // What the fused graph must beat: our depthwise kernel where the layer has it,
             // else cuDNN's convolution followed by `bias_act`.
-            let pair_ms = if timing {
+            // A layer that reads or writes a concatenation's slice has no other path.
+            let pair_ms = if timing && !self.conv_views(c) {
                 match &l.dw {
                     Some(w) => self.time_call(&|| {
                         self.dw_call(c, l, w)?;
@@ -1379,7 +1457,7 @@ impl CudaEngine {
             opts.math,
         );
         let (weight, how) = self.gpu.shared_buffer(&self.stream, &host)?;
-        let few = if few_outputs_1x1(c, xs[1]) {
+        let few = if few_outputs_1x1(c, xs[1]) && !self.conv_views(c) {
             let bytes: Vec<u8> = c.weight.iter().flat_map(|v| v.to_ne_bytes()).collect();
             Some(self.gpu.shared_buffer(&self.stream, &bytes)?.0)
         } else {
@@ -1388,6 +1466,7 @@ impl CudaEngine {
         let dw = if opts.direct_depthwise
             && self.kernels.conv_dw.is_some()
             && depthwise_nhwc(c, xs[1])
+            && !self.conv_views(c)
         {
             // ONNX's [c][1][kh][kw] to tap-major [kh * kw][c].
             let taps = c.kernel[0] * c.kernel[1];
@@ -1469,8 +1548,11 @@ impl CudaEngine {
         Ok(())
     }
 
+    /// Device address of tensor `t`'s first element.
     fn ptr(&self, t: usize) -> u64 {
-        self.ptrs[self.plan.tensors[t].storage]
+        let info = &self.plan.tensors[t];
+        let off = info.view.map_or(0, |v| v.offset * self.math.elem_bytes());
+        self.ptrs[info.storage] + off as u64
     }
 
     fn conv_call(
@@ -1515,6 +1597,19 @@ impl CudaEngine {
     /// Enqueues op `i` of the plan.
     fn enqueue_op(&self, i: usize, op: &Op) -> Result<(), EngineBuildError> {
         let s = &self.stream;
+        let takes_views = match op {
+            Op::Conv(c) => c.nhwc,
+            Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
+            Op::Narrow { .. } | Op::Concat { .. } => true,
+            _ => false,
+        };
+        let view = |t: Tid| self.plan.tensors[t].view.is_some();
+        if !takes_views && (view(op.output()) || op.inputs().into_iter().any(view)) {
+            return Err(EngineBuildError::Shape(format!(
+                "op {i} ({}) cannot read or write a concatenation's slice",
+                op.kind()
+            )));
+        }
         if let (Some(stem), Op::Conv(c)) = (&self.stem, op)
             && stem.conv == i
         {
@@ -1608,6 +1703,35 @@ impl CudaEngine {
                     let inner = yshape[*axis + 1..].iter().product::<usize>() as i64;
                     let y_rows = yshape[*axis] as i64;
                     let yp = self.ptr(*y);
+                    let placed = super::slices::in_place(&self.plan, xs, *y);
+                    if xs.iter().zip(&placed).any(|(&x, &here)| !here && view(x)) {
+                        return Err(EngineBuildError::Shape(format!(
+                            "concatenation op {i} copies from a strided input"
+                        )));
+                    }
+                    if placed.iter().any(|&p| p) {
+                        // Some producers wrote their slices already: copy the others.
+                        let e = self.math.elem_bytes() as i64;
+                        let mut off = 0i64;
+                        for (&x, here) in xs.iter().zip(placed) {
+                            let rows = self.plan.shape(x)[*axis] as i64;
+                            if !here
+                                && !self.copy_runs(
+                                    self.ptr(x),
+                                    yp,
+                                    outer,
+                                    [rows * inner * e, rows * inner * e, 0],
+                                    [y_rows * inner * e, off * inner * e],
+                                )?
+                            {
+                                return Err(EngineBuildError::Shape(format!(
+                                    "concatenation op {i}: input {x} is not in 16-byte runs"
+                                )));
+                            }
+                            off += rows;
+                        }
+                        return Ok(());
+                    }
                     if self.concat_one_launch(xs, yp, outer, inner, *axis)? {
                         return Ok(());
                     }
@@ -1652,7 +1776,11 @@ impl CudaEngine {
                     let inner = xs[*axis + 1..].iter().product::<usize>() as i64;
                     let rows = self.plan.shape(*y)[*axis] as i64;
                     let e = self.math.elem_bytes() as i64;
-                    let x_rows = xs[*axis] as i64;
+                    // A view's rows (of the last axis) lie its pitch apart.
+                    let x_rows = match self.plan.tensors[*x].view {
+                        Some(v) if *axis + 1 == xs.len() => v.pitch as i64,
+                        _ => xs[*axis] as i64,
+                    };
                     if *step == 1
                         && self.copy_runs(
                             self.ptr(*x),
@@ -1667,6 +1795,11 @@ impl CudaEngine {
                         )?
                     {
                         return Ok(());
+                    }
+                    if self.plan.tensors[*x].view.is_some() {
+                        return Err(EngineBuildError::Shape(format!(
+                            "narrow op {i}: a strided input not in 16-byte runs"
+                        )));
                     }
                     self.copy_rows(
                         self.ptr(*x),
@@ -1693,7 +1826,10 @@ impl CudaEngine {
                     let ys = self.plan.shape(*y);
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
                     let n = self.plan.tensors[*y].numel();
-                    let tail = [kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1]];
+                    let mut tail = vec![kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1]];
+                    if *nhwc {
+                        tail.extend([self.plan.tensors[*x].pitch(), self.plan.tensors[*y].pitch()]);
+                    }
                     let (func, count, dims) = if *nhwc {
                         let d = [xs[1], xs[2], xs[3], ys[1], ys[2]];
                         (&self.kernels.maxpool2d_nhwc, xs[0] as i64, d.to_vec())
@@ -1715,7 +1851,14 @@ impl CudaEngine {
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
                     let vec = 16 / self.math.elem_bytes();
                     let n = self.plan.tensors[*y].numel();
-                    if *nhwc && xs[3].is_multiple_of(vec) && n / vec <= u32::MAX as usize {
+                    let (xpitch, ypitch) =
+                        (self.plan.tensors[*x].pitch(), self.plan.tensors[*y].pitch());
+                    if *nhwc
+                        && xs[3].is_multiple_of(vec)
+                        && xpitch.is_multiple_of(vec)
+                        && ypitch.is_multiple_of(vec)
+                        && n / xs[3] * ypitch.max(xpitch) / vec <= u32::MAX as usize
+                    {
                         let v = [
                             xs[0] as u32,
                             xs[1] as u32,
@@ -1723,6 +1866,8 @@ impl CudaEngine {
                             (xs[3] / vec) as u32,
                             factor[0] as u32,
                             factor[1] as u32,
+                            (xpitch / vec) as u32,
+                            (ypitch / vec) as u32,
                         ];
                         let mut b = s.launch_builder(&self.kernels.upsample_nhwc_vec);
                         b.arg(&xp).arg(&yp);
@@ -1733,22 +1878,25 @@ impl CudaEngine {
                         unsafe { b.launch(grid(n / vec)) }?;
                         return Ok(());
                     }
-                    let (func, count, dims) = if *nhwc {
+                    let (func, count, dims, pitches) = if *nhwc {
                         (
                             &self.kernels.upsample_nhwc,
                             xs[0] as i64,
                             vec![xs[1], xs[2], xs[3]],
+                            vec![xpitch, ypitch],
                         )
                     } else {
                         (
                             &self.kernels.upsample,
                             (xs[0] * xs[1]) as i64,
                             vec![xs[2], xs[3]],
+                            vec![],
                         )
                     };
                     let v: Vec<i32> = dims
                         .iter()
                         .chain(factor.iter())
+                        .chain(&pitches)
                         .map(|&v| v as i32)
                         .collect();
                     let mut b = s.launch_builder(func);
@@ -2474,8 +2622,10 @@ fn swap_form(shape: &[usize], perm: &[usize]) -> Option<(usize, usize, usize, us
 }
 
 /// The cuDNN logical shapes of channels-last convolution `c` (`x` and `y` stored NHWC).
-fn fused_shape(x: &[usize], y: &[usize], c: &Conv) -> FusedShape {
+fn fused_shape(plan: &Plan, c: &Conv) -> FusedShape {
+    let (x, y) = (plan.shape(c.x), plan.shape(c.y));
     let i = |v: usize| v as i64;
+    let pitch = |t: Tid| i(plan.tensors[t].pitch());
     FusedShape {
         x: [i(x[0]), i(x[3]), i(x[1]), i(x[2])],
         y: [i(y[0]), i(y[3]), i(y[1]), i(y[2])],
@@ -2485,6 +2635,7 @@ fn fused_shape(x: &[usize], y: &[usize], c: &Conv) -> FusedShape {
         dilation: [i(c.dilation[0]), i(c.dilation[1])],
         act: c.act,
         residual: c.residual.is_some(),
+        pitch: [pitch(c.x), pitch(c.y), c.residual.map_or(i(y[3]), pitch)],
     }
 }
 

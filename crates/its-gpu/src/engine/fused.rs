@@ -120,14 +120,28 @@ pub(super) struct FusedShape {
     pub act: Act,
     /// A residual of the output's shape is added after the activation.
     pub residual: bool,
+    /// Elements from one pixel to the next of the input, the output and the residual: their
+    /// channel counts, or a wider concatenation's when the tensor is a slice of one.
+    pub pitch: [i64; 3],
 }
 
-/// Channels-last strides of logical `[n, c, h, w]` dims.
-fn nhwc_strides(d: [i64; 4]) -> [i64; 4] {
-    [d[1] * d[2] * d[3], 1, d[3] * d[1], d[1]]
+/// Channels-last strides of logical `[n, c, h, w]` dims whose pixels lie `pitch` elements
+/// apart (`c` when packed).
+fn nhwc_strides(d: [i64; 4], pitch: i64) -> [i64; 4] {
+    [pitch * d[2] * d[3], 1, d[3] * pitch, pitch]
 }
 
 fn tensor(uid: i64, dims: [i64; 4], ty: dnn::cudnnDataType_t, virt: bool) -> Result<Desc, String> {
+    strided(uid, dims, dims[1], ty, virt)
+}
+
+fn strided(
+    uid: i64,
+    dims: [i64; 4],
+    pitch: i64,
+    ty: dnn::cudnnDataType_t,
+    virt: bool,
+) -> Result<Desc, String> {
     let t = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
     t.set(
         A::CUDNN_ATTR_TENSOR_DATA_TYPE,
@@ -138,7 +152,7 @@ fn tensor(uid: i64, dims: [i64; 4], ty: dnn::cudnnDataType_t, virt: bool) -> Res
     .set(
         A::CUDNN_ATTR_TENSOR_STRIDES,
         T::CUDNN_TYPE_INT64,
-        &nhwc_strides(dims),
+        &nhwc_strides(dims, pitch),
     )?
     .set(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, T::CUDNN_TYPE_INT64, &[uid])?
     .set(
@@ -231,11 +245,11 @@ impl FusedGraph {
         let half = dnn::cudnnDataType_t::CUDNN_DATA_HALF;
         let float = dnn::cudnnDataType_t::CUDNN_DATA_FLOAT;
         let act = act_mode(shape.act)?;
-        let x = tensor(UID_X, shape.x, half, false)?;
+        let x = strided(UID_X, shape.x, shape.pitch[0], half, false)?;
         let w = tensor(UID_W, shape.w, half, false)?;
         let b = tensor(UID_B, [1, shape.y[1], 1, 1], half, false)?;
         let conv_out = tensor(UID_CONV, shape.y, float, true)?;
-        let y = tensor(UID_Y, shape.y, half, false)?;
+        let y = strided(UID_Y, shape.y, shape.pitch[1], half, false)?;
         let conv = Desc::new(D::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR)?;
         conv.set(
             A::CUDNN_ATTR_CONVOLUTION_COMP_TYPE,
@@ -312,7 +326,7 @@ impl FusedGraph {
         let add = dnn::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD;
         let residual = shape
             .residual
-            .then(|| tensor(UID_R, shape.y, half, false))
+            .then(|| strided(UID_R, shape.y, shape.pitch[2], half, false))
             .transpose()?;
         let mut stages: Vec<(dnn::cudnnPointwiseMode_t, Option<Act>, Option<&Desc>)> =
             vec![(add, None, Some(&b))];

@@ -82,6 +82,7 @@ pub fn to_nhwc(plan: &Plan) -> Plan {
                     info.shape.clone()
                 },
                 storage: info.storage,
+                view: None,
             })
             .collect(),
         storage_len: plan.storage_len.clone(),
@@ -189,7 +190,11 @@ pub fn to_nhwc(plan: &Plan) -> Plan {
                         let mut shape = vec![1; 4 - r];
                         shape.extend_from_slice(&out.tensors[*t].shape);
                         let storage = out.tensors[*t].storage;
-                        out.tensors.push(TensorInfo { shape, storage });
+                        out.tensors.push(TensorInfo {
+                            shape,
+                            storage,
+                            view: None,
+                        });
                         *t = out.tensors.len() - 1;
                     }
                     *t = in_layout(&mut out, *t, want);
@@ -216,6 +221,7 @@ fn new_tensor(out: &mut Plan, shape: Vec<usize>) -> Tid {
     out.tensors.push(TensorInfo {
         shape,
         storage: out.storage_len.len() - 1,
+        view: None,
     });
     out.tensors.len() - 1
 }

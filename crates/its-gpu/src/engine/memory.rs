@@ -248,6 +248,7 @@ mod tests {
             .map(|s| TensorInfo {
                 shape: vec![len],
                 storage: s,
+                view: None,
             })
             .collect();
         let ops = (0..steps)
@@ -308,6 +309,7 @@ mod tests {
         plan.tensors.push(TensorInfo {
             shape: vec![1 << 20],
             storage: 3,
+            view: None,
         });
         let mem = plan_memory(&plan, 4);
         assert_eq!(mem.bytes[3], 0);

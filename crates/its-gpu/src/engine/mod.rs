@@ -11,12 +11,13 @@ pub mod layout;
 pub mod memory;
 pub mod native;
 pub mod plan;
+pub mod slices;
 pub mod tensor;
 
 pub use cache::{CacheOutcome, EngineCache};
 pub use cuda::{BuildReport, ConvMath, CudaEngine, EngineOptions, OpTime};
 pub use native::NativeEngine;
-pub use plan::{Act, BinOp, Op, Plan, Tid};
+pub use plan::{Act, BinOp, Op, Plan, Tid, View};
 
 /// Why a model could not be turned into a plan or run.
 #[derive(Debug, thiserror::Error)]

@@ -306,12 +306,44 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
     /// Storage index.
     pub storage: usize,
+    /// Where the elements lie in the storage when not packed from its start: a slice of a
+    /// concatenation that its producer writes in place (see [`super::slices`]).
+    pub view: Option<View>,
+}
+
+/// A tensor stored as rows of its last dimension inside a wider storage: row `r` (the
+/// dimensions before the last, flattened) starts at element `offset + r * pitch`, and its
+/// `shape.last()` elements are contiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// First element, counted from the storage's start.
+    pub offset: usize,
+    /// Elements from one row's start to the next's.
+    pub pitch: usize,
 }
 
 impl TensorInfo {
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// Elements from the start of one row of the last dimension to the next (the last
+    /// dimension for a packed tensor).
+    pub fn pitch(&self) -> usize {
+        self.view
+            .map_or_else(|| self.shape.last().copied().unwrap_or(1), |v| v.pitch)
+    }
+
+    /// The storage element holding element `flat` of the packed (row-major) tensor.
+    pub fn element(&self, flat: usize) -> usize {
+        match self.view {
+            None => flat,
+            Some(v) => {
+                let inner = self.shape.last().copied().unwrap_or(1).max(1);
+                v.offset + (flat / inner) * v.pitch + flat % inner
+            }
+        }
     }
 }
 
@@ -547,13 +579,18 @@ impl Lowering {
         self.tensors.push(TensorInfo {
             shape,
             storage: self.storage_len.len() - 1,
+            view: None,
         });
         self.tensors.len() - 1
     }
 
     fn alias(&mut self, of: Tid, shape: Vec<usize>) -> Tid {
         let storage = self.tensors[of].storage;
-        self.tensors.push(TensorInfo { shape, storage });
+        self.tensors.push(TensorInfo {
+            shape,
+            storage,
+            view: None,
+        });
         self.tensors.len() - 1
     }
 
@@ -1813,6 +1850,7 @@ fn push_narrows_through_concats(plan: &mut Plan) -> usize {
                     plan.tensors.push(TensorInfo {
                         shape,
                         storage: plan.tensors[p].storage,
+                        view: None,
                     });
                     plan.tensors.len() - 1
                 }
@@ -1926,6 +1964,7 @@ mod tests {
             .map(|storage| TensorInfo {
                 shape: shape.clone(),
                 storage,
+                view: None,
             })
             .collect();
         let conv = |x: Tid, y: Tid| {
@@ -2012,12 +2051,14 @@ mod tests {
         let mut tensors = vec![TensorInfo {
             shape: vec![2, 6, 3, 3],
             storage: 0,
+            view: None,
         }];
         let mut ops = Vec::new();
         let add = |tensors: &mut Vec<TensorInfo>, shape: Vec<usize>| -> Tid {
             tensors.push(TensorInfo {
                 storage: tensors.len(),
                 shape,
+                view: None,
             });
             tensors.len() - 1
         };
@@ -2093,6 +2134,7 @@ mod tests {
                 tensors: vec![TensorInfo {
                     shape: input,
                     storage: 0,
+                    view: None,
                 }],
                 constants: vec![],
                 ops: vec![],
@@ -2105,12 +2147,17 @@ mod tests {
             self.0.tensors.push(TensorInfo {
                 shape,
                 storage: self.0.storage_len.len() - 1,
+                view: None,
             });
             self.0.tensors.len() - 1
         }
         fn view(&mut self, of: Tid, shape: Vec<usize>) -> Tid {
             let storage = self.0.tensors[of].storage;
-            self.0.tensors.push(TensorInfo { shape, storage });
+            self.0.tensors.push(TensorInfo {
+                shape,
+                storage,
+                view: None,
+            });
             self.0.tensors.len() - 1
         }
         fn narrow(&mut self, x: Tid, axis: usize, start: usize, len: usize) -> Tid {

@@ -1,0 +1,258 @@
+//! Concatenation inputs written in place: in a channels-last plan, a concatenation along the
+//! channels whose input is produced by a convolution, max-pool or upsample can have that
+//! producer write straight into its slice of the concatenation's storage (a [`View`] with the
+//! concatenation's channel count as pitch), so the concatenation no longer copies it. When
+//! every input is placed so, the concatenation op goes away.
+//!
+//! YOLO's C3k2, C3k, SPPF and head concatenations are all of that kind. Readers of a placed
+//! input then read it strided, so an input is placed only when its producer and every reader
+//! take a channel pitch: cuDNN's fused convolution graphs (input, output and residual
+//! strides), our channels-last max-pool and upsample kernels, and step-1 channel narrows
+//! (copies of 16-byte runs). The CPU reference reads and writes views too, so the rewrite is
+//! tested without a GPU.
+
+use super::plan::{Op, Plan, Tid, View};
+
+/// Channel counts, offsets and pitches of placed inputs are multiples of this many elements:
+/// 16 bytes of FP16, what cuDNN's vectorized kernels and our 16-byte loads need.
+pub const VIEW_ALIGN: usize = 8;
+
+/// Places every concatenation input it can (see the module docs) and drops concatenations
+/// left with nothing to copy. `excluded` are ops that must neither write nor read a view
+/// (the convolution the stem kernel runs). Returns how many inputs were placed.
+pub fn place_concat_inputs(plan: &mut Plan, excluded: &[usize]) -> usize {
+    let mut placed = 0;
+    let mut emptied = Vec::new();
+    for i in 0..plan.ops.len() {
+        let Op::Concat { xs, y, axis } = plan.ops[i].clone() else {
+            continue;
+        };
+        let ys = plan.shape(y).to_vec();
+        let y_info = &plan.tensors[y];
+        if ys.len() != 4
+            || axis != 3
+            || y_info.view.is_some()
+            || !ys[3].is_multiple_of(VIEW_ALIGN)
+            || plan.storage_len[y_info.storage] != y_info.numel()
+        {
+            continue;
+        }
+        let mut off = 0;
+        let mut all = true;
+        for &x in &xs {
+            let c = plan.shape(x)[3];
+            if xs.iter().filter(|&&o| o == x).count() == 1
+                && off % VIEW_ALIGN == 0
+                && placeable(plan, i, x, excluded)
+            {
+                plan.tensors[x].storage = plan.tensors[y].storage;
+                plan.tensors[x].view = Some(View {
+                    offset: off,
+                    pitch: ys[3],
+                });
+                placed += 1;
+            } else {
+                all = false;
+            }
+            off += c;
+        }
+        if all {
+            emptied.push(i);
+        }
+    }
+    for &i in emptied.iter().rev() {
+        plan.ops.remove(i);
+    }
+    placed
+}
+
+/// For each input of the concatenation `xs -> y` (along the last axis), whether its producer
+/// already wrote it in place, in its slice of `y`.
+pub fn in_place(plan: &Plan, xs: &[Tid], y: Tid) -> Vec<bool> {
+    let y_info = &plan.tensors[y];
+    let pitch = y_info.shape.last().copied().unwrap_or(0);
+    let mut off = 0;
+    xs.iter()
+        .map(|&x| {
+            let t = &plan.tensors[x];
+            let here = y_info.view.is_none()
+                && t.storage == y_info.storage
+                && t.view == Some(View { offset: off, pitch });
+            off += t.shape.last().copied().unwrap_or(0);
+            here
+        })
+        .collect()
+}
+
+/// Whether input `x` of the concatenation at op `at` can be written in place.
+fn placeable(plan: &Plan, at: usize, x: Tid, excluded: &[usize]) -> bool {
+    let info = &plan.tensors[x];
+    let s = info.storage;
+    let whole_run = s == plan.tensors[plan.input].storage
+        || plan.constants.iter().any(|(c, _)| *c == s)
+        || plan
+            .outputs
+            .iter()
+            .any(|(_, o)| plan.tensors[*o].storage == s);
+    if whole_run
+        || info.view.is_some()
+        || info.shape.len() != 4
+        || !info.shape[3].is_multiple_of(VIEW_ALIGN)
+        || plan.tensors.iter().filter(|t| t.storage == s).count() != 1
+    {
+        return false;
+    }
+    let mut writers = plan
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| plan.tensors[o.output()].storage == s);
+    let (Some((w, writer)), None) = (writers.next(), writers.next()) else {
+        return false;
+    };
+    let writes = w < at
+        && !excluded.contains(&w)
+        && match writer {
+            Op::Conv(c) => c.nhwc,
+            Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
+            _ => false,
+        };
+    writes
+        && plan.ops.iter().enumerate().all(|(j, o)| {
+            let reads = o.inputs().iter().filter(|&&t| t == x).count();
+            reads == 0 || (j == at && reads == 1) || (!excluded.contains(&j) && reads_view(o, x))
+        })
+}
+
+/// Whether `op` can read its input `x` through a channel pitch.
+fn reads_view(op: &Op, x: Tid) -> bool {
+    match op {
+        Op::Conv(c) => c.nhwc && (c.x == x) != (c.residual == Some(x)),
+        Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
+        Op::Narrow {
+            axis: 3,
+            step: 1,
+            start,
+            ..
+        } => start.is_multiple_of(VIEW_ALIGN),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::{Act, Conv, TensorInfo};
+    use super::*;
+
+    fn tensor(plan: &mut Plan, shape: &[usize]) -> Tid {
+        plan.storage_len.push(shape.iter().product());
+        plan.tensors.push(TensorInfo {
+            shape: shape.to_vec(),
+            storage: plan.storage_len.len() - 1,
+            view: None,
+        });
+        plan.tensors.len() - 1
+    }
+
+    fn conv(x: Tid, y: Tid, cin: usize, m: usize) -> Op {
+        Op::Conv(Conv {
+            x,
+            y,
+            weight: vec![0.5; m * cin],
+            bias: vec![0.0; m],
+            m,
+            kernel: [1, 1],
+            stride: [1, 1],
+            pad: [0; 4],
+            dilation: [1, 1],
+            group: 1,
+            act: Act::Silu,
+            residual: None,
+            nhwc: true,
+        })
+    }
+
+    /// in -> a (conv) -> b (conv of a) ; concat(a, b) -> y; y -> out (conv).
+    fn two_convs_concatenated(channels: usize) -> (Plan, [Tid; 4]) {
+        let mut p = Plan {
+            tensors: Vec::new(),
+            storage_len: Vec::new(),
+            constants: Vec::new(),
+            ops: Vec::new(),
+            input: 0,
+            outputs: Vec::new(),
+        };
+        let c = channels;
+        let input = tensor(&mut p, &[1, 2, 2, c]);
+        let a = tensor(&mut p, &[1, 2, 2, c]);
+        let b = tensor(&mut p, &[1, 2, 2, c]);
+        let y = tensor(&mut p, &[1, 2, 2, 2 * c]);
+        let out = tensor(&mut p, &[1, 2, 2, c]);
+        p.ops = vec![
+            conv(input, a, c, c),
+            conv(a, b, c, c),
+            Op::Concat {
+                xs: vec![a, b],
+                y,
+                axis: 3,
+            },
+            conv(y, out, 2 * c, c),
+        ];
+        p.input = input;
+        p.outputs = vec![("out".into(), out)];
+        (p, [a, b, y, out])
+    }
+
+    #[test]
+    fn producers_write_their_slices_and_the_concatenation_goes() {
+        let (mut p, [a, b, y, _]) = two_convs_concatenated(8);
+        assert_eq!(place_concat_inputs(&mut p, &[]), 2);
+        assert_eq!(p.ops.len(), 3, "{:?}", p.ops);
+        assert!(!p.ops.iter().any(|o| matches!(o, Op::Concat { .. })));
+        let ys = p.tensors[y].storage;
+        assert_eq!(p.tensors[a].storage, ys);
+        assert_eq!(p.tensors[b].storage, ys);
+        assert_eq!(
+            p.tensors[a].view,
+            Some(View {
+                offset: 0,
+                pitch: 16
+            })
+        );
+        assert_eq!(
+            p.tensors[b].view,
+            Some(View {
+                offset: 8,
+                pitch: 16
+            })
+        );
+        // Row 1 of b: elements 8.. of the second pixel.
+        assert_eq!(p.tensors[b].element(8 + 3), 8 + 16 + 3);
+    }
+
+    #[test]
+    fn unaligned_channels_an_excluded_writer_or_a_foreign_reader_keep_the_copy() {
+        let (mut p, _) = two_convs_concatenated(4);
+        assert_eq!(place_concat_inputs(&mut p, &[]), 0);
+        assert_eq!(p.ops.len(), 4);
+
+        let (mut p, [a, b, y, _]) = two_convs_concatenated(8);
+        assert_eq!(place_concat_inputs(&mut p, &[0]), 1, "a is written by op 0");
+        assert!(p.tensors[a].view.is_none());
+        assert_eq!(in_place(&p, &[a, b], y), vec![false, true]);
+        assert_eq!(p.ops.len(), 4, "the concatenation still copies a");
+
+        // A second concatenation reading `a` cannot take a strided input.
+        let (mut p, [a, b, _, _]) = two_convs_concatenated(8);
+        let z = tensor(&mut p, &[1, 2, 2, 16]);
+        p.ops.push(Op::Concat {
+            xs: vec![b, a],
+            y: z,
+            axis: 3,
+        });
+        p.outputs.push(("z".into(), z));
+        place_concat_inputs(&mut p, &[]);
+        assert!(p.tensors[a].view.is_none());
+        assert!(p.tensors[b].view.is_none());
+    }
+}
