@@ -445,6 +445,43 @@ extern "C" __global__ void maxpool2d_nhwc(const elem_t* __restrict__ x, elem_t* 
                                        yp);
 }
 
+// maxpool2d_nhwc on 16-byte vectors of channels: cu = c / VEC units per pixel, the pixels of
+// x and y xpu and ypu units apart. The host checks that every index fits 32 bits.
+extern "C" __global__ void maxpool2d_nhwc_vec(const uint4* __restrict__ x, uint4* __restrict__ y,
+                                              unsigned n_img, int h, int w, unsigned cu, int oh,
+                                              int ow, int kh, int kw, int sh, int sw, int pt,
+                                              int pl, unsigned xpu, unsigned ypu) {
+    unsigned n = n_img * (unsigned)(oh * ow) * cu;
+    unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned ch = i % cu, pix = i / cu;
+        int j = (int)(pix % (unsigned)ow);
+        unsigned rest = pix / (unsigned)ow;
+        int r = (int)(rest % (unsigned)oh);
+        unsigned b = rest / (unsigned)oh;
+        const uint4* src = x + b * (unsigned)(h * w) * xpu + ch;
+        float m[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) m[k] = NEG_INF;
+        for (int ki = 0; ki < kh; ++ki) {
+            int rr = r * sh + ki - pt;
+            if (rr < 0 || rr >= h) continue;
+            for (int kj = 0; kj < kw; ++kj) {
+                int cc = j * sw + kj - pl;
+                if (cc < 0 || cc >= w) continue;
+                Vec16 v;
+                v.u = src[(unsigned)(rr * w + cc) * xpu];
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) m[k] = fmaxf(m[k], ld(v.e[k]));
+            }
+        }
+        Vec16 o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o.e[k] = st(m[k]);
+        y[pix * ypu + ch] = o.u;
+    }
+}
+
 template <typename I>
 __device__ __forceinline__ void upsample_nhwc_body(const elem_t* __restrict__ x,
                                                    elem_t* __restrict__ y, I n_img, int h, int w,

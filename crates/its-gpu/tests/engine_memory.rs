@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use its_engine::ModelManifest;
 use its_gpu::engine::memory::{ALIGN, plan_memory, verify};
 use its_gpu::engine::tensor::sample_input;
-use its_gpu::engine::{Op, Plan, cpu, layout, slices};
+use its_gpu::engine::{Plan, cpu, layout, slices};
 use its_model::onnx::ModelProto;
 use its_model::synth::{Arch, SynthSpec, write};
 
@@ -92,12 +92,12 @@ fn slices_keep_the_outputs(what: &str, plan: &Plan) -> usize {
     let nhwc = layout::to_nhwc(plan);
     let mut sliced = nhwc.clone();
     let placed = slices::place_concat_inputs(&mut sliced, &[]);
-    let concats = |p: &Plan| {
-        p.ops
-            .iter()
-            .filter(|o| matches!(o, Op::Concat { .. }))
-            .count()
-    };
+    let viewed = slices::view_narrows(&mut sliced, &[]);
+    let count = |p: &Plan, kind: &str| p.ops.iter().filter(|o| o.kind() == kind).count();
+    let concats = |p: &Plan| count(p, "concat");
+    let narrows = |p: &Plan| count(p, "narrow");
+    assert!(viewed > 0, "{what}: no narrow viewed");
+    assert_eq!(narrows(&sliced) + viewed, narrows(&nhwc));
     assert!(placed > 0, "{what}: nothing placed");
     assert!(
         concats(&sliced) < concats(&nhwc),
@@ -114,9 +114,11 @@ fn slices_keep_the_outputs(what: &str, plan: &Plan) -> usize {
         "{what}: slices changed the outputs"
     );
     eprintln!(
-        "{what}: {placed} inputs in place, concatenations {} -> {}",
+        "{what}: {placed} inputs in place, concatenations {} -> {}, narrows {} -> {}",
         concats(&nhwc),
-        concats(&sliced)
+        concats(&sliced),
+        narrows(&nhwc),
+        narrows(&sliced)
     );
     placed
 }

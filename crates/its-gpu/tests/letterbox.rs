@@ -99,6 +99,7 @@ fn every_kernel_compiles_with_nvrtc() {
                     "matmul",
                     "softmax",
                     "maxpool2d_nhwc",
+                    "maxpool2d_nhwc_vec",
                     "upsample_nearest_nhwc",
                     "act_vec",
                 ],

@@ -392,8 +392,8 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
         }
         if r.concat_inputs_in_place > 0 {
             table += &format!(
-                "       concatenations: {} inputs written in place by their producers; {} launches per run\n",
-                r.concat_inputs_in_place, r.launches
+                "       slices: {} concatenation inputs written in place, {} narrows read in place; {} launches per run\n",
+                r.concat_inputs_in_place, r.narrows_viewed, r.launches
             );
         }
         let mut multi = serde_json::Value::Null;
@@ -439,6 +439,7 @@ fn bench(common: &Common, iters: usize, profile: bool, streams: usize) -> anyhow
             "fused_notes": engine.report().fused_notes,
             "depthwise_convs": engine.report().depthwise_convs,
             "concat_inputs_in_place": engine.report().concat_inputs_in_place,
+            "narrows_viewed": engine.report().narrows_viewed,
             "launches": engine.report().launches,
             "multi_stream": multi,
         }));

@@ -188,6 +188,8 @@ pub struct BuildReport {
     pub depthwise_convs: usize,
     /// Concatenation inputs their producers write in place ([`super::slices`]).
     pub concat_inputs_in_place: usize,
+    /// Channel narrows read in place by their consumers instead of copied.
+    pub narrows_viewed: usize,
 }
 
 /// The first convolution run by `conv_stem_3x3` straight from the NCHW input.
@@ -261,6 +263,7 @@ struct Kernels {
     maxpool2d: CudaFunction,
     upsample: CudaFunction,
     maxpool2d_nhwc: CudaFunction,
+    maxpool2d_nhwc_vec: CudaFunction,
     upsample_nhwc: CudaFunction,
     matmul: CudaFunction,
     softmax: CudaFunction,
@@ -669,7 +672,7 @@ impl CudaEngine {
         } else {
             plan
         };
-        let mut in_place = 0;
+        let (mut in_place, mut narrows_viewed) = (0, 0);
         if nhwc && opts.fused && opts.concat_in_place {
             let stem: Vec<usize> = find_stem(&plan)
                 .filter(|_| opts.direct_stem)
@@ -677,6 +680,12 @@ impl CudaEngine {
                 .into_iter()
                 .collect();
             in_place = super::slices::place_concat_inputs(&mut plan, &stem);
+            let stem: Vec<usize> = find_stem(&plan)
+                .filter(|_| opts.direct_stem)
+                .map(|(_, conv)| conv)
+                .into_iter()
+                .collect();
+            narrows_viewed = super::slices::view_narrows(&mut plan, &stem);
         }
         let module = gpu.module(if opts.math == ConvMath::Fp16 {
             ENGINE_F16_SRC
@@ -714,6 +723,7 @@ impl CudaEngine {
             maxpool2d: f("maxpool2d")?,
             upsample: f("upsample_nearest")?,
             maxpool2d_nhwc: f("maxpool2d_nhwc")?,
+            maxpool2d_nhwc_vec: f("maxpool2d_nhwc_vec")?,
             upsample_nhwc: f("upsample_nearest_nhwc")?,
             matmul: f("matmul")?,
             softmax: f("softmax")?,
@@ -793,6 +803,7 @@ impl CudaEngine {
             return Ok(Err(why));
         }
         engine.report.concat_inputs_in_place = in_place;
+        engine.report.narrows_viewed = narrows_viewed;
         phase("convolutions (fused included)", &mut phases);
         engine.report.depthwise_convs = engine
             .convs
@@ -1826,6 +1837,50 @@ impl CudaEngine {
                     let ys = self.plan.shape(*y);
                     let (xp, yp) = (self.ptr(*x), self.ptr(*y));
                     let n = self.plan.tensors[*y].numel();
+                    let vec = 16 / self.math.elem_bytes();
+                    let (xpitch, ypitch) =
+                        (self.plan.tensors[*x].pitch(), self.plan.tensors[*y].pitch());
+                    let fits = |v: usize| v <= u32::MAX as usize;
+                    if *nhwc
+                        && [xs[3], xpitch, ypitch]
+                            .iter()
+                            .all(|v| v.is_multiple_of(vec))
+                        && xp.is_multiple_of(16)
+                        && yp.is_multiple_of(16)
+                        && fits(xs[0] * xs[1] * xs[2] * xpitch / vec)
+                        && fits(ys[0] * ys[1] * ys[2] * ypitch.max(ys[3]) / vec)
+                    {
+                        // 16 bytes of channels a thread.
+                        let (n_img, cu, xpu, ypu) = (
+                            xs[0] as u32,
+                            (xs[3] / vec) as u32,
+                            (xpitch / vec) as u32,
+                            (ypitch / vec) as u32,
+                        );
+                        let ints: Vec<i32> = [xs[1], xs[2]].iter().map(|&v| v as i32).collect();
+                        let tail: Vec<i32> = [
+                            ys[1], ys[2], kernel[0], kernel[1], stride[0], stride[1], pad[0],
+                            pad[1],
+                        ]
+                        .iter()
+                        .map(|&v| v as i32)
+                        .collect();
+                        let mut b = s.launch_builder(&self.kernels.maxpool2d_nhwc_vec);
+                        b.arg(&xp)
+                            .arg(&yp)
+                            .arg(&n_img)
+                            .arg(&ints[0])
+                            .arg(&ints[1])
+                            .arg(&cu);
+                        for a in &tail {
+                            b.arg(a);
+                        }
+                        b.arg(&xpu).arg(&ypu);
+                        // SAFETY: sizes from the plan's shapes; whole 16-byte units of channels,
+                        // 16-byte aligned; every index fits 32 bits (checked above).
+                        unsafe { b.launch(grid(n / vec)) }?;
+                        return Ok(());
+                    }
                     let mut tail = vec![kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1]];
                     if *nhwc {
                         tail.extend([self.plan.tensors[*x].pitch(), self.plan.tensors[*y].pitch()]);

@@ -66,6 +66,64 @@ pub fn place_concat_inputs(plan: &mut Plan, excluded: &[usize]) -> usize {
     placed
 }
 
+/// Step-1 narrows along the channels whose readers all take a channel pitch become views of
+/// their input (its storage, the narrow's first channel as offset, the input's pitch), and
+/// the copy goes: C3k2's bottleneck then reads its half of the first convolution's output in
+/// place. Run after [`place_concat_inputs`], so that a narrow of a placed input views the
+/// concatenation's storage. `excluded` as there. Returns how many narrows went.
+pub fn view_narrows(plan: &mut Plan, excluded: &[usize]) -> usize {
+    let mut gone = Vec::new();
+    for i in 0..plan.ops.len() {
+        let Op::Narrow {
+            x,
+            y,
+            axis: 3,
+            start,
+            step: 1,
+        } = plan.ops[i]
+        else {
+            continue;
+        };
+        let (xi, yi) = (&plan.tensors[x], &plan.tensors[y]);
+        let s = yi.storage;
+        let whole_run = [x, y].iter().any(|&t| {
+            let st = plan.tensors[t].storage;
+            st == plan.tensors[plan.input].storage
+                || plan.constants.iter().any(|(c, _)| *c == st)
+                || plan
+                    .outputs
+                    .iter()
+                    .any(|(_, o)| plan.tensors[*o].storage == st)
+        });
+        let fits = xi.shape.len() == 4
+            && yi.shape.len() == 4
+            && yi.view.is_none()
+            && start.is_multiple_of(VIEW_ALIGN)
+            && yi.shape[3].is_multiple_of(VIEW_ALIGN)
+            && xi.pitch().is_multiple_of(VIEW_ALIGN)
+            && xi.view.is_none_or(|v| v.offset.is_multiple_of(VIEW_ALIGN))
+            && plan.tensors.iter().filter(|t| t.storage == s).count() == 1;
+        let readers_ok = plan.ops.iter().enumerate().all(|(j, o)| {
+            let reads = o.inputs().iter().filter(|&&t| t == y).count();
+            reads == 0 || (!excluded.contains(&j) && reads_view(o, y))
+        });
+        if whole_run || !fits || !readers_ok {
+            continue;
+        }
+        let view = View {
+            offset: xi.view.map_or(0, |v| v.offset) + start,
+            pitch: xi.pitch(),
+        };
+        plan.tensors[y].storage = xi.storage;
+        plan.tensors[y].view = Some(view);
+        gone.push(i);
+    }
+    for &i in gone.iter().rev() {
+        plan.ops.remove(i);
+    }
+    gone.len()
+}
+
 /// For each input of the concatenation `xs -> y` (along the last axis), whether its producer
 /// already wrote it in place, in its slice of `y`.
 pub fn in_place(plan: &Plan, xs: &[Tid], y: Tid) -> Vec<bool> {
@@ -228,6 +286,62 @@ mod tests {
         );
         // Row 1 of b: elements 8.. of the second pixel.
         assert_eq!(p.tensors[b].element(8 + 3), 8 + 16 + 3);
+    }
+
+    #[test]
+    fn a_channel_narrow_read_by_convolutions_becomes_a_view_and_one_read_by_an_add_stays() {
+        let (mut p, [a, b, y, out]) = two_convs_concatenated(16);
+        // Narrow a's second half, read by a convolution; narrow its first half, read by an Add.
+        let (h1, h0, sum) = (
+            tensor(&mut p, &[1, 2, 2, 8]),
+            tensor(&mut p, &[1, 2, 2, 8]),
+            tensor(&mut p, &[1, 2, 2, 8]),
+        );
+        let c2 = tensor(&mut p, &[1, 2, 2, 8]);
+        p.ops.insert(
+            1,
+            Op::Narrow {
+                x: a,
+                y: h1,
+                axis: 3,
+                start: 8,
+                step: 1,
+            },
+        );
+        p.ops.insert(
+            2,
+            Op::Narrow {
+                x: a,
+                y: h0,
+                axis: 3,
+                start: 0,
+                step: 1,
+            },
+        );
+        p.ops.push(conv(h1, c2, 8, 8));
+        p.ops.push(Op::Binary {
+            op: super::super::plan::BinOp::Add,
+            a: h0,
+            b: c2,
+            y: sum,
+            a_strides: vec![32, 16, 8, 1],
+            b_strides: vec![32, 16, 8, 1],
+        });
+        p.outputs.push(("sum".into(), sum));
+        assert_eq!(place_concat_inputs(&mut p, &[]), 2);
+        assert_eq!(view_narrows(&mut p, &[]), 1);
+        let ys = p.tensors[y].storage;
+        assert_eq!(p.tensors[h1].storage, ys, "a is in y, so its half is too");
+        assert_eq!(
+            p.tensors[h1].view,
+            Some(View {
+                offset: 8,
+                pitch: 32
+            })
+        );
+        assert!(p.tensors[h0].view.is_none());
+        assert_eq!(p.ops.iter().filter(|o| o.kind() == "narrow").count(), 1);
+        let _ = (b, out);
     }
 
     #[test]
