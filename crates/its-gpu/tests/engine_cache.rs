@@ -46,6 +46,7 @@ fn fixture(batch: usize) -> Fixture {
         math: "fp16".into(),
         nhwc: false,
         direct_depthwise: true,
+        concat_in_place: false,
         input_shape: [batch, 3, 64, 64],
     };
     Fixture {

@@ -48,10 +48,12 @@ impl EngineCache {
     pub fn file(&self, key: &CacheKey) -> PathBuf {
         let [n, c, h, w] = key.input_shape;
         let sha = key.model_sha256.get(..16).unwrap_or(&key.model_sha256);
-        let layout = match (key.nhwc, key.direct_depthwise) {
-            (false, _) => "nchw",
-            (true, true) => "nhwc",
-            (true, false) => "nhwc-cudnn-dw",
+        let layout = match (key.nhwc, key.direct_depthwise, key.concat_in_place) {
+            (false, _, _) => "nchw",
+            (true, true, true) => "nhwc",
+            (true, false, true) => "nhwc-cudnn-dw",
+            (true, true, false) => "nhwc-copies",
+            (true, false, false) => "nhwc-cudnn-dw-copies",
         };
         self.dir
             .join(format!("{sha}-{}-{layout}-{n}x{c}x{h}x{w}.json", key.math))
@@ -108,6 +110,10 @@ pub struct CacheKey {
     /// Depthwise layers on our kernel (a layer's cached "not fused" then means that kernel).
     #[serde(default)]
     pub direct_depthwise: bool,
+    /// Concatenation inputs written in place and narrows read in place (views; see
+    /// `engine::slices`): the plan's layers differ with them.
+    #[serde(default)]
+    pub concat_in_place: bool,
     /// Input shape of the profile `[n, c, h, w]`.
     pub input_shape: [usize; 4],
 }
@@ -138,6 +144,13 @@ impl CacheKey {
                     "direct depthwise",
                     &self.direct_depthwise,
                     &now.direct_depthwise,
+                )
+            })
+            .or_else(|| {
+                d(
+                    "concat in place",
+                    &self.concat_in_place,
+                    &now.concat_in_place,
                 )
             })
             .or_else(|| d("input shape", &self.input_shape, &now.input_shape))
@@ -384,6 +397,7 @@ mod tests {
             math: "fp16".into(),
             nhwc: true,
             direct_depthwise: true,
+            concat_in_place: true,
             input_shape: [8, 3, 640, 640],
         }
     }
@@ -417,6 +431,7 @@ mod tests {
             ("math", Box::new(|k| k.math = "fp32".into())),
             ("nhwc", Box::new(|k| k.nhwc = false)),
             ("direct depthwise", Box::new(|k| k.direct_depthwise = false)),
+            ("concat in place", Box::new(|k| k.concat_in_place = false)),
             ("input shape", Box::new(|k| k.input_shape[0] = 1)),
         ];
         for (field, change) in cases {
@@ -442,6 +457,9 @@ mod tests {
         assert_ne!(a, c.file(&k));
         let mut k = key();
         k.direct_depthwise = false;
+        assert_ne!(a, c.file(&k));
+        let mut k = key();
+        k.concat_in_place = false;
         assert_ne!(a, c.file(&k));
         // GPU and driver are checked inside the file: same name.
         let mut k = key();

@@ -641,15 +641,35 @@ impl CudaEngine {
             return Self::build_once(gpu, plan, opts, stream, cache)?
                 .map_err(EngineBuildError::Shape);
         }
+        let copies = EngineOptions {
+            concat_in_place: false,
+            ..opts
+        };
+        // A refusal is remembered beside the cache file this build would have written, so
+        // that later starts go straight to the build with copies (and its cache file).
+        let refused = cache.map(|c| {
+            c.file(&Self::cache_key_of(gpu, c, opts, &plan))
+                .with_extension("refused")
+        });
+        if let Some(m) = refused.as_ref().filter(|m| m.is_file()) {
+            tracing::info!(marker = %m.display(), "concatenation slices refused before on this GPU; building with copies");
+            return Self::build_once(gpu, plan, copies, stream, cache)?
+                .map_err(EngineBuildError::Shape);
+        }
         match Self::build_once(gpu, plan.clone(), opts, stream.clone(), cache)? {
             Ok(engine) => Ok(engine),
             Err(why) => {
                 tracing::warn!(reason = %why, "concatenation slices refused; building with copies");
-                let opts = EngineOptions {
-                    concat_in_place: false,
-                    ..opts
-                };
-                Self::build_once(gpu, plan, opts, stream, cache)?.map_err(EngineBuildError::Shape)
+                if let Some(m) = &refused {
+                    let written = m
+                        .parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .and_then(|()| std::fs::write(m, &why));
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, marker = %m.display(), "refusal not remembered");
+                    }
+                }
+                Self::build_once(gpu, plan, copies, stream, cache)?.map_err(EngineBuildError::Shape)
             }
         }
     }
@@ -1735,9 +1755,18 @@ impl CudaEngine {
                                     [y_rows * inner * e, off * inner * e],
                                 )?
                             {
-                                return Err(EngineBuildError::Shape(format!(
-                                    "concatenation op {i}: input {x} is not in 16-byte runs"
-                                )));
+                                self.copy_rows(
+                                    self.ptr(x),
+                                    yp,
+                                    outer,
+                                    rows,
+                                    rows,
+                                    y_rows,
+                                    inner,
+                                    0,
+                                    1,
+                                    off,
+                                )?;
                             }
                             off += rows;
                         }
@@ -1790,7 +1819,12 @@ impl CudaEngine {
                     // A view's rows (of the last axis) lie its pitch apart.
                     let x_rows = match self.plan.tensors[*x].view {
                         Some(v) if *axis + 1 == xs.len() => v.pitch as i64,
-                        _ => xs[*axis] as i64,
+                        Some(_) => {
+                            return Err(EngineBuildError::Shape(format!(
+                                "narrow op {i}: a strided input narrowed on axis {axis}"
+                            )));
+                        }
+                        None => xs[*axis] as i64,
                     };
                     if *step == 1
                         && self.copy_runs(
@@ -1807,17 +1841,12 @@ impl CudaEngine {
                     {
                         return Ok(());
                     }
-                    if self.plan.tensors[*x].view.is_some() {
-                        return Err(EngineBuildError::Shape(format!(
-                            "narrow op {i}: a strided input not in 16-byte runs"
-                        )));
-                    }
                     self.copy_rows(
                         self.ptr(*x),
                         self.ptr(*y),
                         outer,
                         rows,
-                        xs[*axis] as i64,
+                        x_rows,
                         rows,
                         inner,
                         *start as i64,
@@ -2723,6 +2752,7 @@ fn cache_key(
         math: opts.math.as_str().to_owned(),
         nhwc,
         direct_depthwise: opts.direct_depthwise,
+        concat_in_place: nhwc && opts.fused && opts.concat_in_place,
         input_shape,
     }
 }

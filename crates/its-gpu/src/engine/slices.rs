@@ -105,7 +105,7 @@ pub fn view_narrows(plan: &mut Plan, excluded: &[usize]) -> usize {
             && plan.tensors.iter().filter(|t| t.storage == s).count() == 1;
         let readers_ok = plan.ops.iter().enumerate().all(|(j, o)| {
             let reads = o.inputs().iter().filter(|&&t| t == y).count();
-            reads == 0 || (!excluded.contains(&j) && reads_view(o, y))
+            reads == 0 || (!excluded.contains(&j) && reads_view(plan, o, y))
         });
         if whole_run || !fits || !readers_ok {
             continue;
@@ -178,21 +178,26 @@ fn placeable(plan: &Plan, at: usize, x: Tid, excluded: &[usize]) -> bool {
     writes
         && plan.ops.iter().enumerate().all(|(j, o)| {
             let reads = o.inputs().iter().filter(|&&t| t == x).count();
-            reads == 0 || (j == at && reads == 1) || (!excluded.contains(&j) && reads_view(o, x))
+            reads == 0
+                || (j == at && reads == 1)
+                || (!excluded.contains(&j) && reads_view(plan, o, x))
         })
 }
 
-/// Whether `op` can read its input `x` through a channel pitch.
-fn reads_view(op: &Op, x: Tid) -> bool {
+/// Whether `op` can read its input `x` through a channel pitch: a channels-last convolution
+/// (as its input or its residual, not both), max-pool or upsample, or a step-1 channel narrow
+/// whose start and length are whole 16-byte runs (a copy of runs, or a view itself).
+fn reads_view(plan: &Plan, op: &Op, x: Tid) -> bool {
     match op {
         Op::Conv(c) => c.nhwc && (c.x == x) != (c.residual == Some(x)),
         Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
         Op::Narrow {
+            y,
             axis: 3,
             step: 1,
             start,
             ..
-        } => start.is_multiple_of(VIEW_ALIGN),
+        } => start.is_multiple_of(VIEW_ALIGN) && plan.shape(*y)[3].is_multiple_of(VIEW_ALIGN),
         _ => false,
     }
 }
@@ -355,6 +360,26 @@ mod tests {
         assert!(p.tensors[a].view.is_none());
         assert_eq!(in_place(&p, &[a, b], y), vec![false, true]);
         assert_eq!(p.ops.len(), 4, "the concatenation still copies a");
+
+        // A narrow of `a` whose length is not whole 16-byte runs could not copy it strided.
+        let (mut p, [a, _, _, _]) = two_convs_concatenated(8);
+        let part = tensor(&mut p, &[1, 2, 2, 4]);
+        let out2 = tensor(&mut p, &[1, 2, 2, 8]);
+        p.ops.insert(
+            1,
+            Op::Narrow {
+                x: a,
+                y: part,
+                axis: 3,
+                start: 0,
+                step: 1,
+            },
+        );
+        p.ops.push(conv(part, out2, 4, 8));
+        p.outputs.push(("out2".into(), out2));
+        assert_eq!(place_concat_inputs(&mut p, &[]), 1, "b only");
+        assert!(p.tensors[a].view.is_none());
+        assert_eq!(view_narrows(&mut p, &[]), 0);
 
         // A second concatenation reading `a` cannot take a strided input.
         let (mut p, [a, b, _, _]) = two_convs_concatenated(8);
