@@ -58,6 +58,43 @@ impl EngineCache {
         self.dir
             .join(format!("{sha}-{}-{layout}-{n}x{c}x{h}x{w}.json", key.math))
     }
+
+    /// The file that records a refused build for `key`, beside [`Self::file`].
+    pub fn refusal_file(&self, key: &CacheKey) -> PathBuf {
+        self.file(key).with_extension("refused")
+    }
+
+    /// Why a build for exactly `key` was refused before (see [`Self::remember_refusal`]);
+    /// `None` when nothing is recorded, or when the record is for another GPU, driver or
+    /// cuDNN (which may accept what this one refused), or does not parse.
+    pub fn refusal(&self, key: &CacheKey) -> Option<String> {
+        let text = std::fs::read_to_string(self.refusal_file(key)).ok()?;
+        let r: Refusal = serde_json::from_str(&text).ok()?;
+        r.key.mismatch(key).is_none().then_some(r.reason)
+    }
+
+    /// Records that a build for `key` was refused, and why, so that a later start with the
+    /// same key skips the attempt. Returns the record's path.
+    pub fn remember_refusal(&self, key: &CacheKey, reason: &str) -> std::io::Result<PathBuf> {
+        let path = self.refusal_file(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let r = Refusal {
+            key: key.clone(),
+            reason: reason.to_owned(),
+        };
+        let json = serde_json::to_string_pretty(&r).map_err(std::io::Error::other)?;
+        std::fs::write(&path, json)?;
+        Ok(path)
+    }
+}
+
+/// A refused build: for which key, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Refusal {
+    key: CacheKey,
+    reason: String,
 }
 
 /// The cache directory used when none is given: `$XDG_CACHE_HOME/its/engine`, else
@@ -466,6 +503,33 @@ mod tests {
         k.driver = "other".into();
         assert_eq!(a, c.file(&k));
         assert!(a.to_string_lossy().ends_with("-fp16-nhwc-8x3x640x640.json"));
+    }
+
+    #[test]
+    fn a_refusal_holds_for_its_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = EngineCache {
+            dir: dir.path().join("sub"),
+            model_sha256: key().model_sha256,
+        };
+        assert_eq!(c.refusal(&key()), None, "nothing recorded yet");
+        let path = c
+            .remember_refusal(&key(), "conv 3: no fused graph")
+            .unwrap();
+        assert!(path.is_file());
+        assert_ne!(path, c.file(&key()), "the cache file stays free");
+        assert_eq!(c.refusal(&key()).as_deref(), Some("conv 3: no fused graph"));
+        // Another profile has its own record; another driver may accept what this refused.
+        let mut other_batch = key();
+        other_batch.input_shape[0] = 1;
+        assert_eq!(c.refusal(&other_batch), None);
+        let mut other_driver = key();
+        other_driver.driver = "cuda 13.1, module 590.1".into();
+        assert_eq!(c.file(&other_driver), c.file(&key()), "same file name");
+        assert_eq!(c.refusal(&other_driver), None);
+        // A record that does not parse counts as none.
+        std::fs::write(&path, "not json").unwrap();
+        assert_eq!(c.refusal(&key()), None);
     }
 
     #[test]

@@ -645,14 +645,12 @@ impl CudaEngine {
             concat_in_place: false,
             ..opts
         };
-        // A refusal is remembered beside the cache file this build would have written, so
-        // that later starts go straight to the build with copies (and its cache file).
-        let refused = cache.map(|c| {
-            c.file(&Self::cache_key_of(gpu, c, opts, &plan))
-                .with_extension("refused")
-        });
-        if let Some(m) = refused.as_ref().filter(|m| m.is_file()) {
-            tracing::info!(marker = %m.display(), "concatenation slices refused before on this GPU; building with copies");
+        // A refusal is recorded beside the cache file this build would have written, with its
+        // full key, so that later starts on the same GPU, driver and cuDNN go straight to the
+        // build with copies (and its cache file).
+        let key = cache.map(|c| (c, Self::cache_key_of(gpu, c, opts, &plan)));
+        if let Some(why) = key.as_ref().and_then(|(c, k)| c.refusal(k)) {
+            tracing::info!(reason = %why, "concatenation slices refused before with this key; building with copies");
             return Self::build_once(gpu, plan, copies, stream, cache)?
                 .map_err(EngineBuildError::Shape);
         }
@@ -660,13 +658,10 @@ impl CudaEngine {
             Ok(engine) => Ok(engine),
             Err(why) => {
                 tracing::warn!(reason = %why, "concatenation slices refused; building with copies");
-                if let Some(m) = &refused {
-                    let written = m
-                        .parent()
-                        .map_or(Ok(()), std::fs::create_dir_all)
-                        .and_then(|()| std::fs::write(m, &why));
-                    if let Err(e) = written {
-                        tracing::warn!(error = %e, marker = %m.display(), "refusal not remembered");
+                if let Some((c, k)) = &key {
+                    match c.remember_refusal(k, &why) {
+                        Ok(m) => tracing::info!(record = %m.display(), "refusal recorded"),
+                        Err(e) => tracing::warn!(error = %e, "refusal not recorded"),
                     }
                 }
                 Self::build_once(gpu, plan, copies, stream, cache)?.map_err(EngineBuildError::Shape)
