@@ -1735,67 +1735,24 @@ impl CudaEngine {
                             "concatenation op {i} copies from a strided input"
                         )));
                     }
-                    if placed.iter().any(|&p| p) {
-                        // Some producers wrote their slices already: copy the others.
-                        let e = self.math.elem_bytes() as i64;
-                        let mut off = 0i64;
-                        for (&x, here) in xs.iter().zip(placed) {
-                            let rows = self.plan.shape(x)[*axis] as i64;
-                            if !here
-                                && !self.copy_runs(
-                                    self.ptr(x),
-                                    yp,
-                                    outer,
-                                    [rows * inner * e, rows * inner * e, 0],
-                                    [y_rows * inner * e, off * inner * e],
-                                )?
-                            {
-                                self.copy_rows(
-                                    self.ptr(x),
-                                    yp,
-                                    outer,
-                                    rows,
-                                    rows,
-                                    y_rows,
-                                    inner,
-                                    0,
-                                    1,
-                                    off,
-                                )?;
-                            }
-                            off += rows;
-                        }
+                    let any_placed = placed.iter().any(|&p| p);
+                    if !any_placed && self.concat_one_launch(xs, yp, outer, inner, *axis)? {
                         return Ok(());
                     }
-                    if self.concat_one_launch(xs, yp, outer, inner, *axis)? {
-                        return Ok(());
-                    }
+                    // Copy each input that its producer did not write in place into its slice.
                     let mut off = 0i64;
-                    for &x in xs {
+                    for (&x, here) in xs.iter().zip(placed) {
                         let rows = self.plan.shape(x)[*axis] as i64;
-                        let e = self.math.elem_bytes() as i64;
-                        if self.copy_runs(
-                            self.ptr(x),
-                            yp,
-                            outer,
-                            [rows * inner * e, rows * inner * e, 0],
-                            [y_rows * inner * e, off * inner * e],
-                        )? {
-                            off += rows;
-                            continue;
+                        if !here {
+                            self.copy_into_slice(
+                                self.ptr(x),
+                                yp,
+                                outer,
+                                inner,
+                                rows,
+                                [y_rows, off],
+                            )?;
                         }
-                        self.copy_rows(
-                            self.ptr(x),
-                            yp,
-                            outer,
-                            rows,
-                            rows,
-                            y_rows,
-                            inner,
-                            0,
-                            1,
-                            off,
-                        )?;
                         off += rows;
                     }
                 }
@@ -2446,6 +2403,32 @@ impl CudaEngine {
         // SAFETY: the runs lie inside x and y (sizes from the plan's shapes), 16-byte aligned.
         unsafe { b.launch(grid((v[0] * v[1]) as usize)) }?;
         Ok(true)
+    }
+
+    /// Copies a packed `[outer, rows, inner]` tensor at `x` into rows `off..off + rows` of
+    /// the `[outer, y_rows, inner]` tensor at `y` (`[y_rows, off]`): in 16-byte runs where
+    /// they allow it, else element by element.
+    fn copy_into_slice(
+        &self,
+        x: u64,
+        y: u64,
+        outer: i64,
+        inner: i64,
+        rows: i64,
+        [y_rows, off]: [i64; 2],
+    ) -> Result<(), EngineBuildError> {
+        let e = self.math.elem_bytes() as i64;
+        let run = rows * inner * e;
+        if self.copy_runs(
+            x,
+            y,
+            outer,
+            [run, run, 0],
+            [y_rows * inner * e, off * inner * e],
+        )? {
+            return Ok(());
+        }
+        self.copy_rows(x, y, outer, rows, rows, y_rows, inner, 0, 1, off)
     }
 
     #[allow(clippy::too_many_arguments)]
