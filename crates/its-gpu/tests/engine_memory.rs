@@ -106,6 +106,7 @@ fn slices_keep_the_outputs(what: &str, plan: &Plan, ratio: usize, has_narrows: b
         concats(&sliced)
     );
     assert!(sliced.tensors.iter().any(|t| t.view.is_some()));
+    assert_eq!(slices::check_views(&sliced, &[]), Ok(()), "{what}");
     check(what, &sliced, 2, ratio);
     let x = sample_input(plan.tensors[plan.input].numel(), 11);
     assert_eq!(

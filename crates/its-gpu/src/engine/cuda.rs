@@ -670,7 +670,8 @@ impl CudaEngine {
     }
 
     /// One build; `Ok(Err(why))` when a convolution that reads or writes a concatenation's
-    /// slice found no fused cuDNN graph (the only path that takes a channel pitch).
+    /// slice found no fused cuDNN graph (the only path that takes a channel pitch), or when
+    /// an op that cannot take a view meets one ([`super::slices::check_views`]).
     fn build_once(
         gpu: &GpuContext,
         plan: Plan,
@@ -689,18 +690,21 @@ impl CudaEngine {
         };
         let (mut in_place, mut narrows_viewed) = (0, 0);
         if nhwc && opts.fused && opts.concat_in_place {
-            let stem: Vec<usize> = find_stem(&plan)
-                .filter(|_| opts.direct_stem)
-                .map(|(_, conv)| conv)
-                .into_iter()
-                .collect();
-            in_place = super::slices::place_concat_inputs(&mut plan, &stem);
-            let stem: Vec<usize> = find_stem(&plan)
-                .filter(|_| opts.direct_stem)
-                .map(|(_, conv)| conv)
-                .into_iter()
-                .collect();
-            narrows_viewed = super::slices::view_narrows(&mut plan, &stem);
+            // The convolution our stem kernel runs takes no view (its index moves as ops go).
+            let stem = |plan: &Plan| -> Vec<usize> {
+                find_stem(plan)
+                    .filter(|_| opts.direct_stem)
+                    .map(|(_, conv)| conv)
+                    .into_iter()
+                    .collect()
+            };
+            let excluded = stem(&plan);
+            in_place = super::slices::place_concat_inputs(&mut plan, &excluded);
+            let excluded = stem(&plan);
+            narrows_viewed = super::slices::view_narrows(&mut plan, &excluded);
+            if let Err(why) = super::slices::check_views(&plan, &stem(&plan)) {
+                return Ok(Err(why));
+            }
         }
         let module = gpu.module(if opts.math == ConvMath::Fp16 {
             ENGINE_F16_SRC

@@ -142,6 +142,43 @@ pub fn in_place(plan: &Plan, xs: &[Tid], y: Tid) -> Vec<bool> {
         .collect()
 }
 
+/// Checks that every op touching a view can take it, so that a plan a later rewrite broke is
+/// refused at build (the build then runs with copies) rather than failing at every run:
+/// views are written only by the channels-last convolutions, max-pools and upsamples not in
+/// `excluded`, read only as [`reads_view`] allows or as a concatenation input already in
+/// place, and neither the plan's input nor an output is a view. The reason names the op.
+pub fn check_views(plan: &Plan, excluded: &[usize]) -> Result<(), String> {
+    let view = |t: Tid| plan.tensors[t].view.is_some();
+    if view(plan.input) {
+        return Err("the plan's input is a view".into());
+    }
+    if let Some((name, _)) = plan.outputs.iter().find(|(_, t)| view(*t)) {
+        return Err(format!("output {name} is a view"));
+    }
+    for (j, op) in plan.ops.iter().enumerate() {
+        let kept = !excluded.contains(&j);
+        let writes_ok = match op {
+            Op::Conv(c) => c.nhwc,
+            Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
+            _ => false,
+        };
+        if view(op.output()) && !(kept && writes_ok) {
+            return Err(format!("op {j} ({}) writes a view", op.kind()));
+        }
+        let placed = match op {
+            Op::Concat { xs, y, .. } => in_place(plan, xs, *y),
+            _ => Vec::new(),
+        };
+        for (k, &x) in op.inputs().iter().enumerate() {
+            let concat_slice = placed.get(k).copied().unwrap_or(false);
+            if view(x) && !concat_slice && !(kept && reads_view(plan, op, x)) {
+                return Err(format!("op {j} ({}) reads tensor {x}, a view", op.kind()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether input `x` of the concatenation at op `at` can be written in place.
 fn placeable(plan: &Plan, at: usize, x: Tid, excluded: &[usize]) -> bool {
     let info = &plan.tensors[x];
@@ -347,6 +384,46 @@ mod tests {
         assert!(p.tensors[h0].view.is_none());
         assert_eq!(p.ops.iter().filter(|o| o.kind() == "narrow").count(), 1);
         let _ = (b, out);
+    }
+
+    #[test]
+    fn the_view_check_passes_placed_plans_and_names_an_op_that_cannot_take_a_view() {
+        let (mut p, [a, b, y, out]) = two_convs_concatenated(8);
+        assert_eq!(check_views(&p, &[]), Ok(()), "no views at all");
+        place_concat_inputs(&mut p, &[]);
+        assert_eq!(check_views(&p, &[]), Ok(()));
+        // The writer of `a` (op 0) run by a kernel that takes no pitch.
+        let why = check_views(&p, &[0]).unwrap_err();
+        assert!(why.starts_with("op 0 (conv) writes a view"), "{why}");
+
+        // A later element-wise reader of the placed `b`.
+        let mut q = p.clone();
+        let act = tensor(&mut q, &[1, 2, 2, 8]);
+        q.ops.push(Op::Act {
+            x: b,
+            y: act,
+            act: super::super::plan::Act::Silu,
+        });
+        q.outputs.push(("act".into(), act));
+        let why = check_views(&q, &[]).unwrap_err();
+        assert!(why.starts_with("op 3 (act) reads tensor"), "{why}");
+
+        // A concatenation still in the plan copies a view it did not place.
+        let (mut q, [a2, b2, y2, _]) = two_convs_concatenated(8);
+        q.tensors[a2].view = Some(View {
+            offset: 8,
+            pitch: 16,
+        });
+        q.tensors[a2].storage = q.tensors[y2].storage;
+        assert_eq!(in_place(&q, &[a2, b2], y2), vec![false, false]);
+        let why = check_views(&q, &[]).unwrap_err();
+        assert!(why.contains("(concat) reads tensor"), "{why}");
+
+        // An output that is a view.
+        let mut q = p.clone();
+        q.outputs.push(("a".into(), a));
+        assert_eq!(check_views(&q, &[]).unwrap_err(), "output a is a view");
+        let _ = (y, out);
     }
 
     #[test]
