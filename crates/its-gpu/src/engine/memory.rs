@@ -47,7 +47,8 @@ pub struct MemoryPlan {
     pub lifetimes: Vec<Option<Lifetime>>,
     /// Bytes of the arena (the end of the highest storage, rounded up to [`ALIGN`]).
     pub arena_bytes: usize,
-    /// Bytes of every storage side by side, as one buffer per storage would take.
+    /// Bytes of every storage a tensor refers to, side by side, as one buffer per storage
+    /// would take.
     pub unplanned_bytes: usize,
 }
 
@@ -116,7 +117,16 @@ pub fn plan_memory(plan: &Plan, elem_bytes: usize) -> MemoryPlan {
             None => 0,
         })
         .collect();
-    let unplanned_bytes = plan.storage_len.iter().map(|&l| l * elem_bytes).sum();
+    // A storage no tensor refers to any more (its tensor became a view of another) would get
+    // no buffer either.
+    let mut referred = vec![false; n];
+    for t in &plan.tensors {
+        referred[t.storage] = true;
+    }
+    let unplanned_bytes = (0..n)
+        .filter(|&s| referred[s])
+        .map(|s| plan.storage_len[s] * elem_bytes)
+        .sum();
     let mut order: Vec<usize> = (0..n).filter(|&s| bytes[s] > 0).collect();
     // Largest first; ties in op order, so the result does not depend on storage numbering.
     order.sort_by_key(|&s| {
@@ -279,6 +289,19 @@ mod tests {
         for s in 0..7 {
             assert!(mem.offsets[s].is_multiple_of(ALIGN));
         }
+    }
+
+    #[test]
+    fn a_storage_no_tensor_refers_to_counts_nowhere() {
+        let mut plan = chain(1000, 6);
+        let before = plan_memory(&plan, 4).unplanned_bytes;
+        // Tensor 3 moves into a storage of its own (as a view would), leaving storage 3 empty.
+        plan.storage_len.push(1000);
+        plan.tensors[3].storage = 7;
+        let mem = plan_memory(&plan, 4);
+        verify(&plan, &mem).unwrap();
+        assert_eq!(mem.unplanned_bytes, before, "storage 7 replaces storage 3");
+        assert_eq!(mem.bytes[3], 0);
     }
 
     #[test]
