@@ -84,6 +84,15 @@ impl<T> Kv<T> {
         &self,
         op: impl std::future::Future<Output = Result<R, E>>,
     ) -> Result<R, BusError> {
+        self.refusal_named("write", op).await
+    }
+
+    /// [`Self::write`] for any request (`what`: "write", "read from the leader").
+    async fn refusal_named<R, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<R, E>>,
+    ) -> Result<R, BusError> {
         let before = self.health.snapshot().permission_violations;
         op.await.map_err(|e| {
             let now = self.health.snapshot();
@@ -92,7 +101,7 @@ impl<T> Kv<T> {
                     bucket: self.bucket.clone(),
                     detail: format!(
                         "the NATS server refused this connection's identity: {refusal} \
-                         (the write failed: {e})"
+                         (the {what} failed: {e})"
                     ),
                 },
                 _ => self.err(e),
@@ -132,6 +141,44 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             })),
             _ => Ok(None),
         }
+    }
+
+    /// Reads the current value of `key` from the bucket stream's leader. [`Self::get`] may be
+    /// answered by any replica of a replicated bucket (a direct get), and a replica can lag
+    /// behind acknowledged writes; this read sees every write acknowledged before it, at the
+    /// cost of a request to the leader. For reads a correctness rule depends on (a node
+    /// learning that its camera moved away).
+    pub async fn get_from_leader(&self, key: &str) -> Result<Option<KvEntry<T>>, BusError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", self.store.prefix);
+        let read = async {
+            match self
+                .store
+                .stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        // A role without `$JS.API.STREAM.MSG.GET.<stream>` is refused by the server, which
+        // the error then quotes (the request itself only times out).
+        let Some(m) = self.refusal_named("read from the leader", read).await? else {
+            return Ok(None);
+        };
+        // A delete or purge is an empty message with a `KV-Operation` header (or a server
+        // marker with a reason); a put has neither.
+        let op = m.headers.get("KV-Operation").map(|v| v.as_str());
+        if matches!(op, Some("DEL" | "PURGE")) || m.headers.get("Nats-Marker-Reason").is_some() {
+            return Ok(None);
+        }
+        Ok(Some(KvEntry {
+            key: key.to_owned(),
+            value: Some(its_proto::decode(&m.payload)?),
+            revision: m.sequence,
+        }))
     }
 
     /// Deletes `key`.

@@ -2,7 +2,7 @@ use futures::StreamExt;
 use its_bus::{BusError, connect};
 use its_config::{NatsSettings, Secret};
 use its_proto::{EventKind, EventMsg, SCHEMA_VERSION};
-use its_testkit::{TestNats, within};
+use its_testkit::{TestNats, TestNatsCluster, within};
 use serde::{Deserialize, Serialize};
 
 fn event(n: u64) -> EventMsg {
@@ -255,4 +255,106 @@ async fn kv_registry_put_get_cas_and_watch() {
     assert_eq!(gone.value, None);
     assert_eq!(kv.get("cam-a").await.unwrap(), None);
     assert!(kv.keys().await.unwrap().is_empty());
+}
+
+/// On a bucket replicated over three servers, a read from the stream's leader sees every
+/// acknowledged write at once (what a node's round relies on to learn that a camera moved),
+/// and reads a delete and a missing key as nothing, as `get` does.
+#[tokio::test]
+async fn kv_reads_from_the_leader_see_each_acknowledged_write() {
+    let nats = TestNatsCluster::start(3).await;
+    let bus = nats.bus().await;
+    let kv = within(30, "open a replicated kv", async {
+        loop {
+            match bus
+                .kv_replicated::<CameraEntry>("its_test_leader_reads", 1, 3)
+                .await
+            {
+                Ok(kv) => return kv,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(kv.get_from_leader("cam-x").await.unwrap(), None);
+    for i in 0..20 {
+        let v = CameraEntry {
+            url: format!("rtsp://cam/{i}"),
+            fps: f64::from(i),
+        };
+        let rev = kv.put("cam-x", &v).await.unwrap();
+        let got = kv.get_from_leader("cam-x").await.unwrap().unwrap();
+        assert_eq!(
+            (got.key.as_str(), got.value.as_ref(), got.revision),
+            ("cam-x", Some(&v), rev)
+        );
+    }
+    kv.delete("cam-x").await.unwrap();
+    assert_eq!(kv.get_from_leader("cam-x").await.unwrap(), None);
+    assert_eq!(kv.get("cam-x").await.unwrap(), None);
+}
+
+/// A role that may read a bucket only by direct get (a roles file older than the leader reads)
+/// gets an error from a read from the leader that quotes the server's refusal, naming the
+/// subject to allow; its direct gets still work.
+#[tokio::test]
+async fn a_leader_read_refused_by_the_role_names_the_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        r#"authorization {
+  users = [
+    { user: "ops", password: "pw" }
+    { user: "reader", password: "pw", permissions: {
+        publish = { allow = ["$JS.API.INFO", "$JS.API.STREAM.INFO.KV_its_test_perm",
+                             "$JS.API.DIRECT.GET.KV_its_test_perm.>"] }
+        subscribe = { allow = ["_INBOX.>"] } } }
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let nats = TestNats::start_with_args(&["-c", conf.to_str().unwrap()]);
+    let as_user = |user: &str| NatsSettings {
+        user: user.into(),
+        password: Secret("pw".into()),
+        ..Default::default()
+    };
+    let ops = within(
+        10,
+        "connect ops",
+        connect(&as_user("ops"), &nats.url(), "t"),
+    )
+    .await
+    .unwrap();
+    let kv = within(10, "open kv", ops.kv::<CameraEntry>("its_test_perm", 1))
+        .await
+        .unwrap();
+    let v = CameraEntry {
+        url: "rtsp://a".into(),
+        fps: 1.0,
+    };
+    kv.put("cam-a", &v).await.unwrap();
+    let reader = within(
+        10,
+        "connect reader",
+        connect(&as_user("reader"), &nats.url(), "t"),
+    )
+    .await
+    .unwrap();
+    let kv = within(
+        10,
+        "open kv as reader",
+        reader.kv::<CameraEntry>("its_test_perm", 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(kv.get("cam-a").await.unwrap().unwrap().value, Some(v));
+    let err = kv.get_from_leader("cam-a").await.unwrap_err().to_string();
+    assert!(
+        err.contains("refused this connection's identity")
+            && err.contains("$JS.API.STREAM.MSG.GET.KV_its_test_perm"),
+        "{err}"
+    );
 }
