@@ -339,8 +339,11 @@ impl Run {
 
     async fn read_assignments(&self) -> Result<BTreeMap<String, Assignment>, BusError> {
         let mut out = BTreeMap::new();
+        // From the stream's leader: a replica's direct get can lag behind a move written
+        // long enough ago that its cutover has passed, and this node would then publish
+        // frames that are the new node's.
         for key in self.assignments.keys().await? {
-            if let Some(e) = self.assignments.get(&key).await?
+            if let Some(e) = self.assignments.get_from_leader(&key).await?
                 && let Some(a) = e.value
             {
                 out.insert(key, a);
@@ -406,15 +409,19 @@ impl Run {
                 .get(camera)
                 .filter(|n| *n != node && alive.contains(n.as_str()))
                 .cloned();
+            // Stamped just before its own put, not at the start of the round: the previous
+            // node publishes until `written_at_ns + handover`, and the earlier the stamp
+            // before the write is visible, the less of that window it has to see the move.
+            let written_at_ns = crate::now_ns();
             let a = Assignment {
                 v: SCHEMA_VERSION,
                 camera_id: camera.clone(),
                 node_id: node.clone(),
                 previous_node: previous,
                 fence,
-                written_at_ns: now,
+                written_at_ns,
             };
-            tracing::debug!(%camera, to = %node, previous = ?a.previous_node, fence, written_at_ns = now, "assignment");
+            tracing::debug!(%camera, to = %node, previous = ?a.previous_node, fence, written_at_ns, "assignment");
             self.assignments.put(camera, &a).await?;
             self.written.insert(camera.clone(), (node.clone(), fence));
             current.insert(camera.clone(), a);
