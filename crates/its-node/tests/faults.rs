@@ -395,7 +395,7 @@ async fn a_flooding_camera_is_dropped_by_policy_and_memory_does_not_accumulate()
     let _one = ONE_AT_A_TIME.lock().await;
     const CAMERA: &str = "flood-cam";
     const FLOOD: u64 = 800;
-    const FLOODS: u64 = 3;
+    const FLOODS: u64 = 4;
     let nats = TestNats::start();
     let publisher = nats.bus().await;
     let watcher = nats.bus().await;
@@ -484,11 +484,14 @@ async fn a_flooding_camera_is_dropped_by_policy_and_memory_does_not_accumulate()
         health.disconnects, 0,
         "the server never cut the node off as a slow consumer: {health:?}"
     );
-    // No accumulation: after the first flood, further floods of the same size leave memory
-    // where the first left it (what one flood needs transiently is reused, not added).
-    let (first, end) = (rss_after[0], *rss_after.last().unwrap());
+    // No accumulation: after two floods, further floods of the same size leave memory where
+    // the second left it (what one flood needs transiently is reused, not added). Two warm
+    // up: the allocator's and ONNX Runtime's pools can still grow in the second flood (a CI
+    // run saw 140, 191, 191 MiB after floods 1, 2, 3). A leak of a frame's bytes per frame
+    // would add 40 MiB a flood.
+    let (warm, end) = (rss_after[1], *rss_after.last().unwrap());
     assert!(
-        end <= first + 16 * 1024,
+        end <= warm + 16 * 1024,
         "memory kept growing flood after flood: {rss_after:?} KiB"
     );
 }
