@@ -169,9 +169,11 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             return Ok(None);
         };
         // A delete or purge is an empty message with a `KV-Operation` header (or a server
-        // marker with a reason); a put has neither.
-        let op = m.headers.get("KV-Operation").map(|v| v.as_str());
-        if matches!(op, Some("DEL" | "PURGE")) || m.headers.get("Nats-Marker-Reason").is_some() {
+        // marker with a reason); a put has neither (or says `PUT`).
+        let op = m.headers.get("KV-Operation").map(|v| v.as_str().parse());
+        if matches!(op, Some(Ok(kv::Operation::Delete | kv::Operation::Purge)))
+            || m.headers.get("Nats-Marker-Reason").is_some()
+        {
             return Ok(None);
         }
         Ok(Some(KvEntry {

@@ -316,40 +316,28 @@ async fn a_leader_read_refused_by_the_role_names_the_permission() {
     )
     .unwrap();
     let nats = TestNats::start_with_args(&["-c", conf.to_str().unwrap()]);
-    let as_user = |user: &str| NatsSettings {
-        user: user.into(),
-        password: Secret("pw".into()),
-        ..Default::default()
+    let open_as = |user: &'static str| {
+        let settings = NatsSettings {
+            user: user.into(),
+            password: Secret("pw".into()),
+            ..Default::default()
+        };
+        let url = nats.url();
+        async move {
+            let bus = within(10, "connect", connect(&settings, &url, "t"))
+                .await
+                .unwrap();
+            within(10, "open kv", bus.kv::<CameraEntry>("its_test_perm", 1))
+                .await
+                .unwrap()
+        }
     };
-    let ops = within(
-        10,
-        "connect ops",
-        connect(&as_user("ops"), &nats.url(), "t"),
-    )
-    .await
-    .unwrap();
-    let kv = within(10, "open kv", ops.kv::<CameraEntry>("its_test_perm", 1))
-        .await
-        .unwrap();
     let v = CameraEntry {
         url: "rtsp://a".into(),
         fps: 1.0,
     };
-    kv.put("cam-a", &v).await.unwrap();
-    let reader = within(
-        10,
-        "connect reader",
-        connect(&as_user("reader"), &nats.url(), "t"),
-    )
-    .await
-    .unwrap();
-    let kv = within(
-        10,
-        "open kv as reader",
-        reader.kv::<CameraEntry>("its_test_perm", 1),
-    )
-    .await
-    .unwrap();
+    open_as("ops").await.put("cam-a", &v).await.unwrap();
+    let kv = open_as("reader").await;
     assert_eq!(kv.get("cam-a").await.unwrap().unwrap().value, Some(v));
     let err = kv.get_from_leader("cam-a").await.unwrap_err().to_string();
     assert!(

@@ -60,7 +60,7 @@ impl EngineCache {
     }
 
     /// The file that records a refused build for `key`, beside [`Self::file`].
-    pub fn refusal_file(&self, key: &CacheKey) -> PathBuf {
+    fn refusal_file(&self, key: &CacheKey) -> PathBuf {
         self.file(key).with_extension("refused")
     }
 

@@ -157,12 +157,7 @@ pub fn check_views(plan: &Plan, excluded: &[usize]) -> Result<(), String> {
     }
     for (j, op) in plan.ops.iter().enumerate() {
         let kept = !excluded.contains(&j);
-        let writes_ok = match op {
-            Op::Conv(c) => c.nhwc,
-            Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
-            _ => false,
-        };
-        if view(op.output()) && !(kept && writes_ok) {
+        if view(op.output()) && !(kept && writes_view(op)) {
             return Err(format!("op {j} ({}) writes a view", op.kind()));
         }
         let placed = match op {
@@ -205,13 +200,7 @@ fn placeable(plan: &Plan, at: usize, x: Tid, excluded: &[usize]) -> bool {
     let (Some((w, writer)), None) = (writers.next(), writers.next()) else {
         return false;
     };
-    let writes = w < at
-        && !excluded.contains(&w)
-        && match writer {
-            Op::Conv(c) => c.nhwc,
-            Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
-            _ => false,
-        };
+    let writes = w < at && !excluded.contains(&w) && writes_view(writer);
     writes
         && plan.ops.iter().enumerate().all(|(j, o)| {
             let reads = o.inputs().iter().filter(|&&t| t == x).count();
@@ -219,6 +208,16 @@ fn placeable(plan: &Plan, at: usize, x: Tid, excluded: &[usize]) -> bool {
                 || (j == at && reads == 1)
                 || (!excluded.contains(&j) && reads_view(plan, o, x))
         })
+}
+
+/// Whether `op` can write its output through a channel pitch: a channels-last convolution,
+/// max-pool or upsample.
+fn writes_view(op: &Op) -> bool {
+    match op {
+        Op::Conv(c) => c.nhwc,
+        Op::MaxPool { nhwc, .. } | Op::Upsample { nhwc, .. } => *nhwc,
+        _ => false,
+    }
 }
 
 /// Whether `op` can read its input `x` through a channel pitch: a channels-last convolution
